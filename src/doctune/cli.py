@@ -1,0 +1,90 @@
+"""The ``doctune`` command line: thin typer commands, each calling one library function.
+
+Heavy libraries (torch, transformers) are imported inside the commands, so that
+``doctune --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from doctune import __version__
+from doctune.errors import DoctuneError
+
+app = typer.Typer(
+    name="doctune",
+    help="Fine-tune small language models on a folder of Markdown/MDX documentation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (see `doctune init`).",
+                 exists=True, dir_okay=False, readable=True),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: `--set train.lr=3e-4` (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"doctune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Fine-tune small language models on a folder of Markdown/MDX documentation."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``message`` as an error (no traceback) and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the file.")] = Path("doctune.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented `doctune.yaml` with defaults suited to this machine.
+
+    Example: `doctune init && doctune train --config doctune.yaml`
+    """
+    from doctune.config import commented_yaml
+    from doctune.machine import machine_defaults
+
+    if out.exists() and not force:
+        raise fail(f"{out} already exists; pass --force to overwrite it.")
+    cfg, notes = machine_defaults()
+    text = commented_yaml(cfg)
+    if notes:
+        text = "".join(f"# {n}\n" for n in notes) + text
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning doctune's errors into clean messages."""
+    try:
+        app()
+    except DoctuneError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,318 @@
+"""One typed configuration schema for a doctune run.
+
+Sources, weakest first: the defaults below, a YAML file (``--config``), then ``--set
+key=value`` overrides from the command line. Unknown keys are an error that names the
+closest valid key. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from doctune.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: Path | None = None
+    """Folder (or single file) of .md/.mdx/.markdown documentation."""
+    block_size: int = Field(512, ge=8)
+    """Tokens per training window."""
+    overlap: int = Field(64, ge=0)
+    """Tokens shared by consecutive windows of one document (stride = block_size - overlap)."""
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of documents held out for validation (split by document, seeded)."""
+    seed: int = 0
+    """Seed of the train/validation split."""
+    include: list[str] = Field(default_factory=list)
+    """Glob patterns (relative to data.path) a file must match; empty = all docs files."""
+    exclude: list[str] = Field(default_factory=list)
+    """Extra glob patterns to skip (node_modules, .git and build folders are always skipped)."""
+    dialect: Literal["auto", "mdx", "markdown", "mkdocs"] = "auto"
+    """How to read the docs: detected per folder/file, or forced."""
+    title_heading: bool = True
+    """Turn the front matter `title` into a `# Title` heading when the document has no H1."""
+    cache_dir: Path | None = None
+    """Where prepared token windows are kept; default: <train.output_dir>/data."""
+
+    @model_validator(mode="after")
+    def _overlap_below_block(self) -> DataConfig:
+        if self.overlap >= self.block_size:
+            raise ValueError(
+                f"`data.overlap` must be smaller than `data.block_size`, got "
+                f"overlap={self.overlap}, block_size={self.block_size}."
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "scratch:tiny"
+    """Hub id (distilgpt2, gpt2, ...), local folder, or a from-scratch preset (scratch:tiny, scratch:small)."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or folder; default: the model's own (a new one is trained for scratch presets)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of model.name."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own Python code. Off unless you trust the repository."""
+    attn_implementation: str | None = "sdpa"
+    """Attention kernel passed to transformers (sdpa, eager, ...); null = transformers' default."""
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    """Train a LoRA adapter instead of all weights."""
+    r: int = Field(8, ge=1)
+    """LoRA rank."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; null = doctune's choice for the architecture (GPT-2: c_attn)."""
+
+
+class TrainConfig(_Section):
+    output_dir: Path = Path("runs/doctune")
+    """Run folder: config, metrics, checkpoints, final model, report."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps to run; when set it wins over train.epochs."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training windows (used when max_steps is null)."""
+    micro_batch_size: int = Field(4, ge=1)
+    """Windows per forward/backward pass."""
+    grad_accum: int = Field(4, ge=1)
+    """Micro-batches per optimizer step (effective batch = micro_batch_size x grad_accum)."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warm-up steps from 0 to train.lr."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Final learning rate as a share of train.lr (cosine and linear)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay (not applied to biases and norms)."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping norm; null turns clipping off."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Mixed precision: auto picks bf16 where the device has it, fp16 + loss scaling where only fp16 is fast, else fp32."""
+    grad_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    """Where to train: auto tries cuda, then mps, then cpu."""
+    seed: int = 42
+    """Seed of model init, data order and dropout."""
+    eval_every: int = Field(100, ge=0)
+    """Evaluate validation loss every N steps (0: only before and after training)."""
+    eval_batches: int | None = Field(None, ge=1)
+    """Cap on validation micro-batches per evaluation (null: the whole validation split)."""
+    save_every: int = Field(200, ge=0)
+    """Save a checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many of the latest checkpoints to keep."""
+    log_every: int = Field(1, ge=1)
+    """Write a metrics line every N steps."""
+    sample_every: int = Field(0, ge=0)
+    """Generate samples every N steps (0: only before and after training)."""
+    sample_prompts: list[str] | None = None
+    """Prompts for the samples; null = the first words of a few validation documents."""
+    sample_max_new_tokens: int = Field(48, ge=1)
+    """Length of each generated sample."""
+    fused_loss: bool = True
+    """Compute the output projection and cross-entropy chunk by chunk (never materialises all logits)."""
+    compile: Literal["auto", "on", "off"] = "off"
+    """torch.compile the model (auto: only where it pays for itself)."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads for PyTorch (null: PyTorch's default)."""
+
+
+class MemoryConfig(_Section):
+    budget: str | None = None
+    """Memory budget, e.g. "12GB" or "8000MB"; null = a safe share of RAM (or the GPU's memory)."""
+    auto_fit: bool = False
+    """Let `doctune train` change settings (micro-batch, checkpointing, LoRA, block size) to fit the budget."""
+
+
+class LogConfig(_Section):
+    tensorboard: bool = True
+    """Write TensorBoard event files under <output_dir>/tensorboard."""
+    wandb: bool = False
+    """Log to Weights & Biases (needs the [wandb] extra)."""
+    wandb_project: str = "doctune"
+    """W&B project name."""
+    wandb_mode: Literal["online", "offline"] = "offline"
+    """W&B mode; offline needs no account."""
+    progress: bool = True
+    """Show a progress bar on a terminal (plain lines otherwise)."""
+
+
+class Config(_Section):
+    """A whole doctune run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------------------
+# loading and overrides
+
+
+def _valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key the schema accepts, e.g. ``train.lr``."""
+    return _valid_keys()
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    if not close:  # try the last part alone: "lr" -> "train.lr"
+        tails = {k.rsplit(".", 1)[-1]: k for k in valid_keys()}
+        hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.7)
+        close = [tails[hit[0]]] if hit else []
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def _format_errors(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key `{key}`.{_suggest(key)}")
+        elif err["type"] == "value_error":
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+        else:
+            got = err.get("input")
+            where = f"`{key}`" if key else "config"
+            lines.append(f"{where}: {err['msg']} (got {got!r}).")
+    head = f"Invalid configuration ({source}):" if len(lines) > 1 else f"Invalid configuration ({source}): "
+    body = "\n  - " + "\n  - ".join(lines) if len(lines) > 1 else lines[0]
+    return ConfigError(head + body)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``"train.lr=3e-4"`` into ``("train.lr", 0.0003)``; values are read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"`--set {item}` must look like key=value, e.g. `--set train.lr=3e-4`.")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and raw.strip().lower() in {"none", "null", "~"}:
+        value = None
+    return key, value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"`{key}`: `{part}` is a value, not a section.{_suggest(key)}")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    """Build a :class:`Config` from defaults < YAML file < ``overrides`` (``key=value``) < ``extra``.
+
+    ``extra`` holds dotted keys set by dedicated CLI options (``--out``, the docs folder...).
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {p} does not exist. Create one with `doctune init`.")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file {p} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {p} must hold a mapping of sections, got {type(loaded).__name__}.")
+        tree = loaded or {}
+        source = str(p)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    if overrides or extra:
+        source += " + command line"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise _format_errors(e, source) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved configuration as YAML (paths as strings), as saved in each run folder."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(dump_config(cfg), encoding="utf-8")
+
+
+def commented_yaml(cfg: Config | None = None) -> str:
+    """A ``doctune.yaml`` with every key, its value and its docstring as a comment."""
+    import ast
+    import inspect
+
+    cfg = cfg or Config()
+    out = ["# doctune configuration. Every key is optional; these are the defaults.",
+           "# Override any key on the command line: doctune train --set train.lr=1e-4", ""]
+    for section_name in Config.model_fields:
+        section = getattr(cfg, section_name)
+        docs = _field_docs(type(section), ast, inspect)
+        out.append(f"{section_name}:")
+        for name in type(section).model_fields:
+            value = getattr(section, name)
+            dumped = yaml.safe_dump({name: value if not isinstance(value, Path) else str(value)},
+                                    default_flow_style=True, width=10_000).strip()[1:-1]
+            if docs.get(name):
+                out.append(f"  # {docs[name]}")
+            out.append(f"  {dumped}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _field_docs(cls: type, ast: Any, inspect: Any) -> dict[str, str]:
+    """Read the docstring written under each field of a schema class."""
+    tree = ast.parse(inspect.getsource(cls))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body
+    for prev, node in zip(body, body[1:]):
+        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
+                and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            docs[prev.target.id] = " ".join(str(node.value.value).split())
+    return docs
