@@ -8,6 +8,7 @@ closest valid key. Defaults live here and nowhere else.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -211,6 +212,9 @@ def _format_errors(exc: ValidationError, source: str) -> ConfigError:
     return ConfigError(head + body)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Split ``"train.lr=3e-4"`` into ``("train.lr", 0.0003)``; values are read as YAML."""
     if "=" not in item:
@@ -223,6 +227,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = raw
     if isinstance(value, str) and raw.strip().lower() in {"none", "null", "~"}:
         value = None
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
     return key, value
 
 

@@ -1,0 +1,89 @@
+"""From token windows to batches: a seeded, resumable order and the collate step.
+
+The order is a pure function of (seed, position): sample ``i`` of the endless stream is
+``perm(epoch = i // n)[i % n]``, each epoch shuffled by its own seeded generator. A run that
+resumes at micro-step ``k`` therefore sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from doctune.train.loss import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class WindowLike(Protocol):
+    """What a token window offers (see ``doctune.data.store.Window``)."""
+
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def loss_start(self) -> int: ...
+
+
+class WindowsLike(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> WindowLike: ...
+
+
+class BatchOrder:
+    """Which windows make up micro-batch ``k``, for any ``k``, without state."""
+
+    def __init__(self, n_windows: int, micro_batch_size: int, seed: int) -> None:
+        if n_windows <= 0:
+            raise ValueError("BatchOrder needs at least one window")
+        self.n = n_windows
+        self.size = micro_batch_size
+        self.seed = seed
+        self._epoch = -1
+        self._perm: list[int] = []
+
+    def _perm_of(self, epoch: int) -> list[int]:
+        import torch
+
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=g).tolist()
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, micro_step: int) -> list[int]:
+        """Window indices of micro-batch number ``micro_step`` (0-based)."""
+        out = []
+        for i in range(micro_step * self.size, (micro_step + 1) * self.size):
+            out.append(self._perm_of(i // self.n)[i % self.n])
+        return out
+
+    def epoch_of(self, micro_step: int) -> float:
+        """Epochs completed (fractional) after ``micro_step`` micro-batches."""
+        return micro_step * self.size / self.n
+
+
+def collate(windows: Sequence[WindowLike], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack windows into ``(input_ids, labels)``, both (B, T) int64, T = longest window.
+
+    Short windows are padded on the right (causal attention never lets a real token see
+    the padding after it, so no attention mask is needed); padding and the context-only
+    overlap (positions before ``loss_start``) get ``IGNORE_INDEX`` labels.
+    """
+    import torch
+
+    t = max(len(w.ids) for w in windows)
+    input_ids = torch.full((len(windows), t), pad_id, dtype=torch.long)
+    labels = torch.full((len(windows), t), IGNORE_INDEX, dtype=torch.long)
+    for row, w in enumerate(windows):
+        ids = torch.as_tensor(w.ids.astype("int64", copy=False))
+        n = ids.numel()
+        input_ids[row, :n] = ids
+        labels[row, w.loss_start:n] = ids[w.loss_start:]
+    return input_ids, labels
+
+
+def count_loss_tokens(labels: torch.Tensor) -> int:
+    """Tokens that carry loss after the one-position shift (what the loss sums over)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -1,0 +1,201 @@
+"""Whole, atomic checkpoints and exact resume.
+
+A checkpoint folder ``checkpoints/step-N/`` holds:
+
+* ``weights.safetensors`` - the trainable parameters (all of them for a full fine-tune,
+  the adapter for LoRA), by parameter name;
+* ``optimizer.pt`` - AdamW state; ``trainer.pt`` - scheduler, gradient scaler and the RNG
+  states of torch (CPU and devices), numpy and Python;
+* ``state.json`` - step, micro-step, tokens seen, written last: a folder without it is
+  incomplete and ignored.
+
+Everything is written into ``.tmp-step-N`` first and renamed into place, so a crash
+mid-save never touches the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from doctune.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainState:
+    """Counters saved with each checkpoint."""
+
+    step: int
+    """Optimizer updates done."""
+    micro_step: int
+    """Forward/backward passes done (= data position)."""
+    tokens_seen: int
+    """Loss-carrying tokens trained on so far."""
+    total_steps: int
+    """Planned optimizer updates for the whole run."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Every RNG state a resumed run needs to continue identically."""
+    import numpy as np
+    import torch
+
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                              "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    elif device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved."""
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and hasattr(torch, "mps"):
+        torch.mps.set_rng_state(states["mps"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, on CPU, contiguous (tied weights appear once)."""
+    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    state: TrainState,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    device: torch.device,
+    keep: int,
+) -> Path:
+    """Write ``ckpt_root/step-N`` atomically, then drop all but the ``keep`` newest."""
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{state.step}"
+    tmp = ckpt_root / f".tmp-step-{state.step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "weights.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_states(device)}, tmp / "trainer.pt")
+    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a re-save of the same step (e.g. signal right after a periodic save)
+        old = ckpt_root / f".old-step-{state.step}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync_dir(ckpt_root)
+    for old_ckpt in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old_ckpt, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints (those with ``state.json``), oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = []
+    for d in ckpt_root.iterdir():
+        if d.is_dir() and d.name.startswith("step-") and (d / STATE_FILE).is_file():
+            try:
+                found.append((int(d.name.removeprefix("step-")), d))
+            except ValueError:
+                continue
+    return [d for _, d in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of ``run_dir``; a clear error when there is none."""
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if not ckpts:
+        raise CheckpointError(
+            f"{run_dir} has no complete checkpoint to resume from (looked in "
+            f"{run_dir / 'checkpoints'}). Start a new run without --resume, or pass the run "
+            "folder that holds checkpoints/step-N/."
+        )
+    return ckpts[-1]
+
+
+def load_checkpoint(
+    ckpt: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Load weights, optimizer, scheduler and scaler state; return the counters and RNG states.
+
+    The caller restores the RNG states (:func:`set_rng_states`) right before training resumes.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        state = TrainState(**json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
+        weights = load_file(str(ckpt / "weights.safetensors"))
+        opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"Checkpoint {ckpt} is unreadable ({e}). Resume from an older "
+                              "checkpoint by deleting this folder.") from None
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(weights):
+        missing = sorted(set(params) - set(weights))[:3]
+        extra = sorted(set(weights) - set(params))[:3]
+        raise CheckpointError(
+            f"Checkpoint {ckpt} does not match this model (missing {missing}, unexpected {extra}). "
+            "Resume with the run's own config.yaml (model and LoRA settings unchanged).")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(trainer["scheduler"])
+    if scaler is not None and trainer.get("scaler"):
+        scaler.load_state_dict(trainer["scaler"])
+    return state, trainer["rng"]

@@ -1,0 +1,70 @@
+"""Parts of the training loop: batch order, collate, LR schedule, device and precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from doctune.device import Precision, resolve_device, resolve_precision
+from doctune.errors import ConfigError
+from doctune.train.batches import BatchOrder, collate, count_loss_tokens
+from doctune.train.loss import IGNORE_INDEX
+from doctune.train.optim import lr_lambda
+
+
+@dataclass
+class W:
+    ids: np.ndarray
+    loss_start: int = 0
+
+
+def test_batch_order_is_a_seeded_permutation_per_epoch() -> None:
+    order = BatchOrder(10, 3, seed=1)
+    seen = [i for k in range(10) for i in order.indices(k)]  # 30 samples = 3 epochs
+    for e in range(3):
+        assert sorted(seen[e * 10:(e + 1) * 10]) == list(range(10))
+    assert seen[:10] != seen[10:20]  # each epoch reshuffled
+    again = BatchOrder(10, 3, seed=1)
+    assert [again.indices(k) for k in (7, 2, 9)] == [order.indices(k) for k in (7, 2, 9)]
+    assert BatchOrder(10, 3, seed=2).indices(0) != order.indices(0)
+    assert order.epoch_of(5) == 1.5
+
+
+def test_collate_pads_right_and_masks_context_and_padding() -> None:
+    ids, labels = collate([W(np.array([5, 6, 7, 8])), W(np.array([1, 2, 3]), loss_start=1)], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8], [1, 2, 3, 0]]
+    m = IGNORE_INDEX
+    assert labels.tolist() == [[5, 6, 7, 8], [m, 2, 3, m]]
+    # after the shift: row 0 predicts 6,7,8; row 1 predicts 2,3
+    assert count_loss_tokens(labels) == 5
+
+
+def test_lr_schedules() -> None:
+    f = lr_lambda("cosine", warmup_steps=2, total_steps=12, min_lr_ratio=0.1)
+    assert [round(f(s), 4) for s in (0, 1, 2, 7, 12)] == [0.5, 1.0, 1.0, 0.55, 0.1]
+    lin = lr_lambda("linear", warmup_steps=0, total_steps=10, min_lr_ratio=0.0)
+    assert [lin(s) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    const = lr_lambda("constant", warmup_steps=4, total_steps=10, min_lr_ratio=0.0)
+    assert [const(s) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]
+
+
+def test_device_and_precision_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") in (cpu, torch.device("mps"))
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    monkeypatch.setattr("doctune.device.cpu_has_bf16", lambda: False)
+    p = resolve_precision("auto", cpu)
+    assert (p.name, p.autocast_dtype, p.use_scaler) == ("fp32", None, False)
+    assert "no native bf16" in p.reason
+    p = resolve_precision("bf16", cpu)
+    assert p.autocast_dtype is torch.bfloat16 and "slower" in p.reason
+    monkeypatch.setattr("doctune.device.cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", cpu).name == "bf16"
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_precision("fp16", cpu)
+    assert resolve_precision("fp32", cpu) == Precision("fp32", None, False, "fp32, as configured")
