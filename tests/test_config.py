@@ -10,11 +10,7 @@ import yaml
 from doctune.config import Config, commented_yaml, load_config, parse_override, valid_keys
 from doctune.errors import ConfigError
 
-CONTRACT_KEYS = """data.path data.block_size data.overlap data.val_fraction model.name model.tokenizer
-lora.enabled lora.r lora.alpha lora.dropout lora.target_modules train.output_dir train.max_steps
-train.epochs train.micro_batch_size train.grad_accum train.lr train.warmup_steps train.schedule
-train.weight_decay train.max_grad_norm train.precision train.grad_checkpointing train.device
-train.seed train.eval_every train.save_every train.keep_checkpoints""".split()
+CONTRACT_KEYS = ["data.path", "data.block_size", "data.overlap", "data.val_fraction", "model.name", "model.tokenizer", "lora.enabled", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "train.output_dir", "train.max_steps", "train.epochs", "train.micro_batch_size", "train.grad_accum", "train.lr", "train.warmup_steps", "train.schedule", "train.weight_decay", "train.max_grad_norm", "train.precision", "train.grad_checkpointing", "train.device", "train.seed", "train.eval_every", "train.save_every", "train.keep_checkpoints"]
 
 
 def test_contract_keys_exist() -> None:

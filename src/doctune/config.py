@@ -8,6 +8,7 @@ closest valid key. Defaults live here and nowhere else.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -72,7 +73,7 @@ class LoraConfig(_Section):
     """Train a LoRA adapter instead of all weights."""
     r: int = Field(8, ge=1)
     """LoRA rank."""
-    alpha: float = Field(16.0, gt=0)
+    alpha: int = Field(16, ge=1)
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch."""
@@ -317,7 +318,7 @@ def _field_docs(cls: type, ast: Any, inspect: Any) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     docs: dict[str, str] = {}
     body = tree.body[0].body
-    for prev, node in zip(body, body[1:]):
+    for prev, node in itertools.pairwise(body):
         if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
                 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
             docs[prev.target.id] = " ".join(str(node.value.value).split())

@@ -125,7 +125,7 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, EnvironmentError) as e:
+    except OSError as e:
         raise ModelError(_offline_hint(name) + f"\n  (transformers said: {str(e).splitlines()[0]})") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
@@ -176,7 +176,7 @@ def default_lora_targets(model: PreTrainedModel) -> list[str]:
                       "`lora.target_modules` to the names of its attention projection layers.")
 
 
-def apply_lora(model: PreTrainedModel, *, r: int, alpha: float, dropout: float,
+def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float,
                target_modules: list[str] | None = None) -> Any:
     """Wrap ``model`` in a PEFT LoRA model; only the adapter weights stay trainable.
 
@@ -221,5 +221,9 @@ def enable_grad_checkpointing(model: Any) -> None:
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"{type(base).__name__} does not support gradient checkpointing; "
                           "set `train.grad_checkpointing: false`.")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.config.use_cache = False

@@ -38,7 +38,8 @@ def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
     """AdamW over the trainable parameters; biases, norms and embeddings of size 1-D get no decay."""
     import torch
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -1,0 +1,184 @@
+"""The training loop end to end on a 2-layer GPT-2 with the real GPT-2 tokenizer, CPU fp32."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from doctune.config import Config, load_config
+from doctune.errors import CheckpointError, ConfigError, TrainingError
+from doctune.train.loop import train
+
+TOPICS = ["routing", "components", "state", "testing", "deployment", "styling", "images", "forms"]
+
+
+def write_docs(root: Path, n: int = 8) -> Path:
+    """A small docs folder: MDX and Markdown pages with prose, lists and code."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, topic in enumerate(TOPICS[:n]):
+        body = "\n\n".join(
+            f"The {topic} guide explains how step {k} works. You configure {topic} in the project "
+            f"file, then run the build. Each page of the {topic} section links to the reference."
+            for k in range(1 + i % 3)
+        )
+        ext = ".mdx" if i % 2 else ".md"
+        (root / f"{topic}{ext}").write_text(
+            f"---\ntitle: About {topic}\n---\n\n{body}\n\n- first item\n- second item\n\n"
+            f"```js\nexport const {topic} = () => load('{topic}');\n```\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_docs(tmp_path_factory.mktemp("docs"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
+    """A tiny GPT-2 without dropout, so equivalence tests compare like with like."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=50257,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=50256, eos_token_id=50256)
+    out = tmp_path_factory.mktemp("tiny-nodrop")
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(gpt2_tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def make_cfg(docs: Path, model_dir: Path, out: Path, *overrides: str) -> Config:
+    base = [f"data.path={docs}", f"model.name={model_dir}", f"train.output_dir={out}",
+            "data.block_size=32", "data.overlap=8", "data.val_fraction=0.25",
+            "train.micro_batch_size=2", "train.grad_accum=2", "train.max_steps=4",
+            "train.lr=1e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=2",
+            "train.precision=fp32", "train.device=cpu", "log.tensorboard=false",
+            "log.progress=false", "train.sample_max_new_tokens=4"]
+    return load_config(None, [*base, *overrides])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    files = list((run / "final").glob("*.safetensors"))
+    assert len(files) == 1, files
+    return load_file(str(files[0]))
+
+
+def test_full_finetune_run_leaves_everything_behind(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = train(make_cfg(docs, model_dir, run), quiet=True)
+    assert res.steps == 4 and res.final_dir == run / "final"
+    assert res.val_loss_after is not None and res.val_loss_before is not None
+    assert res.val_loss_after < res.val_loss_before
+    for name in ("config.yaml", "metrics.jsonl", "run.json", "data_summary.json", "samples.md"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    rows = metrics(run)
+    steps = [r for r in rows if "train_loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for key in ("train_loss", "lr", "tokens_per_sec", "mem_rss_mb"):
+        assert all(key in r for r in steps), key
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all(math.isclose(r["val_ppl"], math.exp(r["val_loss"]), rel_tol=1e-9) for r in evals)
+    facts = json.loads((run / "run.json").read_text())
+    assert facts["steps"] == 4 and facts["base_model"] == str(model_dir.resolve())
+
+    # final/ is a transformers folder that reloads to the same logits
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(run / "final").eval()
+    ids = torch.tensor([[15496, 995, 13, 383]])
+    trained = res  # the in-memory model is gone; compare with weights from the last checkpoint
+    ckpt = load_file(str(run / "checkpoints" / "step-4" / "weights.safetensors"))
+    ref = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ref.load_state_dict({**ref.state_dict(), **ckpt})
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, ref(ids).logits, atol=1e-6)
+    assert trained.tokens_seen > 0
+
+
+def test_fixed_loss_sequence(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    """The first losses of a seeded run, pinned (catches silent changes to data, loss or optimizer)."""
+    train(make_cfg(docs, model_dir, tmp_path / "run", "train.eval_every=0"), quiet=True)
+    losses = [r["train_loss"] for r in metrics(tmp_path / "run") if "train_loss" in r]
+    assert losses == pytest.approx(EXPECTED_LOSSES, rel=1e-4)
+
+
+EXPECTED_LOSSES = [10.8262, 10.8215, 10.8027, 10.7734]
+
+
+def test_accumulation_equals_bigger_micro_batch(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    common = ("train.max_steps=2", "train.eval_every=0", "train.save_every=0", "train.max_grad_norm=null")
+    train(make_cfg(docs, model_dir, tmp_path / "a", "train.micro_batch_size=4", "train.grad_accum=1", *common), quiet=True)
+    train(make_cfg(docs, model_dir, tmp_path / "b", "train.micro_batch_size=1", "train.grad_accum=4", *common), quiet=True)
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_checkpointing_gives_the_same_losses(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    common = ("train.max_steps=2", "train.eval_every=0", "train.save_every=0")
+    train(make_cfg(docs, model_dir, tmp_path / "a", *common), quiet=True)
+    train(make_cfg(docs, model_dir, tmp_path / "b", "train.grad_checkpointing=true", *common), quiet=True)
+    la = [r["train_loss"] for r in metrics(tmp_path / "a") if "train_loss" in r]
+    lb = [r["train_loss"] for r in metrics(tmp_path / "b") if "train_loss" in r]
+    assert la == pytest.approx(lb, rel=1e-6)
+
+
+def test_lora_trains_only_the_adapter(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = train(make_cfg(docs, model_dir, run, "lora.enabled=true", "lora.r=8", "train.grad_checkpointing=true"), quiet=True)
+    facts = json.loads((run / "run.json").read_text())
+    # c_attn of 2 layers: A (32 x 8) + B (8 x 96) each
+    assert facts["params_trainable"] == 2 * (32 * 8 + 8 * 96) == 2048
+    assert (run / "final" / "adapter_config.json").is_file()
+    adapter = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(model_dir.resolve())
+    assert adapter["fan_in_fan_out"] is True
+    assert res.val_loss_after is not None and res.val_loss_before is not None
+    assert (run / "final" / "tokenizer.json").is_file()
+
+
+def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = make_cfg(docs, model_dir, run, "train.max_steps=1", "train.eval_every=0")
+    train(cfg, quiet=True)
+    with pytest.raises(ConfigError, match=r"already holds a run.*--resume"):
+        train(cfg, quiet=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="not a doctune run folder"):
+        train(make_cfg(docs, model_dir, empty), resume=True, quiet=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(docs: Path, model_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctune.train.loop as loop
+
+    real = loop.causal_lm_loss
+    calls = {"n": 0}
+
+    def poisoned(model, input_ids, labels, attention_mask=None):  # type: ignore[no-untyped-def]
+        loss_sum, n = real(model, input_ids, labels)
+        calls["n"] += model.training
+        if model.training and calls["n"] > 2 * 2:  # 2 steps of 2 micro-batches, then NaN
+            loss_sum = loss_sum * float("nan")
+        return loss_sum, n
+
+    monkeypatch.setattr(loop, "causal_lm_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3.*learning rate.*step-2"):
+        train(make_cfg(docs, model_dir, run, "train.eval_every=0", "train.max_steps=6"), quiet=True)
+    before = load_file(str(run / "checkpoints" / "step-2" / "weights.safetensors"))
+    assert all(torch.isfinite(t).all() for t in before.values())
+    assert not (run / "final").exists()
