@@ -1,0 +1,191 @@
+"""Turn one MDX / Markdown / MkDocs document into clean Markdown for training.
+
+The output keeps what a reader of the rendered page sees, as Markdown (headings, lists,
+links, emphasis, tables, code). Code is never touched: fenced and indented code blocks
+and inline code spans come out byte for byte (a fence nested in JSX may be shifted left
+as a whole, which keeps its content). The steps, in order:
+
+1. line ends to LF; front matter removed (its ``title`` kept for a ``# Title``);
+2. MkDocs syntax rewritten (:mod:`doctune.data.mkdocs`), for that dialect;
+3. code blocks found with markdown-it, configured the way the dialect reads Markdown
+   (:mod:`doctune.data.blocks`);
+4. each run of prose between code blocks cleaned line by line, then left to right
+   (:mod:`doctune.data.mdx`);
+5. blocks left over-indented by removed JSX pulled back, trailing spaces and blank-line
+   runs trimmed, the title heading added.
+
+Backslash escapes such as ``\\<`` and ``\\{`` are kept: they already read as ``<`` and
+``{`` in Markdown, and unescaped they would turn into tags or expressions when the
+output is read again (so cleaning stays idempotent).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from doctune.data.blocks import code_blocks, dedent_blocks, needs_dedent
+from doctune.data.dialect import DIALECTS
+from doctune.data.mdx import Notes, ProseCleaner, line_rules
+from doctune.data.mkdocs import mkdocs_lines
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class CleanResult:
+    """The cleaned document and what happened while cleaning it."""
+
+    text: str
+    """Cleaned Markdown: LF line ends, one final newline (``""`` for an empty document)."""
+    dialect: str
+    """The dialect actually used: ``"mdx"``, ``"markdown"`` or ``"mkdocs"``."""
+    warnings: list[str] = field(default_factory=list)
+    """``"rel/path.md:LINE: message"`` for each thing that could not be read as intended."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Counts of removed constructs, e.g. ``{"include": 2, "jsx_tag": 14}``."""
+
+
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_H1 = re.compile(r" {0,3}#(?:[ \t]|$)")
+_SETEXT_H1 = re.compile(r" {0,3}=+[ \t]*")
+
+
+def _front_matter(lines: list[str], notes: Notes) -> tuple[int, str | None]:
+    """Return (number of front-matter lines at the top, its title or None)."""
+    if not lines:
+        return 0, None
+    first = lines[0].rstrip()
+    if first not in ("---", "+++"):
+        return 0, None
+    closers = ("---", "...") if first == "---" else ("+++",)
+    end = next((k for k in range(1, len(lines)) if lines[k].rstrip() in closers), -1)
+    if end < 0:
+        notes.warn(1, f"front matter opened with `{first}` is never closed; kept as text")
+        return 0, None
+    notes.dropped["front_matter"] += 1
+    body = "\n".join(lines[1:end])
+    data: Any
+    try:
+        if first == "---":
+            data = yaml.load(body, Loader=_YAML_LOADER)
+        else:
+            data = tomllib.loads(body)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, ValueError, RecursionError) as e:
+        kind = "YAML" if first == "---" else "TOML"
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        notes.warn(1, f"front matter is not valid {kind} ({detail}); removed, no title taken")
+        return end + 1, None
+    title = data.get("title") if isinstance(data, dict) else None
+    if isinstance(title, (str, int, float)) and not isinstance(title, bool):
+        title = " ".join(str(title).split())
+        return end + 1, title or None
+    return end + 1, None
+
+
+def _has_h1(lines: list[str], code: list[bool]) -> bool:
+    prev_text = False
+    for line, is_code in zip(lines, code, strict=True):
+        if is_code:
+            prev_text = False
+            continue
+        if _H1.match(line) or (prev_text and _SETEXT_H1.fullmatch(line)):
+            return True
+        prev_text = bool(line.strip())
+    return False
+
+
+def _clean_prose(lines: list[str], code: list[bool], mdx: bool, notes: Notes) -> tuple[list[str], list[bool]]:
+    """Clean every run of non-code lines; code lines pass through untouched."""
+    prose = ProseCleaner(mdx=mdx, notes=notes)
+    out: list[str] = []
+    out_code: list[bool] = []
+    n = len(lines)
+    i = 0
+    while i < n:
+        if code[i]:
+            out.append(lines[i])
+            out_code.append(True)
+            i += 1
+            continue
+        j = i
+        while j < n and not code[j]:
+            j += 1
+        run = [ln for ln in line_rules(lines[i:j], i + 1, mdx=mdx, notes=notes) if ln is not None]
+        cleaned = prose.clean("\n".join(run), i + 1).split("\n")
+        out.extend(cleaned)
+        out_code.extend([False] * len(cleaned))
+        i = j
+    prose.finish()
+    return out, out_code
+
+
+def _tidy(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
+    """Strip trailing spaces outside code and collapse runs of blank lines."""
+    out: list[str] = []
+    out_code: list[bool] = []
+    blank = True  # drop leading blank lines
+    for line, is_code in zip(lines, code, strict=True):
+        if not is_code:
+            line = line.rstrip()
+            if not line:
+                if not blank:
+                    out.append("")
+                    out_code.append(False)
+                blank = True
+                continue
+        out.append(line)
+        out_code.append(is_code)
+        blank = False
+    while out and not out[-1].strip():
+        out.pop()
+        out_code.pop()
+    return out, out_code
+
+
+def clean_markdown(
+    text: str, *, dialect: str = "mdx", path: str | None = None, title_heading: bool = True
+) -> CleanResult:
+    """Clean one document written in ``dialect`` (``"mdx"``, ``"markdown"`` or ``"mkdocs"``).
+
+    ``path`` names the document in warnings (``"guide/intro.mdx:12: ..."``). With
+    ``title_heading``, a front-matter ``title`` becomes a ``# Title`` line when the
+    document has no H1. Never raises on odd input; problems become warnings.
+    """
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
+    notes = Notes(path)
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    skip, title = _front_matter(lines, notes)
+    lines[:skip] = [""] * skip
+    if dialect == "mkdocs":
+        lines = mkdocs_lines(lines, notes)
+    mdx = dialect == "mdx"
+    blocks = code_blocks(lines, indented_code=not mdx, html_blocks=dialect == "markdown")
+    code = [False] * len(lines)
+    for b in blocks:
+        code[b.start : b.end] = [True] * (b.end - b.start)
+        if b.fenced and not b.closed:
+            notes.warn(b.start + 1, "code fence is never closed; everything after it is kept as code")
+    lines, code = _clean_prose(lines, code, mdx, notes)
+    if mdx and needs_dedent(lines, code):
+        lines = dedent_blocks(lines)
+    lines, code = _tidy(lines, code)
+    if title and title_heading and not _has_h1(lines, code):
+        lines = [f"# {title}", "", *lines]
+    notes.finish()
+    out = "\n".join(lines)
+    return CleanResult(
+        text=out + "\n" if out else "",
+        dialect=dialect,
+        warnings=notes.warnings,
+        dropped=dict(sorted(notes.dropped.items())),
+    )
