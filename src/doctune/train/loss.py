@@ -3,16 +3,41 @@
 The loop weights gradient accumulation by real (unmasked) tokens, so this returns the
 *sum* of token losses and the token count rather than a mean: four micro-batches of one
 then give exactly the update of one micro-batch of four.
+
+Two ways to compute it, equal within float tolerance (``tests/test_loss.py``):
+
+* the plain path: ``model(...).logits`` (B, T, V), then cross-entropy. With GPT-2's
+  50,257-word vocabulary the logits of a 4 x 512 micro-batch are 411 MB in fp32, and
+  autograd keeps them (and the softmax) alive until the backward pass;
+* the fused path: run the backbone to the last hidden state, then walk the valid positions
+  in chunks. Each chunk's logits exist only while its loss *and* its gradients (with
+  respect to the hidden states, and to the output weight/bias when they train) are
+  computed, in the forward pass; the backward pass only scales what was already computed.
+  Full logits are never stored nor recomputed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+"""Budget for one chunk of fp32 logits: 64 MB is ~330 rows of a 50,257-word vocabulary,
+large enough for the matrix multiplications to run near their peak."""
+
+# Model types whose causal-LM head is exactly ``lm_head(last_hidden_state)``: a linear
+# projection, no scaling or soft-capping of the logits. Any other type takes the plain path.
+_LINEAR_HEAD_TYPES = frozenset({
+    "gpt2", "gpt_neox", "gptj", "gpt_bigcode", "llama", "mistral", "mixtral", "qwen2",
+    "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "stablelm", "starcoder2", "olmo",
+    "olmo2", "smollm3", "opt", "bloom", "falcon", "gemma",
+})
+# Config attributes that change the logits after the projection (Gemma 2/3, Cohere, Granite).
+_HEAD_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
 def causal_lm_loss(
@@ -20,14 +45,32 @@ def causal_lm_loss(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    *,
+    fused: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(loss_sum, n_tokens)`` for next-token prediction.
 
     ``labels`` has the shape of ``input_ids`` (B, T) with ``IGNORE_INDEX`` where a position
     carries no loss; the shift by one happens here (position t predicts label t+1).
-    """
-    import torch.nn.functional as F
 
+    ``fused=True`` computes the output projection and the cross-entropy chunk by chunk
+    (``chunk_size`` rows at a time; default: about 64 MB of fp32 logits) without storing
+    the logits; it falls back to the plain path for a model whose head is not a plain
+    linear projection (see :func:`supports_fused_loss`). Under autocast the projection runs
+    in the autocast dtype and the softmax in fp32, as on the plain path.
+    """
+    if fused and supports_fused_loss(model):
+        return _fused_causal_lm_loss(model, input_ids, labels, attention_mask, chunk_size)
+    return _plain_causal_lm_loss(model, input_ids, labels, attention_mask)
+
+
+def _plain_causal_lm_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
@@ -39,3 +82,173 @@ def causal_lm_loss(
     )
     n_tokens = (shift_labels != IGNORE_INDEX).sum()
     return loss_sum, n_tokens
+
+
+# ---------------------------------------------------------------------------
+# the fused path
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (or ``model`` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_fused_loss(model: torch.nn.Module) -> bool:
+    """True when ``model``'s logits are exactly ``Linear(last_hidden_state)``.
+
+    That holds for the architectures listed in ``_LINEAR_HEAD_TYPES`` whose config does
+    not scale or soft-cap the logits, and whose output layer is a plain (not LoRA-adapted,
+    not quantised) ``torch.nn.Linear``. Anything else is computed on the plain path.
+    """
+
+    base = _unwrap(model)
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "model_type", None) not in _LINEAR_HEAD_TYPES:
+        return False
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _HEAD_MODIFIERS):
+        return False
+    prefix = getattr(base, "base_model_prefix", "")
+    if not prefix or not isinstance(getattr(base, prefix, None), torch.nn.Module):
+        return False
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return type(head) is torch.nn.Linear
+
+
+def _fused_causal_lm_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+
+    base = _unwrap(model)
+    backbone = getattr(base, base.base_model_prefix)
+    head = base.get_output_embeddings()
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, C)
+
+    # Position t predicts label t+1; keep only positions that carry a loss, so masked
+    # padding costs no projection at all.
+    shift_labels = labels[:, 1:].reshape(-1)  # (N,) with N = B * (T - 1)
+    keep = (shift_labels != IGNORE_INDEX).nonzero().squeeze(1)  # (M,)
+    n_tokens = keep.numel()
+    h = hidden[:, :-1, :].reshape(-1, hidden.size(-1)).index_select(0, keep)  # (M, C)
+    targets = shift_labels.index_select(0, keep)  # (M,)
+
+    vocab = head.weight.size(0)
+    rows = chunk_size or max(64, DEFAULT_CHUNK_BYTES // (4 * vocab))
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
+        loss_sum = FusedLinearCrossEntropy.apply(h, head.weight, head.bias, targets, rows, dtype)
+    else:  # evaluation: the same chunked loss, no gradients computed
+        loss_sum, _ = chunked_linear_cross_entropy(h, head.weight, head.bias, targets, rows=rows,
+                                                   dtype=dtype, need_h=False)
+    return loss_sum, torch.tensor(n_tokens, device=hidden.device)
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """``sum_i CE(h_i @ W.T + b, y_i)`` with its gradients computed in the forward pass.
+
+    The loss is linear in its upstream gradient (a scalar), so the gradients for an
+    upstream gradient of 1 are computed chunk by chunk in the forward pass and scaled in
+    the backward pass. Only (M, C) for the hidden states and (V, C) for the weight are
+    kept; each (rows, V) chunk of logits is reused in place and freed at the end.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        rows: int,
+        dtype: torch.dtype | None,
+    ) -> torch.Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            loss, grads = chunked_linear_cross_entropy(
+                h, weight, bias, targets, rows=rows, dtype=dtype,
+                need_h=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1],
+                need_bias=bias is not None and ctx.needs_input_grad[2],
+            )
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+        ctx.has_grad = tuple(g is not None for g in grads)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # Scale in place: no second copy of the (V, C) weight gradient.
+        grads = [g.mul_(grad_loss.to(g.dtype)) if has else None
+                 for g, has in zip(ctx.saved_tensors, ctx.has_grad, strict=True)]
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+def chunked_linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    rows: int,
+    dtype: torch.dtype | None = None,
+    need_h: bool = True,
+    need_weight: bool = False,
+    need_bias: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
+    """Sum of cross-entropies of ``h @ weight.T + bias`` against ``targets``, and its gradients.
+
+    ``h`` (M, C), ``weight`` (V, C), ``bias`` (V,) or None, ``targets`` (M,) all valid.
+    ``dtype`` is the matmul precision (the autocast dtype, or None for that of ``h``); the
+    softmax is always fp32. Returns the fp32 loss and ``(d_h, d_weight, d_bias)`` for an
+    upstream gradient of 1 (None where not asked for). No autograd graph is recorded.
+    """
+
+    mm_dtype = dtype or h.dtype
+    w = weight.to(mm_dtype)  # (V, C): one cast per call, like autocast's weight cache
+    b = bias.to(mm_dtype) if bias is not None else None
+    m, vocab = h.size(0), w.size(0)
+    rows = max(1, min(rows, m))
+    grad_h = torch.empty_like(h) if need_h else None  # (M, C), in the dtype of the input
+    # Weight/bias gradients accumulate over chunks in fp32 (a sum of M outer products).
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_weight else None
+    grad_b = torch.zeros(vocab, dtype=torch.float32, device=h.device) if need_bias else None
+    # Two reusable chunk buffers instead of fresh allocations per chunk: large CPU tensors
+    # are mmapped, page-faulted in and unmapped on each allocation.
+    logits = torch.empty(rows, vocab, dtype=mm_dtype, device=h.device)  # (rows, V)
+    probs = logits if mm_dtype == torch.float32 else torch.empty(rows, vocab, device=h.device)
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    need_grad = need_h or need_weight or need_bias
+    with torch.no_grad():
+        for start in range(0, m, rows):
+            n = min(rows, m - start)
+            hc = h[start:start + n].to(mm_dtype)  # (n, C)
+            tc = targets[start:start + n]  # (n,)
+            lc, pc = logits[:n], probs[:n]
+            if b is None:
+                torch.mm(hc, w.t(), out=lc)  # (n, V)
+            else:
+                torch.addmm(b, hc, w.t(), out=lc)
+            if pc is not lc:
+                pc.copy_(lc)  # fp32 softmax, as the plain path's `.float()`
+            lse = torch.logsumexp(pc, dim=1)  # (n,)
+            loss += (lse - pc.gather(1, tc[:, None]).squeeze(1)).sum()
+            if not need_grad:
+                continue
+            # d(sum CE)/d logits = softmax - one_hot(target), computed in place.
+            pc.sub_(lse[:, None]).exp_()
+            pc[torch.arange(n, device=h.device), tc] -= 1.0
+            gc = pc if pc is lc else lc.copy_(pc)  # (n, V) in the matmul dtype
+            if grad_h is not None:
+                grad_h[start:start + n] = gc @ w  # (n, C)
+            if grad_w is not None:
+                if mm_dtype == torch.float32:
+                    grad_w.addmm_(gc.t(), hc)  # (V, C) += (V, n) @ (n, C), no temporary
+                else:
+                    grad_w += gc.t() @ hc  # bf16/fp16 product, summed in fp32
+            if grad_b is not None:
+                grad_b += gc.sum(0, dtype=torch.float32)
+    out_w = grad_w.to(weight.dtype) if grad_w is not None else None
+    out_b = grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None
+    return loss, (grad_h, out_w, out_b)

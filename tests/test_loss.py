@@ -1,0 +1,186 @@
+"""The fused (chunked) output projection + cross-entropy equals the plain path.
+
+Loss, token count and every gradient (hidden states, the tied output/embedding weight, LoRA
+adapters) agree within fp32 rounding, with masked positions, chunk sizes that do not divide
+the sequence, gradient checkpointing and an upstream gradient other than 1; under bf16
+autocast they agree within bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from doctune.train.loss import (
+    IGNORE_INDEX,
+    FusedLinearCrossEntropy,
+    causal_lm_loss,
+    chunked_linear_cross_entropy,
+    supports_fused_loss,
+)
+
+VOCAB = 1000
+FP32_RTOL = 1e-5
+
+
+def _tiny_gpt2(**overrides: object) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=VOCAB,
+                     bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, **overrides)
+    return GPT2LMHeadModel(cfg).eval()  # eval: no dropout, so both paths see the same net
+
+
+def _lora(model: torch.nn.Module) -> torch.nn.Module:
+    from doctune.modeling import apply_lora
+
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapters' gradients non-trivial
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return peft_model
+
+
+def _batch(b: int = 3, t: int = 21) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (b, t), generator=g)
+    labels = ids.clone()
+    labels[0, 4:9] = IGNORE_INDEX  # context-only positions inside a row
+    labels[2, :3] = IGNORE_INDEX
+    labels[1, -5:] = IGNORE_INDEX  # right padding
+    return ids, labels
+
+
+def _loss_and_grads(model: torch.nn.Module, fused: bool, chunk: int | None = None,
+                    autocast: torch.dtype | None = None, scale: float = 1.0
+                    ) -> tuple[float, int, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    ids, labels = _batch()
+    ctx = torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext()
+    with ctx:
+        loss_sum, n_tokens = causal_lm_loss(model, ids, labels, fused=fused, chunk_size=chunk)
+    (loss_sum * scale / n_tokens).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss_sum.detach()), int(n_tokens), grads
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        err = (a[name] - b[name]).abs().max() / a[name].abs().max().clamp_min(1e-30)
+        assert err < rtol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, None])
+def test_full_finetune_tied_weights_match_plain(chunk: int | None) -> None:
+    model = _tiny_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight  # the head is the embedding
+    loss0, n0, g0 = _loss_and_grads(model, fused=False)
+    loss1, n1, g1 = _loss_and_grads(model, fused=True, chunk=chunk, scale=0.5)
+    assert n0 == n1 == 3 * 20 - 5 - 2 - 5  # labels[2, 0] is never a target after the shift
+    assert loss1 == pytest.approx(loss0, rel=FP32_RTOL)
+    _assert_close(g0, {k: 2 * v for k, v in g1.items()}, FP32_RTOL)
+    assert "transformer.wte.weight" in g1
+
+
+def test_lora_matches_plain_and_leaves_the_base_frozen() -> None:
+    model = _lora(_tiny_gpt2())
+    assert supports_fused_loss(model)
+    loss0, _, g0 = _loss_and_grads(model, fused=False)
+    loss1, _, g1 = _loss_and_grads(model, fused=True, chunk=5)
+    assert loss1 == pytest.approx(loss0, rel=FP32_RTOL)
+    assert g1 and all("lora_" in name for name in g1)
+    _assert_close(g0, g1, FP32_RTOL)
+
+
+def test_gradient_checkpointing_matches_plain() -> None:
+    from doctune.modeling import enable_grad_checkpointing
+
+    model = _tiny_gpt2()
+    enable_grad_checkpointing(model)
+    model.train()  # checkpointing only recomputes in training mode
+    for m in model.modules():  # ...but keep dropout off for an exact comparison
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    loss0, _, g0 = _loss_and_grads(model, fused=False)
+    loss1, _, g1 = _loss_and_grads(model, fused=True, chunk=9)
+    assert loss1 == pytest.approx(loss0, rel=FP32_RTOL)
+    _assert_close(g0, g1, FP32_RTOL)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_autocast_close_to_plain(lora: bool) -> None:
+    model = _lora(_tiny_gpt2()) if lora else _tiny_gpt2()
+    loss0, _, g0 = _loss_and_grads(model, fused=False, autocast=torch.bfloat16)
+    loss1, _, g1 = _loss_and_grads(model, fused=True, chunk=16, autocast=torch.bfloat16)
+    assert loss1 == pytest.approx(loss0, rel=1e-2)
+    _assert_close(g0, g1, 5e-2)  # bf16 keeps 8 bits of mantissa
+
+
+@pytest.mark.parametrize("chunk", [1, 6, 50])
+def test_function_gradients_hidden_weight_bias(chunk: int) -> None:
+    torch.manual_seed(0)
+    h = torch.randn(23, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    y = torch.randint(0, 40, (23,))
+    ref = F.cross_entropy(F.linear(h, w, b), y, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.3, (h, w, b))
+    out = FusedLinearCrossEntropy.apply(h, w, b, y, chunk, None)
+    grads = torch.autograd.grad(out * 0.3, (h, w, b))
+    assert float(out.detach()) == pytest.approx(float(ref.detach()), rel=FP32_RTOL)
+    for r, g in zip(ref_grads, grads, strict=True):
+        assert torch.allclose(g, r, rtol=FP32_RTOL, atol=1e-6)
+
+
+def test_all_positions_masked_gives_zero_loss_and_gradients() -> None:
+    model = _tiny_gpt2()
+    ids, _ = _batch()
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    loss_sum, n_tokens = causal_lm_loss(model, ids, labels, fused=True)
+    loss_sum.backward()
+    assert int(n_tokens) == 0 and float(loss_sum.detach()) == 0.0
+    assert float(model.transformer.wte.weight.grad.abs().sum()) == 0.0
+
+
+def test_no_grad_evaluation_matches_plain() -> None:
+    model = _tiny_gpt2()
+    ids, labels = _batch()
+    with torch.no_grad():
+        plain, _ = causal_lm_loss(model, ids, labels)
+        fused, _ = causal_lm_loss(model, ids, labels, fused=True, chunk_size=8)
+    assert float(fused) == pytest.approx(float(plain), rel=FP32_RTOL)
+
+
+def test_heads_that_are_not_a_plain_projection_take_the_plain_path() -> None:
+    softcapped = _tiny_gpt2()
+    softcapped.config.final_logit_softcapping = 30.0
+    assert not supports_fused_loss(softcapped)
+    from doctune.modeling import apply_lora
+
+    with warnings.catch_warnings():  # PEFT warns about adapting a tied layer: not the point here
+        warnings.simplefilter("ignore")
+        lora_on_head = apply_lora(_tiny_gpt2(), r=2, alpha=4, dropout=0.0, target_modules=["lm_head"])
+    assert not supports_fused_loss(lora_on_head)
+    # ...and the fallback still computes the right loss
+    ids, labels = _batch()
+    with torch.no_grad():
+        plain, _ = causal_lm_loss(softcapped, ids, labels)
+        fused, _ = causal_lm_loss(softcapped, ids, labels, fused=True)
+    assert float(fused) == float(plain)
+
+
+def test_chunked_loss_without_gradients() -> None:
+    torch.manual_seed(0)
+    h, w = torch.randn(10, 8), torch.randn(12, 8)
+    y = torch.randint(0, 12, (10,))
+    loss, grads = chunked_linear_cross_entropy(h, w, None, y, rows=3, need_h=False)
+    assert grads == (None, None, None)
+    ref = F.cross_entropy(h @ w.t(), y, reduction="sum")
+    assert float(loss) == pytest.approx(float(ref), rel=FP32_RTOL)
