@@ -114,6 +114,49 @@ def train(
         raise typer.Exit(130)
 
 
+@app.command()
+def prepare(
+    src: Annotated[Path, typer.Argument(help="Docs folder, or one .md/.mdx file.")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Fast tokenizer: a local folder or a cached hub id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the token store (reused when nothing changed).")],
+    block_size: Annotated[int | None, typer.Option("--block-size", help="Tokens per window. [default: 512]")] = None,
+    overlap: Annotated[int | None, typer.Option("--overlap", help="Tokens shared by consecutive windows of a document. [default: 64]")] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Share of documents held out for validation. [default: 0.05]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the train/validation split. [default: 0]")] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Glob a file must match, e.g. `docs/**` (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to skip, e.g. `blog` (repeatable; node_modules, .git, build folders always skipped).")] = None,
+    dialect: Annotated[str | None, typer.Option("--dialect", help="auto, mdx, markdown or mkdocs. [default: auto]")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Clean, tokenise and cut a docs folder into train/validation windows (a token store).
+
+    Example: `doctune prepare examples/docs --tokenizer gpt2 --out data/`
+    """
+    import json
+
+    from doctune.config import DataConfig
+    from doctune.data.prepare import prepare as run_prepare
+
+    d = DataConfig()  # the defaults live in the config schema
+    try:
+        summary = run_prepare(
+            src, out, tokenizer=tokenizer,
+            block_size=d.block_size if block_size is None else block_size,
+            overlap=d.overlap if overlap is None else overlap,
+            val_fraction=d.val_fraction if val_fraction is None else val_fraction,
+            seed=d.seed if seed is None else seed,
+            include=tuple(include or d.include), exclude=tuple(exclude or d.exclude),
+            dialect=d.dialect if dialect is None else dialect, title_heading=d.title_heading)
+    except DoctuneError as e:
+        raise fail(str(e)) from None
+    if json_:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    from doctune.data.prepare import format_summary
+
+    typer.echo(format_summary(summary))
+
+
 def main() -> None:
     """Console entry point: run the app, turning doctune's errors into clean messages."""
     try:

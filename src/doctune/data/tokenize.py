@@ -48,15 +48,19 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
                 raise
             tok = AutoTokenizer.from_pretrained(source, use_fast=True)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... here
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        said = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        scratch = ("or train from scratch (`model.name: scratch:tiny`), which trains its own "
+                   "tokenizer on your docs.")
+        if looks_local:
+            raise ModelError(f"`{local}` holds no tokenizer transformers can load: it needs "
+                             "tokenizer.json (or vocab.json + merges.txt) as written by "
+                             f"`save_pretrained`. Pass such a folder, a cached hub id, {scratch}"
+                             f"\n  (transformers said: {said})") from None
         raise ModelError(
-            f"could not load a tokenizer from {name!r}: it is not a local tokenizer folder and "
-            "it could not be downloaded from the Hugging Face hub (offline, or no cached copy). "
-            "Pass `--tokenizer path/to/folder` holding tokenizer.json (or vocab.json + "
-            "merges.txt), a hub id that is already cached, or use a from-scratch preset "
-            "(`model.name: scratch:tiny`), which trains its own tokenizer on your docs."
-            f"\n  (transformers said: {first})"
-        ) from None
+            f"could not load a tokenizer from {name!r}: it is not a local folder and it could "
+            "not be downloaded from the Hugging Face hub (offline, or no cached copy). Pass "
+            "`--tokenizer path/to/folder` holding tokenizer.json (or vocab.json + merges.txt), "
+            f"{scratch}\n  (transformers said: {said})") from None
     if not getattr(tok, "is_fast", False):
         raise ModelError(f"{name!r} only has a slow (Python) tokenizer; doctune needs a fast "
                          "one (tokenizer.json). Convert it with transformers and save it.")
