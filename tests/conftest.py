@@ -6,10 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One thread per test process: with `-n 2` the two workers fill the two cores, and OpenMP
+# threads spinning against each other would make tiny models hundreds of times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -154,6 +154,8 @@ class LogConfig(_Section):
     """W&B mode; offline needs no account."""
     progress: bool = True
     """Show a progress bar on a terminal (plain lines otherwise)."""
+    report: bool = True
+    """Write report.html with plots at the end of the run."""
 
 
 class Config(_Section):

@@ -79,10 +79,19 @@ def _catch_signals(flag: _StopFlag) -> Iterator[None]:
 
 def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> RunResult:
     """Run (or resume) the training described by ``cfg``; see the module docstring."""
-    import torch
 
     # ---- set-up: run folder, device, data, model, optimizer ---------------------------
     run = build_run(cfg, resume=resume, quiet=quiet)
+    try:
+        return _train(run, resume)
+    finally:
+        run.monitor.close()
+
+
+def _train(run: RunSetup, resume: bool) -> RunResult:
+    import torch
+
+    cfg = run.cfg
     model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
     device, prec, mon = run.device, run.precision, run.monitor
     t = cfg.train
@@ -171,7 +180,6 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> RunResul
         name = signal.Signals(flag.signal).name
         mon.message(f"{name} received: saved checkpoint step-{state.step} in "
                     f"{run.run_dir / 'checkpoints'}; continue with `doctune train --resume {run.run_dir}`")
-        mon.close()
         return RunResult(run.run_dir, None, state.step, state.tokens_seen, val_before, None, True)
     val_after = _evaluate(run, state.step, label="after training")
     _sample(run, state.step)
@@ -189,7 +197,6 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> RunResul
         lines.insert(0, f"validation perplexity: {_ppl(val_before):.2f} -> {_ppl(val_after):.2f}")
     for line in lines:
         mon.message(line)
-    mon.close()
     return RunResult(run.run_dir, final, state.step, state.tokens_seen, val_before, val_after)
 
 

@@ -72,6 +72,8 @@ class RunSetup:
         """The HTML report with plots (None if it could not be written; the run is still fine)."""
         from doctune.monitor.report import write_report
 
+        if not self.cfg.log.report:
+            return None
         try:
             return write_report(self.run_dir)
         except Exception as e:  # a report failure must never lose a finished run
@@ -225,7 +227,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
 
     seed_everything(t.seed)
     tokenizer = _load_tokenizer(cfg, run_dir, resume)
-    train, val, data_summary = _prepare_data(cfg, run_dir, tokenizer)
+    train, val, _data_summary = _prepare_data(cfg, run_dir, tokenizer)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
     seed_everything(t.seed)  # model init does not depend on how much data prep drew
