@@ -1,0 +1,138 @@
+"""Text generation from a loaded model, streamed piece by piece as tokens arrive.
+
+``generate_text`` runs transformers' ``generate`` with a streamer that hands each finished
+piece of text to a callback (no thread needed). Temperature 0 means greedy decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from doctune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from doctune.inference import Loaded
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick each next token."""
+
+    temperature: float = 0.8
+    """Softmax temperature; 0 picks the most likely token every time (greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probabilities sum to top_p."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0: no limit)."""
+    repetition_penalty: float = 1.0
+    """Above 1 makes tokens already in the text less likely (1: off)."""
+    max_new_tokens: int = 128
+    """How many tokens to generate at most (generation also stops at end-of-text)."""
+    seed: int | None = None
+    """Seed of the sampler: the same seed, prompt and model give the same text."""
+
+    def check(self) -> Sampling:
+        """Return self, or raise :class:`ConfigError` naming the first value out of range."""
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be 0 (greedy) or more, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k must be 0 (off) or more, got {self.top_k}.")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"--repetition-penalty must be above 0 (1 = off), got {self.repetition_penalty}.")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}.")
+        return self
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion and what shaped it."""
+
+    prompt: str
+    text: str
+    """The generated text only (the prompt is not repeated)."""
+    new_tokens: int
+    prompt_tokens: int
+    dropped_prompt_tokens: int
+    """Prompt tokens cut from the start so that prompt + new tokens fit the context."""
+
+
+def _streamer(tokenizer: Any, on_text: Callable[[str], None]) -> Any:
+    from transformers import TextStreamer
+
+    class _CallbackStreamer(TextStreamer):
+        # TextStreamer holds text back until a word (or a character) is complete.
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_text(text)
+
+    return _CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None, *,
+                  on_text: Callable[[str], None] | None = None) -> Generation:
+    """Complete ``prompt``; each finished piece of text goes to ``on_text`` as it comes."""
+    import torch
+
+    from doctune.inference import context_length
+
+    s = (sampling or Sampling()).check()
+    model, tok = loaded.model, loaded.tokenizer
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:  # an empty prompt starts a new document, as in training
+        eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+        ids = torch.tensor([[eos]])
+    n_ctx = context_length(model)
+    dropped = 0
+    if n_ctx is not None:
+        if s.max_new_tokens >= n_ctx:
+            raise ConfigError(f"--max-new-tokens is {s.max_new_tokens}, but this model reads at "
+                              f"most {n_ctx} tokens; use --max-new-tokens {n_ctx // 2} or less.")
+        dropped = max(0, ids.shape[1] + s.max_new_tokens - n_ctx)
+        ids = ids[:, dropped:]
+    kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens,
+                              "repetition_penalty": s.repetition_penalty,
+                              "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                              "eos_token_id": tok.eos_token_id}
+    if s.temperature == 0:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    if on_text is not None:
+        kwargs["streamer"] = _streamer(tok, on_text)
+    if s.seed is not None:
+        torch.manual_seed(s.seed)
+    ids = ids.to(loaded.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)  # (1, P + N)
+    new = out[0, ids.shape[1]:]
+    text = tok.decode(new, skip_special_tokens=True)
+    return Generation(prompt, text, int(new.numel()), int(ids.shape[1]), dropped)
+
+
+def interactive(loaded: Loaded, sampling: Sampling, *, prompts: Iterable[str],
+                write: Callable[[str], None], ask: Callable[[], None] | None = None) -> int:
+    """Answer each prompt from ``prompts`` (e.g. lines of stdin) until it ends or says ``exit``.
+
+    With a seed, the n-th prompt uses ``seed + n`` so that answers differ yet replay exactly.
+    Returns how many prompts were answered.
+    """
+    n = 0
+    if ask:
+        ask()
+    for line in prompts:
+        prompt = line.rstrip("\n").replace("\\n", "\n")
+        if prompt.strip() in {"exit", "quit", ":q"}:
+            break
+        if prompt.strip():
+            seed = None if sampling.seed is None else sampling.seed + n
+            generate_text(loaded, prompt, replace(sampling, seed=seed), on_text=write)
+            write("\n")
+            n += 1
+        if ask:
+            ask()
+    return n

@@ -1,0 +1,285 @@
+"""Load a trained model for use: generation, evaluation, merging and export.
+
+``load_for_inference(source)`` accepts whatever a user is likely to point at:
+
+* a run folder (``RUN/``, with ``config.yaml``): its ``final/`` model, or for a LoRA run the
+  base model with the adapter on top;
+* a checkpoint folder (``RUN/checkpoints/step-N/``): the base rebuilt from the run's config
+  and the checkpoint's weights loaded into it;
+* a bare PEFT adapter folder (``adapter_config.json``): loaded onto the base it names;
+* a transformers model folder (a merged or exported one, or any local model);
+* a Hugging Face hub id.
+
+``resolve_source`` answers what a source is without importing torch, so commands can
+check their input before the slow part.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from doctune.errors import CheckpointError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from doctune.config import Config
+
+SourceKind = Literal["run", "checkpoint", "adapter", "model", "hub"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a model reference points at, before anything is loaded."""
+
+    kind: SourceKind
+    given: str
+    """The reference as the user wrote it."""
+    model: str
+    """Folder (or hub id) holding the weights: ``final/``, the adapter, the checkpoint, the model."""
+    base: str | None = None
+    """The base model of an adapter or a checkpoint (hub id or folder); None for full models."""
+    run_dir: Path | None = None
+    """The run folder this came from, when there is one."""
+    lora: bool = False
+    """True when ``model`` holds LoRA weights that go on top of ``base``."""
+
+
+@dataclass
+class Loaded:
+    """A model ready to run, its tokenizer, and where it came from."""
+
+    model: Any
+    """A transformers causal LM (or a PEFT model wrapping one), in eval mode."""
+    tokenizer: Any
+    source: Source
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """A JSON-friendly summary: kind, paths, base, device and dtype."""
+        s = self.source
+        return {"kind": s.kind, "source": s.given, "model": s.model, "base": s.base,
+                "run_dir": str(s.run_dir) if s.run_dir else None, "lora": s.lora,
+                "device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read as JSON ({e}). Is the folder complete?") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object.")
+    return data
+
+
+def run_facts(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run folder; empty when the run never wrote it."""
+    p = run_dir / "run.json"
+    return _read_json(p) if p.is_file() else {}
+
+
+def run_config(run_dir: Path) -> Config:
+    """The resolved configuration a run was trained with (``RUN/config.yaml``)."""
+    from doctune.config import load_config
+
+    return load_config(run_dir / "config.yaml")
+
+
+def is_run_dir(path: Path) -> bool:
+    """True for a doctune run folder (it holds ``config.yaml``)."""
+    return (path / "config.yaml").is_file()
+
+
+def _run_base(run_dir: Path) -> str:
+    """The base model of a run: its saved ``base/``, or what ``run.json``/the config name."""
+    saved = run_dir / "base"
+    if (saved / "config.json").is_file():
+        return str(saved.resolve())
+    base = run_facts(run_dir).get("base_model")
+    if isinstance(base, str) and base:
+        return base
+    return run_config(run_dir).model.name
+
+
+def _no_final_message(run_dir: Path) -> str:
+    from doctune.train.checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    latest = f" The latest checkpoint is {ckpts[-1]}." if ckpts else " It has no checkpoint either."
+    return (f"{run_dir} has no final model (no `final/` folder): training did not finish. "
+            f"Resume it with `doctune train --resume {run_dir}`, or use a checkpoint folder "
+            f"instead of the run folder.{latest}")
+
+
+def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Source:
+    """Say what ``source`` is (see the module docstring); ``base`` overrides an adapter's base.
+
+    Raises :class:`CheckpointError` for a run without a final model, and :class:`ModelError`
+    for a folder that holds nothing loadable.
+    """
+    given = str(source)
+    path = Path(given).expanduser()
+    base_s = str(base) if base is not None else None
+    if not path.exists():
+        if given.startswith((".", "/", "~")) or given.count("/") > 1 or "\\" in given:
+            raise ModelError(f"{path} does not exist. Pass a run folder, a model folder, an "
+                             "adapter folder or a Hugging Face hub id (e.g. `distilgpt2`).")
+        return Source("hub", given, given)
+    if not path.is_dir():
+        raise ModelError(f"{path} is a file; pass the folder that holds the model.")
+    path = path.resolve()
+    if is_run_dir(path):
+        final = path / "final"
+        if not final.is_dir():
+            raise CheckpointError(_no_final_message(path))
+        if (final / "adapter_config.json").is_file():
+            return Source("run", given, str(final), base_s or _run_base(path), path, lora=True)
+        return Source("run", given, str(final), None, path)
+    if (path / "state.json").is_file() and (path / "weights.safetensors").is_file():
+        run_dir = path.parent.parent
+        if not is_run_dir(run_dir):
+            raise CheckpointError(f"{path} looks like a checkpoint, but {run_dir} is not its run "
+                                  "folder (no config.yaml). Keep checkpoints inside their run.")
+        lora = run_config(run_dir).lora.enabled
+        return Source("checkpoint", given, str(path), base_s or _run_base(run_dir), run_dir, lora)
+    if (path / "adapter_config.json").is_file():
+        named = _read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        found = base_s or (str(named) if named else None)
+        if not found:
+            raise ModelError(f"The adapter in {path} does not name its base model. Point to it "
+                             "with `--base PATH` (the model folder or hub id it was trained on).")
+        return Source("adapter", given, str(path), found, lora=True)
+    if (path / "config.json").is_file():
+        return Source("model", given, str(path))
+    raise ModelError(f"{path} holds no model: expected a doctune run folder (config.yaml), a "
+                     "transformers model folder (config.json), or a LoRA adapter folder "
+                     "(adapter_config.json).")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
+def _tokenizer_for(src: Source) -> Any:
+    from doctune.data.tokenize import load_tokenizer
+
+    own = Path(src.model)
+    if src.kind != "hub" and _has_tokenizer(own):
+        return load_tokenizer(str(own))
+    if src.run_dir is not None:
+        saved = src.run_dir / "tokenizer"
+        if _has_tokenizer(saved):
+            return load_tokenizer(str(saved))
+        cfg = run_config(src.run_dir)
+        return load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    return load_tokenizer(src.base or src.model)
+
+
+def _load_base(src: Source) -> Any:
+    """The base model of an adapter or checkpoint, with a message that says how to point to it."""
+    from doctune.modeling import load_pretrained
+
+    assert src.base is not None
+    base = Path(src.base).expanduser()
+    if base.is_absolute() and not base.exists():
+        raise ModelError(f"{src.model} was trained on the base model {src.base}, which does not "
+                         "exist on this machine. Point to a copy of it with `--base PATH`.")
+    try:
+        return load_pretrained(src.base)
+    except ModelError as e:
+        raise ModelError(f"{src.model} was trained on the base model {src.base!r}, which cannot "
+                         f"be loaded here. Point to it with `--base PATH` (a folder holding that "
+                         f"model, or its hub id once cached).\n  ({e})") from None
+
+
+def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
+    """Rebuild the run's model and load a checkpoint's trainable weights into it."""
+    from safetensors.torch import load_file
+
+    from doctune.modeling import apply_lora, build_scratch_model, is_scratch
+
+    assert src.run_dir is not None
+    cfg = run_config(src.run_dir)
+    if src.lora:
+        lo = cfg.lora
+        model = apply_lora(_load_base(src), r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
+                           target_modules=lo.target_modules)
+    elif is_scratch(cfg.model.name):  # every weight is in the checkpoint: the init does not matter
+        model = build_scratch_model(cfg.model.name, tokenizer, block_size=cfg.data.block_size)
+    else:
+        model = _load_base(src)
+    weights = {k.replace("_orig_mod.", ""): v
+               for k, v in load_file(str(Path(src.model) / "weights.safetensors")).items()}
+    result = model.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{src.model} does not match the model its run describes: "
+                              f"unexpected weights {result.unexpected_keys[:5]}. Was config.yaml "
+                              "edited after training?")
+    return model
+
+
+def _to_dtype(choice: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"``: the precision training would pick here; else fp32, bf16 or fp16."""
+    import torch
+
+    from doctune.device import resolve_precision
+
+    if isinstance(choice, torch.dtype):
+        return choice
+    precision = resolve_precision(choice or "auto", device)
+    return precision.autocast_dtype or torch.float32
+
+
+def load_for_inference(source: str | Path, *, device: str = "auto",
+                       dtype: str | torch.dtype | None = None, base: str | Path | None = None,
+                       merge: bool = False) -> Loaded:
+    """Load ``source`` (run, checkpoint, adapter, model folder or hub id) ready to run.
+
+    ``device`` is ``auto|cuda|mps|cpu``; ``dtype`` is ``auto`` (None), ``fp32``, ``bf16``,
+    ``fp16`` or a torch dtype. ``base`` replaces the base model an adapter names.
+    With ``merge=True`` LoRA weights are merged into the base (a plain transformers model).
+    """
+    from doctune.device import resolve_device
+    from doctune.modeling import load_pretrained
+
+    src = resolve_source(source, base=base)
+    dev = resolve_device(device)
+    torch_dtype = _to_dtype(dtype, dev)
+    tokenizer = _tokenizer_for(src)
+    if src.kind == "checkpoint":
+        model = _load_checkpoint(src, tokenizer)
+    elif src.lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_load_base(src), src.model)
+    else:
+        model = load_pretrained(src.model)
+    if merge and src.lora:
+        model = merge_lora(model)
+    model.to(device=dev, dtype=torch_dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return Loaded(model, tokenizer, src, dev, torch_dtype)
+
+
+def merge_lora(model: Any) -> Any:
+    """Fold a PEFT LoRA model into its base: ``W + scale * B @ A`` (GPT-2's Conv1D included)."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return model.merge_and_unload()
+
+
+def context_length(model: Any) -> int | None:
+    """How many tokens the model reads at most (None when its config does not say)."""
+    cfg = model.config
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
