@@ -246,3 +246,9 @@ def test_cli_help_defaults_match_the_config_schema() -> None:
             assert found.group(1) == str(getattr(defaults, name)), name
             checked += 1
     assert checked == 5
+
+
+def test_bare_gpt2_files_load_as_gpt2(fixtures_dir: Path) -> None:
+    tok = load_tokenizer(fixtures_dir / "tokenizers" / "gpt2")
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert tok.eos_token_id == EOS

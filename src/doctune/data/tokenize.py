@@ -7,6 +7,7 @@ across threads (set ``TOKENIZERS_PARALLELISM=false`` to keep it on one core).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,9 @@ per-token objects the Rust encoder builds stay well under a few hundred MB."""
 def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
     """Load a fast tokenizer from a local folder or a Hugging Face hub id.
 
+    A folder is one written by ``save_pretrained``, or GPT-2's original ``vocab.json`` +
+    ``merges.txt`` alone (byte-level BPE with ``<|endoftext|>``).
+
     Raises :class:`ModelError` when it cannot be found (offline, typo, not a tokenizer
     folder) or when only a slow (Python) tokenizer exists for it.
     """
@@ -40,6 +44,10 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
         raise ModelError(f"tokenizer folder `{local}` does not exist; pass a folder saved with "
                          "`save_pretrained` (tokenizer.json or vocab files) or a hub id.")
     source = str(local) if looks_local else name
+    if looks_local and _bare_gpt2_files(local):
+        from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
+
+        return GPT2TokenizerFast(vocab=str(local / "vocab.json"), merges=str(local / "merges.txt"))
     try:
         try:  # a cached copy first: no network round trips (and retries) when offline
             tok = AutoTokenizer.from_pretrained(source, use_fast=True, local_files_only=True)
@@ -65,6 +73,18 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
         raise ModelError(f"{name!r} only has a slow (Python) tokenizer; doctune needs a fast "
                          "one (tokenizer.json). Convert it with transformers and save it.")
     return tok
+
+
+def _bare_gpt2_files(folder: Path) -> bool:
+    """GPT-2's original tokenizer files alone: vocab.json + merges.txt with its EOS token."""
+    if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
+        return False
+    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+        return False
+    try:
+        return EOS_TOKEN in json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def backend(tokenizer: PreTrainedTokenizerBase | Tokenizer) -> Tokenizer:
