@@ -239,6 +239,47 @@ def generate(
         raise fail(str(e)) from None
 
 
+@app.command("eval")
+def eval_(
+    model: ModelArg,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Docs folder (or file) to score.", exists=True)],
+    compare: Annotated[str | None, typer.Option("--compare", help="Also score this model (`base` = the run's base) and show both.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Window size (default: the run's `data.block_size`).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Window overlap (default: the run's `data.overlap`).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's).")] = None,
+    base: BaseOpt = None,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Perplexity per document and overall, with the same cleaning and windows as training.
+
+    Example: `doctune eval runs/mydocs --data docs/ --compare base`
+    """
+    import json
+
+    from rich.console import Console
+
+    from doctune.evaluate import evaluate, notes, results_table
+
+    try:
+        result, other = evaluate(model, data, compare=compare, base=base, device=device,
+                                 precision=precision, block_size=block_size, overlap=overlap,
+                                 batch_size=batch_size)
+    except DoctuneError as e:
+        raise fail(str(e)) from None
+    if json_:
+        payload = result.to_dict()
+        if other is not None:
+            payload["compare"] = other.to_dict()
+        typer.echo(json.dumps(payload, indent=1, allow_nan=True))
+        return
+    console = Console()
+    console.print(results_table(result, other))
+    for note in notes(result, other):
+        console.print(f"note: {note}", style="yellow")
+
+
 @app.command()
 def merge(
     run: ModelArg,
@@ -303,6 +344,30 @@ def _write_export(source: str, out: Path, *, fmt: str, quant: str | None, base: 
         typer.echo(f"next: cd {result.out} && ollama create my-docs -f Modelfile && ollama run my-docs")
     else:
         typer.echo(f"upload: hf upload YOUR-NAME/{result.out.name} {result.out} .")
+
+
+@app.command()
+def plan(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    device: Annotated[str | None, typer.Option("--device", help="Plan for cpu, cuda or mps. [default: `train.device`; auto = this machine]")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Estimate the peak memory of a training run, check it against the budget, suggest settings that fit.
+
+    Example: `doctune plan --config doctune.yaml --set train.micro_batch_size=8 --device mps`
+    """
+    import json
+
+    from doctune.config import load_config
+    from doctune.plan import estimate_memory, plan_device, render_plan
+
+    try:
+        cfg = load_config(config, set_)
+        result = estimate_memory(cfg, device=plan_device(device or cfg.train.device))
+    except DoctuneError as e:
+        raise fail(str(e)) from None
+    typer.echo(json.dumps(result.to_dict(), indent=2) if json_ else render_plan(result, cfg))
 
 
 def main() -> None:
