@@ -169,8 +169,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(docs: Path, model_dir: Pa
     real = loop.causal_lm_loss
     calls = {"n": 0}
 
-    def poisoned(model, input_ids, labels, attention_mask=None):  # type: ignore[no-untyped-def]
-        loss_sum, n = real(model, input_ids, labels)
+    def poisoned(model, input_ids, labels, attention_mask=None, **kw):  # type: ignore[no-untyped-def]
+        loss_sum, n = real(model, input_ids, labels, **kw)
         calls["n"] += model.training
         if model.training and calls["n"] > 2 * 2:  # 2 steps of 2 micro-batches, then NaN
             loss_sum = loss_sum * float("nan")

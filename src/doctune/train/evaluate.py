@@ -23,6 +23,7 @@ def evaluate_loss(
     precision: Precision,
     pad_id: int,
     max_batches: int | None = None,
+    fused: bool = False,
 ) -> tuple[float, int]:
     """Mean loss per token over ``windows`` (in order) and the number of tokens it covers.
 
@@ -43,7 +44,8 @@ def evaluate_loss(
             batch = [windows[i] for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
             input_ids, labels = collate(batch, pad_id)
             with precision.autocast(device):
-                loss_sum, n_tok = causal_lm_loss(model, input_ids.to(device), labels.to(device))
+                loss_sum, n_tok = causal_lm_loss(model, input_ids.to(device), labels.to(device),
+                                                 fused=fused)
             total += float(loss_sum)
             count += int(n_tok)
     model.train(was_training)

@@ -106,9 +106,11 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
         val_before = run.facts.get("val_loss_before")
         mon.message(f"resumed from {ckpt} (step {state.step} of {state.total_steps})")
         if state.step >= run.total_steps:
-            mon.message("that checkpoint is already at the last step; saving the final model")
+            mon.warn("that checkpoint is already at the last step; saving the final model")
     else:
         val_before = _evaluate(run, 0, label="before training")
+        run.facts.update({"val_loss_before": val_before, "val_ppl_before": _ppl(val_before)})
+        run.write_facts()  # a resumed run reads the starting perplexity back from here
         _sample(run, 0)
 
     # ---- the loop ------------------------------------------------------------------
@@ -128,7 +130,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             for input_ids, labels in micro:
                 input_ids, labels = input_ids.to(device), labels.to(device)
                 with prec.autocast(device):
-                    loss_sum, _ = causal_lm_loss(model, input_ids, labels)
+                    loss_sum, _ = causal_lm_loss(model, input_ids, labels, fused=t.fused_loss)
                 loss = loss_sum / max(step_tokens, 1)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_total += loss.detach()
@@ -178,7 +180,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
     if flag.signal is not None:
         name = signal.Signals(flag.signal).name
-        mon.message(f"{name} received: saved checkpoint step-{state.step} in "
+        mon.summary(f"{name} received: saved checkpoint step-{state.step} in "
                     f"{run.run_dir / 'checkpoints'}; continue with `doctune train --resume {run.run_dir}`")
         return RunResult(run.run_dir, None, state.step, state.tokens_seen, val_before, None, True)
     val_after = _evaluate(run, state.step, label="after training")
@@ -196,7 +198,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     if val_before is not None and val_after is not None:
         lines.insert(0, f"validation perplexity: {_ppl(val_before):.2f} -> {_ppl(val_after):.2f}")
     for line in lines:
-        mon.message(line)
+        mon.summary(line)
     return RunResult(run.run_dir, final, state.step, state.tokens_seen, val_before, val_after)
 
 
@@ -224,7 +226,8 @@ def _evaluate(run: RunSetup, step: int, label: str = "") -> float | None:
         return None
     t = run.cfg.train
     loss, n_tok = evaluate_loss(run.model, run.val, batch_size=t.micro_batch_size, device=run.device,
-                                precision=run.precision, pad_id=run.pad_id, max_batches=t.eval_batches)
+                                precision=run.precision, pad_id=run.pad_id, max_batches=t.eval_batches,
+                                fused=t.fused_loss)
     empty_cache(run.device)
     run.monitor.log_eval(step, {"val_loss": loss, "val_ppl": perplexity(loss), "val_tokens": n_tok})
     if label:

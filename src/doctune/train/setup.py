@@ -77,7 +77,7 @@ class RunSetup:
         try:
             return write_report(self.run_dir)
         except Exception as e:  # a report failure must never lose a finished run
-            self.monitor.message(f"warning: could not write the report: {e}")
+            self.monitor.warn(f"could not write the report: {e}")
             return None
 
 
