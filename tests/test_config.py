@@ -84,6 +84,6 @@ def test_missing_and_bad_yaml_files(tmp_path: Path) -> None:
 
 def test_commented_yaml_round_trips() -> None:
     text = commented_yaml()
-    assert "# Peak learning rate." in text
+    assert "# Peak learning rate; null = 1e-3 for LoRA" in text
     data = yaml.safe_load(text)
     assert Config.model_validate(data) == Config()

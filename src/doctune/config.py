@@ -92,8 +92,8 @@ class TrainConfig(_Section):
     """Windows per forward/backward pass."""
     grad_accum: int = Field(4, ge=1)
     """Micro-batches per optimizer step (effective batch = micro_batch_size x grad_accum)."""
-    lr: float = Field(3e-4, gt=0)
-    """Peak learning rate."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate; null = 1e-3 for LoRA and scratch presets, 1e-4 for full fine-tuning of a pretrained model."""
     warmup_steps: int = Field(10, ge=0)
     """Linear warm-up steps from 0 to train.lr."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"

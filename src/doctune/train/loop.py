@@ -144,6 +144,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             if scaler is not None:
                 scaler.unscale_(opt)
             grad_norm = _clip(model, t.max_grad_norm)
+            lr = sched.get_last_lr()[0]  # the rate this update uses
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -160,7 +161,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                 run.facts["time_to_first_step_s"] = round(time.perf_counter() - run.t0, 3)
             if state.step % t.log_every == 0 or state.step == run.total_steps:
                 mon.log_step(state.step, {
-                    "train_loss": train_loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
+                    "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_sec": input_tokens / step_s, "step_time_s": step_s,
                     "tokens_seen": float(state.tokens_seen),
                     "epoch": order.epoch_of(state.micro_step)})
@@ -257,7 +258,7 @@ def _nan_message(step: int, value: float, run: RunSetup) -> str:
     keep = (f"The last good checkpoint is {ckpts[-1]}; it was not overwritten."
             if ckpts else "No checkpoint had been saved yet.")
     return (f"The training loss became {value} at step {step}. Likely causes: a learning rate too "
-            f"high for this model (train.lr={run.cfg.train.lr:g}; try 3x lower or more warm-up), "
+            f"high for this model (train.lr={run.cfg.train.lr}; try 3x lower or more warm-up), "
             f"fp16 overflow (precision={run.precision.name}; try bf16 or fp32), or no gradient "
             f"clipping (train.max_grad_norm={run.cfg.train.max_grad_norm}). {keep}")
 

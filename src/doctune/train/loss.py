@@ -232,12 +232,17 @@ def chunked_linear_cross_entropy(
                 torch.addmm(b, hc, w.t(), out=lc)
             if pc is not lc:
                 pc.copy_(lc)  # fp32 softmax, as the plain path's `.float()`
-            lse = torch.logsumexp(pc, dim=1)  # (n,)
-            loss += (lse - pc.gather(1, tc[:, None]).squeeze(1)).sum()
+            # Softmax in place, without logsumexp's (n, V) temporary:
+            # lse = max + log(sum(exp(z - max))); probs = exp(z - max) / sum.
+            target_logit = pc.gather(1, tc[:, None]).squeeze(1)  # (n,)
+            row_max = pc.amax(dim=1, keepdim=True)  # (n, 1)
+            pc.sub_(row_max).exp_()
+            row_sum = pc.sum(dim=1, keepdim=True)  # (n, 1)
+            loss += (row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit).sum()
             if not need_grad:
                 continue
-            # d(sum CE)/d logits = softmax - one_hot(target), computed in place.
-            pc.sub_(lse[:, None]).exp_()
+            # d(sum CE)/d logits = softmax - one_hot(target)
+            pc.div_(row_sum)
             pc[torch.arange(n, device=h.device), tc] -= 1.0
             gc = pc if pc is lc else lc.copy_(pc)  # (n, V) in the matmul dtype
             if grad_h is not None:

@@ -197,9 +197,21 @@ def _build_model(cfg: Config, run_dir: Path, tokenizer: Any, resume: bool) -> tu
     return model, base
 
 
+def _resolve_defaults(cfg: Config) -> Config:
+    """Fill the defaults that depend on other keys, so that config.yaml shows real values."""
+    from doctune.modeling import is_scratch
+
+    if cfg.train.lr is not None:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.lr = 1e-3 if (cfg.lora.enabled or is_scratch(cfg.model.name)) else 1e-4
+    return cfg
+
+
 def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     """Resolve and build everything for ``cfg``; see :class:`RunSetup`."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from doctune.device import resolve_device, resolve_precision
     from doctune.modeling import apply_lora, count_parameters, enable_grad_checkpointing
@@ -221,6 +233,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
         from doctune.plan import fit_to_budget
 
         cfg, notes = fit_to_budget(cfg, device=device.type)
+    cfg = _resolve_defaults(cfg)
+    t = cfg.train
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
@@ -232,6 +246,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
 
     seed_everything(t.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run_dir, tokenizer, resume)
+    hf_logging.disable_progress_bar()  # after loading, so hub downloads kept their bars
     model.to(device)
     if t.grad_checkpointing:
         enable_grad_checkpointing(model)
@@ -243,6 +258,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
 
     steps_per_epoch = math.ceil(len(train) / (t.micro_batch_size * t.grad_accum))
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    assert t.lr is not None  # resolved above
     optimizer = build_optimizer(model, lr=t.lr, weight_decay=t.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         t.schedule, warmup_steps=t.warmup_steps, total_steps=total_steps, min_lr_ratio=t.min_lr_ratio))
