@@ -108,7 +108,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
         if state.step >= run.total_steps:
             mon.warn("that checkpoint is already at the last step; saving the final model")
     else:
-        val_before = _evaluate(run, 0, label="before training")
+        val_before = _evaluate(run, 0)
         run.facts.update({"val_loss_before": val_before, "val_ppl_before": _ppl(val_before)})
         run.write_facts()  # a resumed run reads the starting perplexity back from here
         _sample(run, 0)
@@ -184,7 +184,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
         mon.summary(f"{name} received: saved checkpoint step-{state.step} in "
                     f"{run.run_dir / 'checkpoints'}; continue with `doctune train --resume {run.run_dir}`")
         return RunResult(run.run_dir, None, state.step, state.tokens_seen, val_before, None, True)
-    val_after = _evaluate(run, state.step, label="after training")
+    val_after = _evaluate(run, state.step)
     _sample(run, state.step)
     final = run.save_final()
     run.facts.update({"steps": state.step, "tokens_seen": state.tokens_seen,
@@ -219,7 +219,7 @@ def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
-def _evaluate(run: RunSetup, step: int, label: str = "") -> float | None:
+def _evaluate(run: RunSetup, step: int) -> float | None:
     """Validation loss at ``step``, logged with its perplexity; None without a validation split."""
     from doctune.device import empty_cache
 
@@ -231,8 +231,6 @@ def _evaluate(run: RunSetup, step: int, label: str = "") -> float | None:
                                 fused=t.fused_loss)
     empty_cache(run.device)
     run.monitor.log_eval(step, {"val_loss": loss, "val_ppl": perplexity(loss), "val_tokens": n_tok})
-    if label:
-        run.monitor.message(f"validation loss {label}: {loss:.4f} (perplexity {perplexity(loss):.2f})")
     return loss
 
 
