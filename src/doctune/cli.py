@@ -346,6 +346,30 @@ def _write_export(source: str, out: Path, *, fmt: str, quant: str | None, base: 
         typer.echo(f"upload: hf upload YOUR-NAME/{result.out.name} {result.out} .")
 
 
+@app.command()
+def plan(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    device: Annotated[str | None, typer.Option("--device", help="Plan for cpu, cuda or mps. [default: `train.device`; auto = this machine]")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Estimate the peak memory of a training run, check it against the budget, suggest settings that fit.
+
+    Example: `doctune plan --config doctune.yaml --set train.micro_batch_size=8 --device mps`
+    """
+    import json
+
+    from doctune.config import load_config
+    from doctune.plan import estimate_memory, plan_device, render_plan
+
+    try:
+        cfg = load_config(config, set_)
+        result = estimate_memory(cfg, device=plan_device(device or cfg.train.device))
+    except DoctuneError as e:
+        raise fail(str(e)) from None
+    typer.echo(json.dumps(result.to_dict(), indent=2) if json_ else render_plan(result, cfg))
+
+
 def main() -> None:
     """Console entry point: run the app, turning doctune's errors into clean messages."""
     try:

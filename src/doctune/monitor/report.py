@@ -4,8 +4,9 @@ plus the PNG plots under ``plots/``, built only from what the run folder holds.
 Read from the run folder, each optional: ``metrics.jsonl``, ``samples.jsonl`` (or
 ``samples.md``), ``config.yaml``, ``data_summary.json`` and ``run.json``. From ``run.json``
 the report shows ``val_loss_before``/``val_ppl_before`` and ``val_loss_after``/``val_ppl_after``
-(taken from the first and last evaluation in ``metrics.jsonl`` when absent), and every
-other plain value in a table.
+(taken from the first and last evaluation in ``metrics.jsonl`` when absent), ``steps``,
+``total_steps``, ``tokens_seen`` and ``train_time_s`` (or ``duration_s``) in the summary
+cards, and every other plain value in a table.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _cards(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                    if isinstance(r.get(k), int | float)), default=None)
         cards.append(("peak memory", format_mb(peak),
                       "process RSS" + (f"; device {format_mb(dev)}" if dev is not None else "")))
-    duration = run.get("duration_s")
+    duration = run.get("duration_s", run.get("train_time_s"))
     if isinstance(duration, int | float):
         cards.append(("time", format_duration(float(duration)), "wall clock"))
     return "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{v}</div>'

@@ -63,6 +63,9 @@ def generate_samples(
             for prompt in prompts:
                 torch.manual_seed(seed)
                 enc = tokenizer(prompt, return_tensors="pt").to(device)
+                if enc["input_ids"].shape[1] == 0:  # an empty prompt: start from end-of-text
+                    start = torch.tensor([[eos if eos is not None else 0]], device=device)
+                    enc = {"input_ids": start, "attention_mask": torch.ones_like(start)}
                 ids = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
