@@ -1,0 +1,230 @@
+"""Pieces of the training benchmark: matmul peak, process-tree memory, model FLOPs, inputs.
+
+Kept apart from ``bench_train.py`` so that the benchmark reads as the comparison itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+MB = 2**20
+REPO = Path(__file__).resolve().parent.parent
+GPT2_TOKENIZER_FILES = REPO / "tests" / "fixtures" / "tokenizers" / "gpt2"
+
+SHAPES: dict[str, dict[str, int]] = {
+    "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
+    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
+}
+
+
+# ---------------------------------------------------------------------------
+# the machine
+
+
+def matmul_peak_gflops(dtype_name: str, device: str = "cpu", seconds: float = 3.0) -> dict[str, Any]:
+    """Best sustained GFLOP/s of a square matmul in ``dtype_name`` (fp32 or bf16) on ``device``.
+
+    The size grows from 512 up to 2048 (8192 on CUDA) while one product takes under half a
+    second, so a CPU that emulates bf16 (no AVX512-BF16/AMX) is measured without stalling.
+    """
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = dtype_name == "fp32"  # what training gets
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    max_n = 8192 if device == "cuda" else 2048
+    n, best = 512, 0.0
+    while True:
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        a @ b
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        once = time.perf_counter() - t
+        if n >= max_n or once > 0.5:
+            break
+        n *= 2
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return {"gflops": round(best, 1), "n": n}
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU/GPU name, cores, torch version and the bf16 flags of this machine."""
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+                            "cpu": platform.processor() or platform.machine()}
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["cpu_bf16_flags"] = sorted(flags & {"avx512_bf16", "amx_bf16", "avx512f"})
+                info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+                break
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    info["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+# ---------------------------------------------------------------------------
+# model FLOPs
+
+
+def flops_per_token(n_layer: int, n_embd: int, vocab_size: int, block: int) -> int:
+    """Model FLOPs per trained token: 6N + 12 * n_layer * n_embd * block.
+
+    N counts the parameters used in matrix multiplications: 12 * n_embd^2 per GPT-2 layer
+    plus the (tied) output projection; biases, norms and the position table are left out.
+    The attention term is PaLM's (appendix B). LoRA and checkpointing keep the same model
+    FLOPs by this convention (MFU, not hardware utilisation).
+    """
+    n_matmul = 12 * n_layer * n_embd**2 + vocab_size * n_embd
+    return 6 * n_matmul + 12 * n_layer * n_embd * block
+
+
+# ---------------------------------------------------------------------------
+# inputs: tokenizer and a randomly initialised model folder
+
+
+def save_gpt2_tokenizer(out: Path) -> Path:
+    """Write the real GPT-2 tokenizer (from the test fixtures) where AutoTokenizer reads it."""
+    from transformers import GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast(vocab=str(GPT2_TOKENIZER_FILES / "vocab.json"),
+                            merges=str(GPT2_TOKENIZER_FILES / "merges.txt"))
+    if tok("Hello world")["input_ids"] != [15496, 995]:
+        raise RuntimeError(f"{GPT2_TOKENIZER_FILES} does not hold the GPT-2 tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+def save_random_model(shape: str, tokenizer_dir: Path, out: Path, seed: int = 42) -> Path:
+    """A randomly initialised GPT-2 of ``shape`` saved with the tokenizer, like a hub model.
+
+    Same GPT2Config defaults as the baseline builds (dropout 0.1, ``gelu_new``).
+    """
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    eos = tok.eos_token_id
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**SHAPES[shape], n_positions=1024,
+                                       bos_token_id=eos, eos_token_id=eos))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# running one side and watching its memory from outside
+
+
+@dataclass
+class ProcessRun:
+    """How a child process went, measured from this (parent) process."""
+
+    returncode: int
+    wall_s: float
+    peak_tree_rss_mb: float
+    """Largest sum of RSS over the child and all its descendants, sampled every ~50 ms."""
+    maxrss_mb: float
+    """The kernel's peak RSS of the child (largest of it and its reaped descendants)."""
+    first_step_s: float | None
+    """Launch to the first finished optimizer step, as seen from here."""
+    log: list[str] = field(default_factory=list)
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+    return total
+
+
+def run_watched(cmd: list[str], *, env: dict[str, str], log_path: Path,
+                first_step_seen: Callable[[str], bool] | None = None,
+                first_step_file: Callable[[], bool] | None = None,
+                interval: float = 0.05, echo: bool = False) -> ProcessRun:
+    """Run ``cmd``, sampling the RSS of its process tree and spotting its first optimizer step.
+
+    The first step is found either in a stdout line (``first_step_seen``) or by polling a
+    file (``first_step_file``, e.g. a metrics file gaining its first line).
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    ps = psutil.Process(proc.pid)
+    first: list[float] = []
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        with log_path.open("w", encoding="utf-8") as log:
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line.rstrip("\n"))
+                if echo:
+                    print("    " + line.rstrip("\n"), flush=True)
+                if not first and first_step_seen is not None and first_step_seen(line):
+                    first.append(time.perf_counter() - t0)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, _tree_rss(ps))
+        if not first and first_step_file is not None and first_step_file():
+            first.append(time.perf_counter() - t0)
+        time.sleep(interval)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    reader.join(timeout=10)
+    return ProcessRun(returncode=proc.returncode, wall_s=round(wall, 2),
+                      peak_tree_rss_mb=round(peak / MB, 1),
+                      maxrss_mb=round(usage.ru_maxrss / 1024, 1),
+                      first_step_s=round(first[0], 2) if first else None, log=lines)
+
+
+def median(xs: list[float]) -> float:
+    """Median of a non-empty list (mean of the middle two for an even count)."""
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file (missing file: none)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
