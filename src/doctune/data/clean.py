@@ -28,10 +28,13 @@ from typing import Any
 
 import yaml
 
-from doctune.data.blocks import code_blocks, dedent_blocks, needs_dedent
-from doctune.data.dialect import DIALECTS
+from doctune.data.blocks import code_blocks
+from doctune.data.dialect import DIALECTS, detect_dialect
+from doctune.data.indent import dedent_blocks, needs_dedent
 from doctune.data.mdx import Notes, ProseCleaner, line_rules
 from doctune.data.mkdocs import mkdocs_lines
+
+__all__ = ["CleanResult", "clean_markdown", "detect_dialect"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,6 +59,8 @@ class CleanResult:
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _H1 = re.compile(r" {0,3}#(?:[ \t]|$)")
 _SETEXT_H1 = re.compile(r" {0,3}=+[ \t]*")
+# In a title, what would read as a tag, an expression or a comment: `<form>`, `{x}`.
+_TITLE_ESCAPES = re.compile(r"<(?=[A-Za-z/!?])|[{}]")
 
 
 def _front_matter(lines: list[str], notes: Notes) -> tuple[int, str | None]:
@@ -102,7 +107,9 @@ def _has_h1(lines: list[str], code: list[bool]) -> bool:
     return False
 
 
-def _clean_prose(lines: list[str], code: list[bool], mdx: bool, notes: Notes) -> tuple[list[str], list[bool]]:
+def _clean_prose(
+    lines: list[str], code: list[bool], origin: list[int], mdx: bool, notes: Notes
+) -> tuple[list[str], list[bool]]:
     """Clean every run of non-code lines; code lines pass through untouched."""
     prose = ProseCleaner(mdx=mdx, notes=notes)
     out: list[str] = []
@@ -118,8 +125,8 @@ def _clean_prose(lines: list[str], code: list[bool], mdx: bool, notes: Notes) ->
         j = i
         while j < n and not code[j]:
             j += 1
-        run = [ln for ln in line_rules(lines[i:j], i + 1, mdx=mdx, notes=notes) if ln is not None]
-        cleaned = prose.clean("\n".join(run), i + 1).split("\n")
+        run = [ln for ln in line_rules(lines[i:j], mdx=mdx, notes=notes) if ln is not None]
+        cleaned = prose.clean("\n".join(run), origin[i]).split("\n")
         out.extend(cleaned)
         out_code.extend([False] * len(cleaned))
         i = j
@@ -166,21 +173,25 @@ def clean_markdown(
     lines = text.split("\n")
     skip, title = _front_matter(lines, notes)
     lines[:skip] = [""] * skip
+    origin = list(range(1, len(lines) + 1))  # line number in the source, for warnings
     if dialect == "mkdocs":
-        lines = mkdocs_lines(lines, notes)
+        parts = [ln.split("\n") for ln in mkdocs_lines(lines, notes)]
+        origin = [k + 1 for k, p in enumerate(parts) for _ in p]
+        lines = [ln for p in parts for ln in p]
     mdx = dialect == "mdx"
     blocks = code_blocks(lines, indented_code=not mdx, html_blocks=dialect == "markdown")
     code = [False] * len(lines)
     for b in blocks:
         code[b.start : b.end] = [True] * (b.end - b.start)
         if b.fenced and not b.closed:
-            notes.warn(b.start + 1, "code fence is never closed; everything after it is kept as code")
-    lines, code = _clean_prose(lines, code, mdx, notes)
-    if mdx and needs_dedent(lines, code):
-        lines = dedent_blocks(lines)
+            notes.warn(origin[b.start], "code fence is never closed; everything after it is "
+                                        "kept as code")
+    lines, code = _clean_prose(lines, code, origin, mdx, notes)
+    if needs_dedent(lines, code, mdx=mdx):
+        lines = dedent_blocks(lines, None if mdx else code)
     lines, code = _tidy(lines, code)
     if title and title_heading and not _has_h1(lines, code):
-        lines = [f"# {title}", "", *lines]
+        lines = ["# " + _TITLE_ESCAPES.sub(lambda m: "\\" + m.group(), title), "", *lines]
     notes.finish()
     out = "\n".join(lines)
     return CleanResult(

@@ -52,8 +52,10 @@ _ADMONITION = re.compile(
     r"(?:\[(?P<btitle>[^\]]*)\])?[ \t]*(?:\{(?P<attrs>[^}]*)\})?[ \t]*(?P<title>.*?)[ \t]*"
 )
 _ATTR_TITLE = re.compile(r"""title=(?:"([^"]*)"|'([^']*)')""")
-_GH_ALERT = re.compile(r"(?P<quote>[ \t]*(?:>[ \t]?)+)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*(?P<rest>.*)",
-                       re.I)
+_GH_ALERT = re.compile(
+    r"(?P<quote>[ \t]*(?:>[ \t]?)+)\[!(?P<kind>NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*(?P<rest>.*)",
+    re.I,
+)
 # A link definition pointing nowhere is the Markdown comment idiom: [//]: # (text)
 _LINK_COMMENT = re.compile(r"[ \t]{0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>)(?:[ \t].*)?")
 _HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[\w.:-]+[ \t]*\}[ \t]*")
@@ -75,10 +77,16 @@ def _admonition(line: str, notes: Notes) -> str | None:
     notes.dropped["admonition"] += 1
     # Without a title, the rendered page shows the type ("Note", "Tip") as the title.
     title = title or m["name"].replace("-", " ").capitalize()
-    return f"{m['indent']}**{title}**"
+    return f"{m['indent']}**{title}**\n"  # a blank line keeps it apart from the body
 
 
-def line_rules(lines: list[str], first_line: int, *, mdx: bool, notes: Notes) -> list[str | None]:
+def _esm_may_follow(prev: str | None) -> bool:
+    """ESM starts a block: after a blank line, another statement or a comment line."""
+    p = (prev or "").strip()
+    return not p or (p.startswith("<!--") and p.endswith("-->"))
+
+
+def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]:
     """Apply the whole-line rules to a run of prose lines.
 
     Returns one entry per input line: the new line, ``""`` for a line that became blank
@@ -96,7 +104,7 @@ def line_rules(lines: list[str], first_line: int, *, mdx: bool, notes: Notes) ->
     n = len(lines)
     while k < n:
         line = lines[k]
-        if mdx and _ESM_LINE.match(line) and (k == 0 or not (out[k - 1] or "").strip()):
+        if mdx and _ESM_LINE.match(line) and (k == 0 or _esm_may_follow(out[k - 1])):
             end = esm_end(text, offsets[k])
             if end >= 0:
                 last = text.count("\n", offsets[k], end)
@@ -112,7 +120,9 @@ def line_rules(lines: list[str], first_line: int, *, mdx: bool, notes: Notes) ->
                 out[k] = rep
         elif stripped.startswith(">") and "[!" in line and (m := _GH_ALERT.fullmatch(line)):
             notes.dropped["admonition"] += 1
-            out[k] = m["quote"] + m["rest"] if m["rest"].strip() else None
+            quote = m["quote"].rstrip()
+            title = f"{quote} **{m['kind'].capitalize()}**\n{quote}"
+            out[k] = f"{title}\n{quote} {m['rest']}" if m["rest"].strip() else title
         elif stripped.startswith("[") and "]:" in line and _LINK_COMMENT.fullmatch(line):
             notes.dropped["link_comment"] += 1
             out[k] = ""

@@ -3,9 +3,9 @@
 Runs before code blocks are found, because it changes indentation: the 4-space-indented
 bodies of ``!!! note`` / ``??? tip`` admonitions and ``=== "Tab"`` content tabs are prose
 (and may hold fences), so they are dedented. ``/// note | Title`` ... ``///`` blocks lose
-their markers. ``::: package.module`` API directives, ``--8<--`` snippets and
-``{* file *}`` source includes are dropped and counted. The line count never changes:
-removed lines become blank, so later line numbers still point into the source file.
+their markers; titles become a bold line. ``::: package.module`` API directives,
+``--8<--`` snippets and ``{* file *}`` source includes are dropped and counted. Removed
+lines become blank; a title line ends in a newline (one more blank line after it).
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ def _dedent(line: str, width: int) -> str:
 
 
 def _title_line(indent: str, title: str) -> str:
-    return f"{indent}**{title.strip()}**" if title.strip() else ""
+    # The blank line after the title keeps it apart from the (dedented) body.
+    return f"{indent}**{title.strip()}**\n" if title.strip() else ""
 
 
 def mkdocs_lines(lines: list[str], notes: Notes) -> list[str]:
-    """Rewrite MkDocs-only syntax in ``lines`` (same length in and out)."""
+    """Rewrite MkDocs-only syntax in ``lines``: one entry per input line, where a
+    title entry ends in ``\n`` (split the joined result to get lines again)."""
     lines = list(lines)
     n = len(lines)
     fence: str | None = None

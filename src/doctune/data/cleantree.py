@@ -1,0 +1,166 @@
+"""Clean a whole docs folder into another folder: the library side of ``doctune clean``."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doctune.data.clean import clean_markdown
+from doctune.data.corpus import DocFile, Skipped, find_docs, read_doc
+from doctune.data.dialect import DIALECTS, detect_dialect, sniff_dialect
+from doctune.errors import DataError
+
+
+@dataclass
+class FileReport:
+    """What cleaning did to one file."""
+
+    rel: str
+    dialect: str
+    bytes_before: int
+    bytes_after: int
+    warnings: int
+    dropped: dict[str, int]
+
+
+@dataclass
+class CleanSummary:
+    """Totals for one ``clean_tree`` run; ``to_dict()`` is the ``--json`` output."""
+
+    src: str
+    out: str
+    files: list[FileReport] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(f.bytes_before for f in self.files)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(f.bytes_after for f in self.files)
+
+    @property
+    def dialects(self) -> dict[str, int]:
+        return dict(sorted(Counter(f.dialect for f in self.files).items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "src": self.src,
+            "out": self.out,
+            "files_cleaned": len(self.files),
+            "files_skipped": len(self.skipped),
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "dialects": self.dialects,
+            "dropped": dict(sorted(self.dropped.items())),
+            "warnings": self.warnings,
+            "skipped": [{"file": s.rel, "reason": s.reason} for s in self.skipped],
+            "files": [vars(f) for f in self.files],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def tree_dialects(docs: Sequence[DocFile], texts: Sequence[str], root: Path) -> list[str]:
+    """Pick each file's dialect, treating the folder as one docs set.
+
+    A generator config (``mkdocs.yml``, ``docusaurus.config.*``, ``astro.config.*``) or
+    the ``.mdx`` suffix decides first. ``.md`` files without either follow the docs set:
+    when a clear share of the set is MDX (or MkDocs), the plain-looking pages are read
+    the same way, as their generator would. Otherwise each page is sniffed on its own.
+    """
+    found = [detect_dialect(d.path, root) for d in docs]  # "markdown": nothing decided yet
+    sniffed = [sniff_dialect(t) if f == "markdown" else f
+               for t, f in zip(texts, found, strict=True)]
+    counts = Counter(sniffed)
+    best, other = ("mdx", "mkdocs") if counts["mdx"] >= counts["mkdocs"] else ("mkdocs", "mdx")
+    if counts[best] >= max(1, len(docs) // 5) and counts[other] * 4 <= counts[best]:
+        return [best if s == "markdown" else s for s in sniffed]
+    return sniffed
+
+
+def _check_paths(src: Path, out: Path) -> tuple[Path, list[str]]:
+    """Refuse an --out that would overwrite SRC; exclude --out when it lies inside SRC."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out `{out}` is a file; pass a folder to write the cleaned docs into.")
+    src_abs, out_abs = src.resolve(), out.resolve()
+    if src.is_dir() and out_abs == src_abs:
+        raise DataError(f"--out `{out}` is the SRC folder; cleaning in place would overwrite "
+                        "your docs. Pass another folder.")
+    extra: list[str] = []
+    if src.is_dir() and out_abs.is_relative_to(src_abs):
+        extra.append(out_abs.relative_to(src_abs).as_posix())
+    return out_abs, extra
+
+
+def clean_tree(
+    src: Path,
+    out: Path,
+    *,
+    dialect: str = "auto",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    title_heading: bool = True,
+) -> CleanSummary:
+    """Clean every ``.md``/``.mdx``/``.markdown`` file under ``src`` into ``out``.
+
+    Each cleaned file is written at the same relative path and name. Unreadable files are
+    skipped with a reason and never stop the others. ``dialect`` is ``"auto"`` (per
+    folder and file, see :func:`tree_dialects`) or one of ``mdx``, ``markdown``,
+    ``mkdocs`` for all files. Raises :class:`DataError` for a missing or empty ``src``
+    or an unusable ``out``.
+    """
+    if dialect != "auto" and dialect not in DIALECTS:
+        raise DataError(f"--dialect must be auto, {', '.join(DIALECTS)}; got {dialect!r}.")
+    started = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        find_docs(src)  # raises the DataError that says what to do
+    out_abs, extra = _check_paths(src, out)
+    docs, skipped = find_docs(src, include, [*exclude, *extra])
+    summary = CleanSummary(src=str(src), out=str(out), skipped=list(skipped))
+    readable: list[tuple[DocFile, str]] = []
+    for doc in docs:
+        text = read_doc(doc)
+        if isinstance(text, Skipped):
+            summary.skipped.append(text)
+        else:
+            readable.append((doc, text))
+    root = src if src.is_dir() else src.parent
+    if dialect == "auto":
+        dialects = tree_dialects([d for d, _ in readable], [t for _, t in readable], root)
+    else:
+        dialects = [dialect] * len(readable)
+    for (doc, text), dia in zip(readable, dialects, strict=True):
+        try:
+            result = clean_markdown(text, dialect=dia, path=doc.rel, title_heading=title_heading)
+        except Exception as e:  # a bug must not stop the other files
+            summary.skipped.append(Skipped(doc.rel, f"cleaner failed ({type(e).__name__}: {e})"))
+            continue
+        target = out_abs / doc.rel
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(result.text, encoding="utf-8", newline="\n")
+        except OSError as e:
+            raise DataError(f"cannot write `{target}` ({e.strerror}); check that --out is a "
+                            "folder you can write to.") from e
+        if not result.text:
+            result.warnings.append(f"{doc.rel}: nothing left after cleaning; wrote an empty file")
+        summary.files.append(FileReport(
+            rel=doc.rel, dialect=dia, bytes_before=len(text.encode("utf-8")),
+            bytes_after=len(result.text.encode("utf-8")), warnings=len(result.warnings),
+            dropped=result.dropped,
+        ))
+        summary.warnings.extend(result.warnings)
+        summary.dropped.update(result.dropped)
+    summary.skipped.sort(key=lambda s: s.rel)
+    summary.seconds = time.perf_counter() - started
+    return summary
