@@ -31,7 +31,7 @@ def run_dir(tmp_path: Path) -> Path:
         {"files_used": 12, "tokens": {"train": 123456, "val": 6789},
          "skipped": [{"rel": "a.md", "reason": "empty"}]}))
     (tmp_path / "run.json").write_text(json.dumps(
-        {"val_ppl_before": 665.1, "val_ppl_after": 2.5, "steps": 40, "duration_s": 125.0,
+        {"val_ppl_before": 665.1, "val_ppl_after": 2.5, "steps": 40, "train_time_s": 125.0,
          "device": "cpu"}))
     return tmp_path
 

@@ -55,6 +55,10 @@ def _draw(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         return fig, fig.add_subplot()
 
     def save(fig: Any, name: str) -> None:
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         fig.tight_layout()
         path = out_dir / f"{name}.png"
         fig.savefig(path)

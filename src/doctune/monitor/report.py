@@ -70,7 +70,7 @@ def _num(value: float, digits: int = 4) -> str:
         return f"{value:.3e}"
     if float(value).is_integer() and abs(value) >= 1000:
         return f"{int(value):,}"
-    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.1f}"
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
 def _esc(value: Any) -> str:
