@@ -212,3 +212,16 @@ def test_formatters() -> None:
     assert format_mb(950.2) == "950 MB" and format_mb(2150.0) == "2.10 GB"
     assert format_duration(75) == "1:15" and format_duration(3725) == "1:02:05"
     assert step_stats({"train_loss": 1.0}) == "loss 1.0000"
+
+
+def test_tensorboard_resume_replaces_the_repeated_steps(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with make_monitor(tmp_path, tensorboard=True) as mon:
+        fake_run(mon, range(1, 6))
+    with make_monitor(tmp_path, tensorboard=True, resume_step=3) as mon:
+        for s in (4, 5):
+            mon.log_step(s, {"train_loss": 1.0})
+    acc = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [
+        (1, 3.75), (2, 3.5), (3, 3.25), (4, 1.0), (5, 1.0)]
