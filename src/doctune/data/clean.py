@@ -60,7 +60,7 @@ _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _H1 = re.compile(r" {0,3}#(?:[ \t]|$)")
 _SETEXT_H1 = re.compile(r" {0,3}=+[ \t]*")
 # In a title, what would read as a tag, an expression or a comment: `<form>`, `{x}`.
-_TITLE_ESCAPES = re.compile(r"<(?=[A-Za-z/!?])|[{}]")
+_TITLE_ESCAPES = re.compile(r"<(?=[A-Za-z/!?>])|[{}]")
 
 
 def _front_matter(lines: list[str], notes: Notes) -> tuple[int, str | None]:
@@ -191,7 +191,8 @@ def clean_markdown(
         lines = dedent_blocks(lines, None if mdx else code)
     lines, code = _tidy(lines, code)
     if title and title_heading and not _has_h1(lines, code):
-        lines = ["# " + _TITLE_ESCAPES.sub(lambda m: "\\" + m.group(), title), "", *lines]
+        heading = "# " + _TITLE_ESCAPES.sub(lambda m: "\\" + m.group(), title)
+        lines = [heading, "", *lines] if lines else [heading]
     notes.finish()
     out = "\n".join(lines)
     return CleanResult(

@@ -69,22 +69,36 @@ class CleanSummary:
         }
 
 
+def _vote(sniffed: Sequence[str]) -> str | None:
+    """The dialect a group of pages clearly shares (MDX or MkDocs), or None."""
+    counts = Counter(sniffed)
+    best, other = ("mdx", "mkdocs") if counts["mdx"] >= counts["mkdocs"] else ("mkdocs", "mdx")
+    if counts[best] >= max(1, len(sniffed) // 5) and counts[other] * 4 <= counts[best]:
+        return best
+    return None
+
+
 def tree_dialects(docs: Sequence[DocFile], texts: Sequence[str], root: Path) -> list[str]:
-    """Pick each file's dialect, treating the folder as one docs set.
+    """Pick each file's dialect, treating each folder as one docs set.
 
     A generator config (``mkdocs.yml``, ``docusaurus.config.*``, ``astro.config.*``) or
-    the ``.mdx`` suffix decides first. ``.md`` files without either follow the docs set:
-    when a clear share of the set is MDX (or MkDocs), the plain-looking pages are read
-    the same way, as their generator would. Otherwise each page is sniffed on its own.
+    the ``.mdx`` suffix decides first. ``.md`` files without either follow their docs
+    set: when a clear share of the pages in the same top-level folder (or else in the
+    whole tree) is MDX or MkDocs, plain-looking pages are read that way too, as their
+    generator would. Otherwise each page is sniffed on its own.
     """
     found = [detect_dialect(d.path, root) for d in docs]  # "markdown": nothing decided yet
     sniffed = [sniff_dialect(t) if f == "markdown" else f
                for t, f in zip(texts, found, strict=True)]
-    counts = Counter(sniffed)
-    best, other = ("mdx", "mkdocs") if counts["mdx"] >= counts["mkdocs"] else ("mkdocs", "mdx")
-    if counts[best] >= max(1, len(docs) // 5) and counts[other] * 4 <= counts[best]:
-        return [best if s == "markdown" else s for s in sniffed]
-    return sniffed
+    groups: dict[str, list[str]] = {}
+    for d, s in zip(docs, sniffed, strict=True):
+        groups.setdefault(d.rel.split("/", 1)[0] if "/" in d.rel else "", []).append(s)
+    whole = _vote(sniffed)
+    votes = {g: _vote(v) or whole for g, v in groups.items()}
+    return [
+        (votes[d.rel.split("/", 1)[0] if "/" in d.rel else ""] or s) if s == "markdown" else s
+        for d, s in zip(docs, sniffed, strict=True)
+    ]
 
 
 def _check_paths(src: Path, out: Path) -> tuple[Path, list[str]]:
@@ -164,3 +178,26 @@ def clean_tree(
     summary.skipped.sort(key=lambda s: s.rel)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def format_summary(summary: CleanSummary, max_lines: int = 20) -> str:
+    """The human summary printed by ``doctune clean``."""
+    before, after = summary.bytes_before, summary.bytes_after
+    change = f", {100 * (after - before) / before:+.0f}%" if before else ""
+    lines = [f"cleaned {len(summary.files)} files into {summary.out} "
+             f"({before:,} -> {after:,} bytes{change}) in {summary.seconds:.1f} s"]
+    if summary.files:
+        lines.append("dialects: " + ", ".join(f"{k} {v}" for k, v in summary.dialects.items()))
+    if summary.dropped:
+        lines.append("removed: " + ", ".join(f"{k} {v}" for k, v in
+                                             sorted(summary.dropped.items(), key=lambda x: -x[1])))
+    for title, items in (
+        (f"skipped {len(summary.skipped)} files", [f"{s.rel}: {s.reason}" for s in summary.skipped]),
+        (f"warnings ({len(summary.warnings)})", summary.warnings),
+    ):
+        if items:
+            lines.append(title + ":")
+            lines.extend(f"  {x}" for x in items[:max_lines])
+            if len(items) > max_lines:
+                lines.append(f"  ... {len(items) - max_lines} more (see --json)")
+    return "\n".join(lines)

@@ -4,7 +4,8 @@ Runs before code blocks are found, because it changes indentation: the 4-space-i
 bodies of ``!!! note`` / ``??? tip`` admonitions and ``=== "Tab"`` content tabs are prose
 (and may hold fences), so they are dedented. ``/// note | Title`` ... ``///`` blocks lose
 their markers; titles become a bold line. ``::: package.module`` API directives,
-``--8<--`` snippets and ``{* file *}`` source includes are dropped and counted. Removed
+``--8<--`` snippets, ``{* file *}`` source includes and whole-line ``{% ... %}`` template
+tags (mkdocs-macros) are dropped and counted. Removed
 lines become blank; a title line ends in a newline (one more blank line after it).
 """
 
@@ -26,6 +27,7 @@ _OPTION = re.compile(r"[ \t]+[\w-]+:.*")
 _API = re.compile(r"(?P<indent>[ \t]*):::[ \t]+[\w.]+[ \t]*")
 _SNIPPET = re.compile(r"[ \t]*;?--8<--(?P<rest>.*)")
 _INCLUDE = re.compile(r"[ \t]*\{\*.*\*\}[ \t]*")
+_TEMPLATE = re.compile(r"[ \t]*(?:\{%.*%\}|\{#.*#\})[ \t]*")  # mkdocs-macros (Jinja) lines
 _ATTRS = re.compile(
     r"[ \t]*\{:?[ \t]*(?:(?:[#.][\w-]+|[\w-]+=(?:\"[^\"]*\"|'[^']*'|[^\s}\"']+))[ \t]*)+\}[ \t]*$"
 )
@@ -93,6 +95,9 @@ def mkdocs_lines(lines: list[str], notes: Notes) -> list[str]:
             continue
         if "{*" in line and _INCLUDE.fullmatch(line):
             notes.dropped["include"] += 1
+            lines[i] = ""
+        elif "{" in line and _TEMPLATE.fullmatch(line):
+            notes.dropped["template"] += 1
             lines[i] = ""
         elif (m := _ADMONITION.fullmatch(line) or _TAB.fullmatch(line)) is not None:
             is_tab = line.lstrip().startswith("===")
