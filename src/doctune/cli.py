@@ -130,6 +130,34 @@ def train(
 
 
 @app.command()
+def clean(
+    src: Annotated[Path, typer.Argument(help="Docs folder, or one .md/.mdx/.markdown file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the cleaned files into (same relative paths).")],
+    dialect: Annotated[str, typer.Option("--dialect", help="auto, mdx, markdown or mkdocs.")] = "auto",
+    include: Annotated[list[str] | None, typer.Option("--include", help="Glob a file must match, e.g. `docs/**` (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob to skip, e.g. `blog` (repeatable; node_modules, .git, build folders always skipped).")] = None,
+    title_heading: Annotated[bool, typer.Option("--title-heading/--no-title-heading", help="Turn the front-matter title into a `# Title` when a page has no H1.")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Clean Markdown/MDX/MkDocs docs into plain Markdown: the text a reader sees, code kept.
+
+    Example: `doctune clean docs/ --out clean/ --dialect auto`
+    """
+    import json
+
+    from doctune.data.cleantree import clean_tree, format_summary
+
+    try:
+        summary = clean_tree(src, out, dialect=dialect, include=tuple(include or ()),
+                             exclude=tuple(exclude or ()), title_heading=title_heading)
+    except DoctuneError as e:
+        raise fail(str(e)) from None
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_ else format_summary(summary))
+    if not summary.files:
+        raise fail("no file could be cleaned; see the reasons above.", code=1)
+
+
+@app.command()
 def prepare(
     src: Annotated[Path, typer.Argument(help="Docs folder, or one .md/.mdx file.")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Fast tokenizer: a local folder or a cached hub id.")],
