@@ -87,3 +87,15 @@ def make_full_run(run: Path, base_dir: Path, *, seed: int = 2) -> Path:
     full_model(base_dir, seed).save_pretrained(run / "final")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(run / "final")
     return run
+
+
+_SHARED: dict[tuple[str, str], Path] = {}
+
+
+def shared_run(kind: str, tmp_path_factory: Any, base_dir: Path) -> Path:
+    """One LoRA (or full) run per test session, for the tests that only read it."""
+    key = (kind, str(base_dir))
+    if key not in _SHARED:
+        make = make_lora_run if kind == "lora" else make_full_run
+        _SHARED[key] = make(tmp_path_factory.mktemp("shared-runs") / kind, base_dir)
+    return _SHARED[key]

@@ -19,7 +19,7 @@ from doctune.data.prepare import prepare
 from doctune.data.store import TokenStore
 from doctune.evaluate import EvalSettings, evaluate, evaluate_docs, settings_for
 from doctune.inference import Loaded, load_for_inference
-from runfolders import make_lora_run
+from runfolders import shared_run
 
 WORDS = ["the", "model", "reads", "docs", "and", "writes", "text", "with", "care", "for", "every", "token", "in", "a", "window"]
 
@@ -38,7 +38,7 @@ def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
-    return make_lora_run(tmp_path_factory.mktemp("runs") / "lora", tiny_gpt2_dir)
+    return shared_run("lora", tmp_path_factory, tiny_gpt2_dir)
 
 
 @pytest.fixture(scope="module")

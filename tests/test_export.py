@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 from doctune.cli import app
 from doctune.errors import ExportError
 from doctune.export.gguf import export_gguf
-from runfolders import lora_model, make_lora_run
+from runfolders import lora_model, shared_run
 
 gguf = pytest.importorskip("gguf")
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
-    return make_lora_run(tmp_path_factory.mktemp("runs") / "lora", tiny_gpt2_dir)
+    return shared_run("lora", tmp_path_factory, tiny_gpt2_dir)
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +100,46 @@ def test_gguf_tensors_f16(f16: object, merged_state: dict[str, np.ndarray]) -> N
     np.testing.assert_allclose(down, merged_state["transformer.h.0.mlp.c_proj.weight"].T, atol=1e-3)
 
 
-def test_gguf_q8_0(lora_run: Path, tmp_path: Path, merged_state: dict[str, np.ndarray]) -> None:
-    export_gguf(lora_run, tmp_path, quant="q8_0")
-    r = _reader(tmp_path, "q8_0")
+@pytest.fixture(scope="module")
+def scratch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT-2 like doctune's scratch presets: its own small BPE tokenizer, tanh GELU."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from doctune.modeling import train_tokenizer
+
+    text = ["Install the package with pip, then run the command on your docs folder."] * 20
+    tok = train_tokenizer(text, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=64, vocab_size=len(tok),
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                     activation_function="gelu_pytorch_tanh")
+    out = tmp_path_factory.mktemp("scratch")
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_gguf_q8_0_scratch_tokenizer(scratch_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = export_gguf(scratch_dir, tmp_path / "out", quant="q8_0")
+    r = gguf.GGUFReader(str(next(p for p in result.files if p.suffix == ".gguf")))
+    tok = AutoTokenizer.from_pretrained(scratch_dir)
     assert _field(r, "general.file_type") == 7
+    assert _field(r, "tokenizer.ggml.eos_token_id") == tok.eos_token_id == 0
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    assert tokens == [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    assert tokens[0] == "<|endoftext|>" and _field(r, "tokenizer.ggml.token_type")[0] == gguf.TokenType.CONTROL
+    assert len(_field(r, "tokenizer.ggml.merges")) == len(tokens) - 257  # 256 bytes + EOS, then merges
     t = {t.name: t for t in r.tensors}  # type: ignore[attr-defined]
     q = gguf.GGMLQuantizationType
     assert t["blk.0.attn_qkv.weight"].tensor_type == q.Q8_0 and t["token_embd.weight"].tensor_type == q.Q8_0
-    assert t["blk.0.attn_qkv.bias"].tensor_type == q.F32
-    w = gguf.quants.dequantize(t["blk.0.attn_qkv.weight"].data, q.Q8_0)
-    ref = merged_state["transformer.h.0.attn.c_attn.weight"].T
-    assert np.abs(w - ref).max() < np.abs(ref).max() / 127  # Q8_0: 8 bits per 32-value block
+    assert t["blk.0.attn_qkv.bias"].tensor_type == q.F32 and t["position_embd.weight"].tensor_type == q.F32
+    model = AutoModelForCausalLM.from_pretrained(scratch_dir, dtype=torch.float32)
+    ref = model.transformer.h[0].mlp.c_fc.weight.detach().numpy().T  # Conv1D [in, out] -> [out, in]
+    w = gguf.quants.dequantize(t["blk.0.ffn_up.weight"].data, q.Q8_0)
+    assert w.shape == ref.shape == (256, 64)
+    assert np.abs(w - ref).max() < np.abs(ref).max() / 127  # Q8_0: 8 bits per block of 32
 
 
 def test_modelfile_and_card(f16_dir: Path) -> None:
@@ -179,4 +208,5 @@ def test_llama_cpp_matches_transformers(f16_dir: Path, lora_run: Path) -> None:
         out.append(tok)
         if len(out) == 8:
             break
+    llm.close()
     assert out == greedy

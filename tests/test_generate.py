@@ -13,12 +13,12 @@ from doctune.cli import app
 from doctune.errors import ConfigError
 from doctune.generate import Sampling, generate_text, interactive
 from doctune.inference import Loaded, load_for_inference
-from runfolders import make_lora_run
+from runfolders import shared_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
-    return make_lora_run(tmp_path_factory.mktemp("runs") / "lora", tiny_gpt2_dir)
+    return shared_run("lora", tmp_path_factory, tiny_gpt2_dir)
 
 
 @pytest.fixture(scope="module")

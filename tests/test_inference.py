@@ -11,7 +11,7 @@ import torch
 
 from doctune.errors import CheckpointError, ModelError
 from doctune.inference import load_for_inference, resolve_source
-from runfolders import full_model, lora_model, make_full_run, make_lora_run
+from runfolders import full_model, lora_model, make_full_run, make_lora_run, shared_run
 
 IDS = torch.tensor([[15496, 995, 11, 428, 318, 257, 1332, 13]])  # "Hello world, this is a test."
 
@@ -23,12 +23,12 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
-    return make_lora_run(tmp_path_factory.mktemp("runs") / "lora", tiny_gpt2_dir)
+    return shared_run("lora", tmp_path_factory, tiny_gpt2_dir)
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
-    return make_full_run(tmp_path_factory.mktemp("runs") / "full", tiny_gpt2_dir)
+    return shared_run("full", tmp_path_factory, tiny_gpt2_dir)
 
 
 def test_resolve_kinds(lora_run: Path, full_run: Path, tiny_gpt2_dir: Path) -> None:
@@ -136,3 +136,16 @@ def test_bad_folders(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ModelError, match="is a file"):
         resolve_source(tmp_path / "f.txt")
+
+
+def test_moved_run_uses_its_saved_base(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    """A run copied to another machine: the recorded base path is gone, RUN/base is there."""
+    run = make_lora_run(tmp_path / "run", tiny_gpt2_dir)
+    shutil.copytree(tiny_gpt2_dir, run / "base")  # what training saves for a scratch LoRA base
+    facts = json.loads((run / "run.json").read_text())
+    facts["base_model"] = "/old/machine/runs/x/base"
+    (run / "run.json").write_text(json.dumps(facts))
+    src = resolve_source(run)
+    assert src.base == str((run / "base").resolve())
+    loaded = load_for_inference(run, device="cpu", dtype="fp32")
+    assert torch.allclose(logits(loaded.model), logits(lora_model(tiny_gpt2_dir)), atol=1e-6)

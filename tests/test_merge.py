@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from doctune.cli import app
 from doctune.errors import ExportError
 from doctune.export.merge import merge_to_folder
-from runfolders import full_model, lora_model, make_full_run, make_lora_run
+from runfolders import full_model, lora_model, make_full_run, shared_run
 
 IDS = torch.tensor([[15496, 995, 11, 428, 318, 257, 1332, 13, 50256, 464]])
 
@@ -23,7 +23,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
-    return make_lora_run(tmp_path_factory.mktemp("runs") / "lora", tiny_gpt2_dir)
+    return shared_run("lora", tmp_path_factory, tiny_gpt2_dir)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,10 @@ check their input before the slow part.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -236,6 +239,24 @@ def _to_dtype(choice: str | torch.dtype | None, device: torch.device) -> torch.d
     return precision.autocast_dtype or torch.float32
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-weight progress bars (nor a stray deprecation warning) while a model loads."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            # PEFT asks transformers 5 a question by its deprecated name; nothing a user can do.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                    category=FutureWarning)
+            yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_for_inference(source: str | Path, *, device: str = "auto",
                        dtype: str | torch.dtype | None = None, base: str | Path | None = None,
                        merge: bool = False) -> Loaded:
@@ -252,14 +273,15 @@ def load_for_inference(source: str | Path, *, device: str = "auto",
     dev = resolve_device(device)
     torch_dtype = _to_dtype(dtype, dev)
     tokenizer = _tokenizer_for(src)
-    if src.kind == "checkpoint":
-        model = _load_checkpoint(src, tokenizer)
-    elif src.lora:
-        from peft import PeftModel
+    with _quiet_loading():
+        if src.kind == "checkpoint":
+            model = _load_checkpoint(src, tokenizer)
+        elif src.lora:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load_base(src), src.model)
-    else:
-        model = load_pretrained(src.model)
+            model = PeftModel.from_pretrained(_load_base(src), src.model)
+        else:
+            model = load_pretrained(src.model)
     if merge and src.lora:
         model = merge_lora(model)
     model.to(device=dev, dtype=torch_dtype)
