@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,9 @@ def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float,
                           "needs one kind per adapter. Target one kind only.")
     cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
                      target_modules=targets, fan_in_fan_out=all(conv1d))
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # PEFT asks transformers 5 by a deprecated attribute name
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        return get_peft_model(model, cfg)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
