@@ -31,7 +31,7 @@ import yaml
 from doctune.data.blocks import code_blocks
 from doctune.data.dialect import DIALECTS, detect_dialect
 from doctune.data.indent import dedent_blocks, needs_dedent
-from doctune.data.mdx import Notes, ProseCleaner, line_rules
+from doctune.data.mdx import Notes, ProseCleaner, escape_fence_like, line_rules
 from doctune.data.mkdocs import mkdocs_lines
 
 __all__ = ["CleanResult", "clean_markdown", "detect_dialect"]
@@ -107,6 +107,32 @@ def _has_h1(lines: list[str], code: list[bool]) -> bool:
     return False
 
 
+def _settle(text: str, mdx: bool, notes: Notes, rounds: int = 3) -> str:
+    """Clean ``text`` again until nothing changes, so that cleaning is idempotent.
+
+    Removing a construct can expose another one: a tag line gone leaves an ``import``
+    line after a blank line (now ESM), ``<<b>x>`` leaves ``<x>``. Later rounds count
+    what they drop but repeat no warnings."""
+    for _ in range(rounds):
+        scratch = Notes(None)
+        rules = line_rules(text.split("\n"), mdx=mdx, notes=scratch)
+        again = ProseCleaner(mdx=mdx, notes=scratch).clean(
+            "\n".join(ln for ln in rules if ln is not None), 1)
+        if again == text:
+            break
+        notes.dropped.update(scratch.dropped)
+        text = again
+    return text
+
+
+def _code_kept(lines: list[str], code: list[bool]) -> bool:
+    """Whether every code line is still inside a code block when ``lines`` is read again."""
+    now = [False] * len(lines)
+    for b in code_blocks(lines, indented_code=True, html_blocks=True):
+        now[b.start : b.end] = [True] * (b.end - b.start)
+    return all(n or not c for n, c in zip(now, code, strict=True))
+
+
 def _clean_prose(
     lines: list[str], code: list[bool], origin: list[int], mdx: bool, notes: Notes
 ) -> tuple[list[str], list[bool]]:
@@ -126,7 +152,7 @@ def _clean_prose(
         while j < n and not code[j]:
             j += 1
         run = [ln for ln in line_rules(lines[i:j], mdx=mdx, notes=notes) if ln is not None]
-        cleaned = prose.clean("\n".join(run), origin[i]).split("\n")
+        cleaned = _settle(prose.clean("\n".join(run), origin[i]), mdx, notes).split("\n")
         out.extend(cleaned)
         out_code.extend([False] * len(cleaned))
         i = j
@@ -135,13 +161,17 @@ def _clean_prose(
 
 
 def _tidy(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
-    """Strip trailing spaces outside code and collapse runs of blank lines."""
+    """Strip trailing spaces outside code and collapse runs of blank lines.
+
+    A prose line that would open a fence when read again (its ``` came out of an HTML
+    block, or a tag before it was removed) gets its first backtick escaped."""
     out: list[str] = []
     out_code: list[bool] = []
     blank = True  # drop leading blank lines
     for line, is_code in zip(lines, code, strict=True):
         if not is_code:
             line = line.rstrip()
+            line = escape_fence_like(line)
             if not line:
                 if not blank:
                     out.append("")
@@ -157,18 +187,9 @@ def _tidy(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
     return out, out_code
 
 
-def clean_markdown(
-    text: str, *, dialect: str = "mdx", path: str | None = None, title_heading: bool = True
-) -> CleanResult:
-    """Clean one document written in ``dialect`` (``"mdx"``, ``"markdown"`` or ``"mkdocs"``).
-
-    ``path`` names the document in warnings (``"guide/intro.mdx:12: ..."``). With
-    ``title_heading``, a front-matter ``title`` becomes a ``# Title`` line when the
-    document has no H1. Never raises on odd input; problems become warnings.
-    """
-    if dialect not in DIALECTS:
-        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
-    notes = Notes(path)
+def _clean_once(text: str, dialect: str, notes: Notes, title_heading: bool) -> tuple[str, bool]:
+    """One cleaning pass. Also says whether the result holds indented code next to
+    cleaned prose (Markdown/MkDocs), where a second pass may read the blocks anew."""
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
     skip, title = _front_matter(lines, notes)
@@ -188,15 +209,46 @@ def clean_markdown(
                                         "kept as code")
     lines, code = _clean_prose(lines, code, origin, mdx, notes)
     if needs_dedent(lines, code, mdx=mdx):
-        lines = dedent_blocks(lines, None if mdx else code)
+        shifted = dedent_blocks(lines, None if mdx else code)
+        # Outside MDX, a shifted paragraph can pull real indented code into a list item;
+        # then the code matters more than the paragraph, and nothing is shifted.
+        if mdx or _code_kept(shifted, code):
+            lines = shifted
     lines, code = _tidy(lines, code)
     if title and title_heading and not _has_h1(lines, code):
         heading = "# " + _TITLE_ESCAPES.sub(lambda m: "\\" + m.group(), title)
         lines = [heading, "", *lines] if lines else [heading]
-    notes.finish()
     out = "\n".join(lines)
+    return (out + "\n" if out else ""), any(not b.fenced for b in blocks)
+
+
+def clean_markdown(
+    text: str, *, dialect: str = "mdx", path: str | None = None, title_heading: bool = True
+) -> CleanResult:
+    """Clean one document written in ``dialect`` (``"mdx"``, ``"markdown"`` or ``"mkdocs"``).
+
+    ``path`` names the document in warnings (``"guide/intro.mdx:12: ..."``). With
+    ``title_heading``, a front-matter ``title`` becomes a ``# Title`` line when the
+    document has no H1. Never raises on odd input; problems become warnings.
+    """
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
+    notes = Notes(path)
+    out, unsettled = _clean_once(text, dialect, notes, title_heading)
+    # Indented code (Markdown, MkDocs) depends on the blocks around it; when removed HTML
+    # changed those, clean again until the output reads the same (idempotent).
+    for _ in range(3):
+        if not unsettled:
+            break
+        scratch = Notes(path)
+        again, unsettled = _clean_once(out, dialect, scratch, title_heading)
+        if again == out:
+            break
+        notes.dropped.update(scratch.dropped)
+        out = again
+    notes.finish()
     return CleanResult(
-        text=out + "\n" if out else "",
+        text=out,
         dialect=dialect,
         warnings=notes.warnings,
         dropped=dict(sorted(notes.dropped.items())),

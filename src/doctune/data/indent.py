@@ -78,23 +78,26 @@ def _content_column(line: str) -> int:
 def _explained(lines: list[str], k: int, indent: int) -> bool:
     """Whether line ``k`` (``indent`` columns) sits less than 4 columns past the content
     column of a list item above it that is still open. A quick check that spares the
-    full parse for the common case of an indented paragraph under ``1. Step``."""
-    floor = indent
+    full parse for the common case of an indented paragraph under ``1. Step``; when in
+    doubt it says False and the full parse decides."""
+    floor = indent  # the least indentation met between the item and line k
     for q in range(k - 1, -1, -1):
         line = lines[q]
         if not line.strip():
             continue
         ind = columns(line)
-        if ind < floor:
-            if _ITEM.match(_expand_lead(line)):
-                col = _content_column(line)
-                if col <= indent < col + 4:
-                    return True
-                if col <= floor:
-                    return False
-            floor = ind
-            if floor == 0:
-                return False
+        if ind >= floor:
+            continue
+        expanded = _expand_lead(line)
+        item = _ITEM.match(expanded)
+        if item is not None:
+            if item.end() >= len(expanded.rstrip()):
+                return False  # an empty item ends at the blank line after it
+            col = _content_column(line)
+            return col <= floor and indent < col + 4  # a shallower line closed it
+        floor = ind
+        if floor == 0:
+            return False
     return False
 
 
@@ -154,7 +157,8 @@ def dedent_blocks(lines: list[str], code: list[bool] | None = None) -> list[str]
             excess = cols[start] - col
             if excess >= 4:
                 for q in range(start, end):
-                    shift[q] += min(excess, max(0, cols[q] - col))
+                    if code is None or not code[q]:  # real indented code stays code
+                        shift[q] += min(excess, max(0, cols[q] - col))
         if tok.type == "fence" and col is not None and end - start >= 2:
             last = lines[end - 1].strip()
             if last and last[0] == tok.markup[0] and last == last[0] * len(last) \

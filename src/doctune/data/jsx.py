@@ -120,12 +120,13 @@ def _skip_ws(s: str, j: int, end: int) -> int:
     return m.end()
 
 
-def scan_tag(s: str, i: int, end: int | None = None) -> Tag | None:
+def scan_tag(s: str, i: int, end: int | None = None, *, jsx: bool = True) -> Tag | None:
     """Read the JSX/HTML tag starting at ``s[i] == "<"``, or return None if it is not one.
 
     Accepts what MDX accepts (expression attributes ``={...}`` with nested braces, spread
     ``{...props}``, strings holding ``>`` or ``/>``, fragments ``<>``) and what HTML
-    accepts (unquoted values). A blank line outside a value ends the search.
+    accepts (unquoted values). A blank line outside a value ends the search. Fragments
+    are JSX only (``jsx=False`` reads ``<>`` as text, as HTML does).
     """
     stop = len(s) if end is None else end
     j = i + 1
@@ -134,7 +135,7 @@ def scan_tag(s: str, i: int, end: int | None = None) -> Tag | None:
         j += 1
     m = _NAME.match(s, j, stop)
     if m is None:
-        if s.startswith(">", j):  # fragment <> or </>
+        if jsx and s.startswith(">", j):  # fragment <> or </>
             return Tag(j + 1, "", closing, False)
         return None
     name = m.group()

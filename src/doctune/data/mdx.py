@@ -80,10 +80,21 @@ def _admonition(line: str, notes: Notes) -> str | None:
     return f"{m['indent']}**{title}**\n"  # a blank line keeps it apart from the body
 
 
+_FENCE_LIKE = re.compile(r"([ \t]*(?:>[ \t]?)*)(`{3,}|~{3,})")
+
+
+def escape_fence_like(line: str) -> str:
+    """Escape the backticks/tildes of a prose line that would read as a code fence."""
+    m = _FENCE_LIKE.match(line)
+    if m is None:
+        return line
+    return line[: m.end(1)] + "".join("\\" + c for c in m[2]) + line[m.end() :]
+
+
 def _esm_may_follow(prev: str | None) -> bool:
-    """ESM starts a block: after a blank line, another statement or a comment line."""
+    """ESM starts a block: after a blank line, a statement, a comment or a tag line."""
     p = (prev or "").strip()
-    return not p or (p.startswith("<!--") and p.endswith("-->"))
+    return not p or (p.startswith("<") and p.endswith(">"))
 
 
 def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]:
@@ -104,8 +115,11 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
     n = len(lines)
     while k < n:
         line = lines[k]
-        if mdx and _ESM_LINE.match(line) and (k == 0 or _esm_may_follow(out[k - 1])):
-            end = esm_end(text, offsets[k])
+        lead = len(line) - len(line.lstrip(" \t"))
+        # MDX reads ESM at the start of a line only; indented statements are taken too,
+        # since they reach column 0 once a JSX wrapper around them is gone.
+        if mdx and _ESM_LINE.match(line, lead) and (k == 0 or _esm_may_follow(out[k - 1])):
+            end = esm_end(text, offsets[k] + lead)
             if end >= 0:
                 last = text.count("\n", offsets[k], end)
                 for q in range(k, k + last + 1):
@@ -114,6 +128,11 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
                 k += last + 1
                 continue
         stripped = line.lstrip(" \t")
+        if stripped.startswith(("```", "~~~")):
+            # Not a fence where it stands (inside an HTML block, say), so it must not
+            # become one, nor a code span, when the output is read again.
+            out[k] = line = escape_fence_like(line)
+            stripped = line.lstrip(" \t")
         if stripped.startswith(":::"):
             rep = _admonition(line, notes)
             if rep is not None:
@@ -280,7 +299,7 @@ class ProseCleaner:
         if am is not None:
             self._emit(am.group())
             return am.end()
-        tag = scan_tag(s, j)
+        tag = scan_tag(s, j, jsx=self.mdx)
         if tag is None:
             nxt = s[j + 1 : j + 2]
             if self.mdx and (nxt.isalpha() or nxt == "/"):

@@ -1,0 +1,109 @@
+"""Property tests: the cleaner never raises, is idempotent and never changes code blocks."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from doctune.data.blocks import block_parser
+from doctune.data.clean import clean_markdown
+
+DIALECTS = ("mdx", "markdown", "mkdocs")
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Text made mostly of the characters that mean something to Markdown, MDX or MkDocs.
+SPECIAL = st.text(
+    alphabet=st.sampled_from(list("<>{}/\\`'\"*_[]()!#-=:;|~+.0123 \t\naAbZx\r\u00a0é")),
+    max_size=300,
+)
+
+TOKENS = st.sampled_from([
+    "word", "Hello,", "docs.", "<Tag>", "</Tag>", "<Note>", "</Note>", '<Tag a="x/>y" b={{c: 1}} />',
+    "<br/>", "<b>bold</b>", "{expr}", "{/* c */}", "{'\\n'}", "{'  '}", "{Infinity}",
+    "`code <X>`", "``a ` b``", "\\<", "\\{", "\\*", "<!-- c -->", "<", "{", "}", ">", "*em*",
+    "[link](/a/{b})", "<https://x.y/z>", "&lt;", "a:b", "(< 1.0)", "<>", "</>", "x={1}",
+])
+PROSE = st.lists(TOKENS, min_size=1, max_size=8).map(" ".join)
+CODE_LINE = st.text(
+    alphabet=st.sampled_from(list("abc <>{}/=;'\"`-#:*\t")), max_size=30,
+).filter(lambda s: not s.lstrip().startswith(("```", "~~~")))
+LANG = st.sampled_from(["", "js", "astro title=\"a.astro\"", "py {1,3}", "tsx [[1, 1, '']]"])
+
+
+@st.composite
+def fence(draw: st.DrawFn, indent: str = "") -> str:
+    ticks = draw(st.sampled_from(["```", "````", "~~~"]))
+    body = draw(st.lists(st.one_of(CODE_LINE, st.sampled_from(
+        ["import x from 'y'", "export default 1", "---", "<Tabs>", "{/* c */}", ":::note",
+         "<!-- c -->", "    indented"])), max_size=5))
+    lines = [f"{ticks}{draw(LANG)}", *body, ticks]
+    return "\n".join(indent + ln if ln else ln for ln in lines)
+
+
+@st.composite
+def block(draw: st.DrawFn, depth: int = 0) -> str:
+    kind = draw(st.sampled_from(
+        ["para", "heading", "list", "fence", "admonition", "jsx", "import", "listfence", "quote"]
+        if depth < 2 else ["para", "fence", "list"]))
+    if kind == "para":
+        return "\n".join(draw(st.lists(PROSE, min_size=1, max_size=3)))
+    if kind == "heading":
+        return f"## {draw(PROSE)}"
+    if kind == "list":
+        return "\n".join(f"- {p}" for p in draw(st.lists(PROSE, min_size=1, max_size=3)))
+    if kind == "fence":
+        return draw(fence())
+    if kind == "listfence":
+        return f"1. {draw(PROSE)}\n\n{draw(fence(indent='    '))}"
+    if kind == "admonition":
+        return f":::{draw(st.sampled_from(['note', 'tip[Title]', 'caution Title']))}\n{draw(PROSE)}\n:::"
+    if kind == "quote":
+        return f"> {draw(PROSE)}"
+    if kind == "import":
+        return "import A from 'a'\nexport const b = {\n  c: 1,\n}"
+    inner = draw(st.lists(block(depth + 1), min_size=1, max_size=3))
+    pad = draw(st.sampled_from(["", "  ", "    "]))
+    body = "\n\n".join("\n".join(pad + ln if ln else ln for ln in b.split("\n")) for b in inner)
+    return f"<Tabs>\n{pad}<TabItem label=\"a\">\n{body}\n{pad}</TabItem>\n</Tabs>"
+
+
+@st.composite
+def document(draw: st.DrawFn) -> str:
+    head = draw(st.sampled_from(["", "---\ntitle: 'A: B'\n---\n\n", "+++\ntitle = \"T\"\n+++\n\n"]))
+    return head + "\n\n".join(draw(st.lists(block(), min_size=1, max_size=6))) + "\n"
+
+
+def fences(text: str, *, mdx: bool) -> list[tuple[str, str]]:
+    md = block_parser(indented_code=not mdx, html_blocks=not mdx)
+    return [(t.info, t.content) for t in md.parse(text) if t.type == "fence"]
+
+
+@PROPS
+@given(text=SPECIAL, dialect=st.sampled_from(DIALECTS))
+def test_never_raises_and_output_is_tidy(text: str, dialect: str) -> None:
+    result = clean_markdown(text, dialect=dialect)
+    assert result.text == "" or result.text.endswith("\n")
+    assert not result.text.endswith("\n\n")
+    assert "\r" not in result.text
+
+
+@PROPS
+@given(text=SPECIAL, dialect=st.sampled_from(DIALECTS))
+def test_idempotent_on_any_text(text: str, dialect: str) -> None:
+    once = clean_markdown(text, dialect=dialect).text
+    assert clean_markdown(once, dialect=dialect).text == once
+
+
+@PROPS
+@given(doc=document(), dialect=st.sampled_from(DIALECTS))
+def test_idempotent_on_documents(doc: str, dialect: str) -> None:
+    once = clean_markdown(doc, dialect=dialect).text
+    assert clean_markdown(once, dialect=dialect).text == once
+
+
+@PROPS
+@given(doc=document())
+def test_mdx_code_blocks_come_out_unchanged(doc: str) -> None:
+    out = clean_markdown(doc, dialect="mdx").text
+    # Read the MDX way before, and the CommonMark way after: same fences, same content.
+    assert fences(out, mdx=False) == fences(doc, mdx=True)
