@@ -35,7 +35,7 @@ def test_unknown_key_exits_2_with_suggestion(tmp_path: Path) -> None:
 
 
 def test_missing_docs_folder_exits_2(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["train", str(tmp_path / "nope")])
+    res = runner.invoke(app, ["train", str(tmp_path / "nope")], env={"COLUMNS": "400"})
     assert res.exit_code == 2
     assert "nope" in res.output and "Invalid value" in res.output
 
