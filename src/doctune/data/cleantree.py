@@ -82,21 +82,24 @@ def tree_dialects(docs: Sequence[DocFile], texts: Sequence[str], root: Path) -> 
     """Pick each file's dialect, treating each folder as one docs set.
 
     A generator config (``mkdocs.yml``, ``docusaurus.config.*``, ``astro.config.*``) or
-    the ``.mdx`` suffix decides first. ``.md`` files without either follow their docs
-    set: when a clear share of the pages in the same top-level folder (or else in the
-    whole tree) is MDX or MkDocs, plain-looking pages are read that way too, as their
-    generator would. Otherwise each page is sniffed on its own.
+    the ``.mdx`` suffix decides first. The other ``.md`` files are sniffed; plain-looking
+    ones follow their docs set: when a clear share of the ``.md`` pages in the same
+    top-level folder (or else in the whole tree) shows MDX or MkDocs syntax, they are
+    read that way too, as their generator would.
     """
     found = [detect_dialect(d.path, root) for d in docs]  # "markdown": nothing decided yet
     sniffed = [sniff_dialect(t) if f == "markdown" else f
                for t, f in zip(texts, found, strict=True)]
+    # Only sniffed pages vote: an .mdx file says nothing of how its site reads .md (Astro
+    # reads .md as plain Markdown, Docusaurus as MDX).
     groups: dict[str, list[str]] = {}
-    for d, s in zip(docs, sniffed, strict=True):
-        groups.setdefault(d.rel.split("/", 1)[0] if "/" in d.rel else "", []).append(s)
-    whole = _vote(sniffed)
+    for d, s, f in zip(docs, sniffed, found, strict=True):
+        if f == "markdown":
+            groups.setdefault(d.rel.split("/", 1)[0] if "/" in d.rel else "", []).append(s)
+    whole = _vote([s for v in groups.values() for s in v])
     votes = {g: _vote(v) or whole for g, v in groups.items()}
     return [
-        (votes[d.rel.split("/", 1)[0] if "/" in d.rel else ""] or s) if s == "markdown" else s
+        (votes.get(d.rel.split("/", 1)[0] if "/" in d.rel else "") or s) if s == "markdown" else s
         for d, s in zip(docs, sniffed, strict=True)
     ]
 

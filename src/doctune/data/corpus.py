@@ -162,6 +162,7 @@ def find_docs(
                 continue
             if is_dir:
                 if _excluded(rel, excludes):
+                    ignored += _excluded(rel, exclude)  # count only the user's patterns
                     continue
                 try:
                     dst = Path(entry.path).stat()
@@ -169,8 +170,8 @@ def find_docs(
                     skipped.append(Skipped(rel, f"cannot read folder ({e.strerror})"))
                     continue
                 if (dst.st_dev, dst.st_ino) in seen_dirs:
-                    skipped.append(Skipped(rel, "symlink to a folder already walked "
-                                                "(a loop); not followed again"))
+                    skipped.append(Skipped(rel, "links to a folder already walked (a symlink "
+                                                "loop or a second link); not followed again"))
                     continue
                 walk(Path(entry.path), rel)
             elif _is_doc(entry.name):
@@ -188,7 +189,7 @@ def find_docs(
     if not docs:
         what = f"no {', '.join(DOC_SUFFIXES)} files under `{src}`"
         if ignored:
-            what += f" ({ignored} left out by the include/exclude patterns)"
+            what += f" ({ignored} files or folders left out by the include/exclude patterns)"
         raise DataError(f"{what}; point SRC at the folder holding your Markdown/MDX docs"
                         f"{' or loosen --include/--exclude' if ignored else ''}.")
     docs.sort(key=lambda d: d.rel)

@@ -153,6 +153,7 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
 
 # --- the left-to-right prose scanner ----------------------------------------------------
 
+_CLOSING_PUNCT = frozenset(".,;:!?)")
 _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _SPECIAL = re.compile(r"[\\`<{\]]")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
@@ -160,7 +161,7 @@ _AUTOLINK = re.compile(
     r"<(?:[A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>]*|[\w.!#$%&'*+/=?^`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>"
 )
 _LINK_DEST = re.compile(
-    r"\]\((?:<[^<>\n]*>|[^\s()<]*(?:\([^\s()]*\)[^\s()<]*)*)"
+    r"\]\((?:<[^<>\n]*>|(?!<)[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)"
     r"(?:[ \t\n]+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?[ \t]*\)"
 )
 _MD_COMMENT = re.compile(r"\{\s*/\*.*?\*/\s*\}", re.S)
@@ -228,6 +229,9 @@ class ProseCleaner:
             out = self._out
             if not out or out[-1][-1:] in (" ", "\t", "\n"):
                 text = text.lstrip(" \t")
+                # "see <Since v="4" />." reads "see.", not "see ."
+                if text[:1] in _CLOSING_PUNCT and out and out[-1][-1:] in (" ", "\t"):
+                    out[-1] = out[-1].rstrip(" \t")
             if not text:
                 return
             self._strip = False
