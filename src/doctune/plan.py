@@ -42,8 +42,9 @@ OPT_STEP_EXTRA = 4.0
 """AdamW (foreach) temporaries during the step, bytes per trainable parameter."""
 FRAMEWORK_MB = {"cpu": 500.0, "mps": 600.0, "cuda": 550.0}
 """Python + torch + transformers + peft + doctune and the tokenizer, before any model."""
-ALLOCATOR_FACTOR = 1.0
-"""Allocator slack on the tensor memory."""
+ACT_RSS_FACTOR = 1.45
+"""Peak RSS over saved activations, measured: each layer's transient tensors (attention
+scores, MLP intermediates) go back to the allocator's heap, which does not shrink."""
 SAFE_SHARE = {"cpu": 0.70, "mps": 0.70, "cuda": 0.90}
 """Default budget: share of RAM (CPU, Apple unified memory) or of the GPU's memory."""
 
@@ -126,7 +127,13 @@ def default_budget_mb(cfg: Config, device: str) -> float:
         if not torch.cuda.is_available():
             raise ConfigError("Planning for cuda on a machine without a CUDA GPU: give the GPU's "
                               'memory as the budget, e.g. `--set memory.budget=24GB`.')
-    return SAFE_SHARE[device] * device_memory_mb(device)
+    budget = SAFE_SHARE[device] * device_memory_mb(device)
+    if device == "mps":  # past Metal's recommended working set, MPS allocations fail
+        import torch
+
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            budget = min(budget, torch.mps.recommended_max_memory() / MB)
+    return budget
 
 
 def plan_device(name: str) -> str:
@@ -256,23 +263,24 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
     else:
         acts = L * layer
         cast += 2.0 * shape.matmul_params if prec == "bf16" else 0.0
-    acts += EMBED_ACT * tok * C + cast
+    acts = ACT_RSS_FACTOR * (acts + EMBED_ACT * tok * C) + cast
     logits = _logits_bytes(prec, tok, C, V, fused=t.fused_loss, head_trains=not lora, training=True)
     # With one micro-batch per step, gradients are freed (zero_grad) before the forward and
-    # come back during the backward as activations go; only the output layer's overlaps.
-    grads_at_peak = grads if t.grad_accum > 1 else (4.0 * V * C if not lora else 0.0)
+    # come back during the backward as activations go; only the output layer's overlaps
+    # (the fused loss holds it already, in logits_and_loss).
+    grads_at_peak = grads if t.grad_accum > 1 else (4.0 * V * C if not (lora or t.fused_loss) else 0.0)
     phases = {
         "forward/backward": {"gradients": grads_at_peak, "optimizer": optimizer,
                              "activations": acts, "logits_and_loss": logits},
         "optimizer step": {"gradients": grads, "optimizer": optimizer + OPT_STEP_EXTRA * trainable,
                            "activations": 0.0, "logits_and_loss": 0.0},
-        "evaluation": {"gradients": 0.0, "optimizer": optimizer, "activations": layer,
+        "evaluation": {"gradients": 0.0, "optimizer": optimizer, "activations": ACT_RSS_FACTOR * layer,
                        "logits_and_loss": _logits_bytes(prec, tok, C, V, fused=t.fused_loss,
                                                         head_trains=False, training=False)},
     }
     phase = max(phases, key=lambda p: sum(phases[p].values()))
     breakdown = {"framework": FRAMEWORK_MB[device], "weights": weights / MB}
-    breakdown.update({k: ALLOCATOR_FACTOR * v / MB for k, v in phases[phase].items()})
+    breakdown.update({k: v / MB for k, v in phases[phase].items()})
     return MemoryPlan(device=device, precision=prec, peak_mb=sum(breakdown.values()),
                       budget_mb=budget if budget is not None else default_budget_mb(cfg, device),
                       breakdown=breakdown, phase=phase)
