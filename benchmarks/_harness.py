@@ -155,34 +155,47 @@ class ProcessRun:
     """Largest sum of RSS over the child and all its descendants, sampled every ~50 ms."""
     maxrss_mb: float
     """The kernel's peak RSS of the child (largest of it and its reaped descendants)."""
-    first_step_s: float | None
-    """Launch to the first finished optimizer step, as seen from here."""
+    step_marks: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since launch, CPU seconds of the process tree) when each step was seen done."""
     log: list[str] = field(default_factory=list)
 
+    @property
+    def first_step_s(self) -> float | None:
+        """Launch to the first finished optimizer step, as seen from here."""
+        return round(self.step_marks[0][0], 2) if self.step_marks else None
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+    def cpu_s_per_step(self, warmup: int) -> list[float]:
+        """CPU seconds (all threads, user + system) of each step after the first ``warmup``."""
+        m = self.step_marks
+        return [m[i][1] - m[i - 1][1] for i in range(max(warmup, 1), len(m))]
+
+
+def _tree(proc: psutil.Process) -> tuple[int, float]:
+    """RSS bytes and CPU seconds (user + system) of ``proc`` and its live descendants."""
+    rss, cpu = 0, 0.0
     with contextlib.suppress(psutil.Error):
         for p in [proc, *proc.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-    return total
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                cpu += t.user + t.system
+    return rss, cpu
 
 
 def run_watched(cmd: list[str], *, env: dict[str, str], log_path: Path,
-                first_step_seen: Callable[[str], bool] | None = None,
-                first_step_file: Callable[[], bool] | None = None,
+                step_line: Callable[[str], bool] | None = None,
+                steps_in_file: Callable[[], int] | None = None,
                 interval: float = 0.05, echo: bool = False) -> ProcessRun:
-    """Run ``cmd``, sampling the RSS of its process tree and spotting its first optimizer step.
+    """Run ``cmd``, sampling its process tree's RSS and CPU time and spotting its steps.
 
-    The first step is found either in a stdout line (``first_step_seen``) or by polling a
-    file (``first_step_file``, e.g. a metrics file gaining its first line).
+    A finished optimizer step is seen either as a stdout line (``step_line``) or as a
+    count a file grows to (``steps_in_file``, e.g. the rows of a metrics file).
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
     ps = psutil.Process(proc.pid)
-    first: list[float] = []
+    line_steps = [0]
     lines: list[str] = []
 
     def read() -> None:
@@ -193,27 +206,27 @@ def run_watched(cmd: list[str], *, env: dict[str, str], log_path: Path,
                 lines.append(line.rstrip("\n"))
                 if echo:
                     print("    " + line.rstrip("\n"), flush=True)
-                if not first and first_step_seen is not None and first_step_seen(line):
-                    first.append(time.perf_counter() - t0)
+                if step_line is not None and step_line(line):
+                    line_steps[0] += 1
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    peak = 0
+    peak, marks = 0, []
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, _tree_rss(ps))
-        if not first and first_step_file is not None and first_step_file():
-            first.append(time.perf_counter() - t0)
+        rss, cpu = _tree(ps)
+        peak = max(peak, rss)
+        done = steps_in_file() if steps_in_file is not None else line_steps[0]
+        marks += [(time.perf_counter() - t0, cpu)] * max(0, done - len(marks))
         time.sleep(interval)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     reader.join(timeout=10)
     return ProcessRun(returncode=proc.returncode, wall_s=round(wall, 2),
                       peak_tree_rss_mb=round(peak / MB, 1),
-                      maxrss_mb=round(usage.ru_maxrss / 1024, 1),
-                      first_step_s=round(first[0], 2) if first else None, log=lines)
+                      maxrss_mb=round(usage.ru_maxrss / 1024, 1), step_marks=marks, log=lines)
 
 
 def median(xs: list[float]) -> float:

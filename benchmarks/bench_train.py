@@ -51,6 +51,7 @@ from _harness import (
     save_random_model,
 )
 
+ATTN_IMPLEMENTATION = "doctune_sdpa"
 BASELINE = REPO.parent / "shared" / "baselines" / "hf_trainer_clm.py"
 ALL_CPU_CONFIGS = ["lora-fp32", "full-fp32", "lora-fp32-ckpt", "full-fp32-ckpt",
                    "lora-bf16", "full-bf16", "lora-bf16-ckpt", "full-bf16-ckpt"]
@@ -94,7 +95,7 @@ def run_baseline(job: dict[str, Any], work: Path, echo: bool) -> dict[str, Any]:
     cmd += ["--grad-ckpt"] if job["ckpt"] else []
     cmd += ["--bf16"] if job["precision"] == "bf16" else []
     run = run_watched(cmd, env=_env(), log_path=work / "baseline.log", echo=echo,
-                      first_step_seen=lambda line: line.startswith("[hf_baseline] step 1/"))
+                      step_line=lambda line: line.startswith("[hf_baseline] step "))
     if run.returncode != 0 or not out.is_file():
         raise RuntimeError("baseline failed:\n" + "\n".join(run.log[-30:]))
     res = json.loads(out.read_text())
@@ -127,21 +128,33 @@ def doctune_config(job: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
-def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str]) -> dict[str, Any]:
-    """``python -m doctune train`` on ``job``; per-step times from its ``metrics.jsonl``."""
+def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str],
+                env: dict[str, str], levers: list[str]) -> dict[str, Any]:
+    """``python -m doctune train`` on ``job``; per-step times from its ``metrics.jsonl``.
+
+    With ``levers``, through ``_doctune_levers.py``, which switches them on first.
+    """
     cfg_path = work / "doctune.yaml"
     cfg_path.write_text(yaml.safe_dump(doctune_config(job, work), sort_keys=False))
     metrics = work / "run" / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "doctune", "train", "--config", str(cfg_path)]
+    cmd = [sys.executable, "-m", "doctune"]
+    if levers:
+        cmd = [sys.executable, str(Path(__file__).parent / "_doctune_levers.py"), "--levers",
+               ",".join(levers), "--"]
+        if "attention" in levers:
+            overrides = [*overrides, f"model.attn_implementation={ATTN_IMPLEMENTATION}"]
+    cmd += ["train", "--config", str(cfg_path)]
     for item in overrides:
         cmd += ["--set", item]
 
-    def stepped() -> bool:
-        return metrics.is_file() and metrics.stat().st_size > 0 and any(
-            "train_loss" in row for row in read_jsonl(metrics))
+    def steps_done() -> int:
+        try:
+            return sum(1 for row in read_jsonl(metrics) if "step_time_s" in row)
+        except ValueError:  # a line caught half-written
+            return 0
 
-    run = run_watched(cmd, env=_env(), log_path=work / "doctune.log", echo=echo,
-                      first_step_file=stepped)
+    run = run_watched(cmd, env={**_env(), **env}, log_path=work / "doctune.log", echo=echo,
+                      steps_in_file=steps_done)
     rows = [r for r in read_jsonl(metrics) if "step_time_s" in r]
     if run.returncode != 0 or not rows:
         raise RuntimeError("doctune failed:\n" + "\n".join(run.log[-30:]))
@@ -164,7 +177,9 @@ def _side(job: dict[str, Any], steps: list[float], run: Any, *, tokens_per_step:
           extra: dict[str, Any]) -> dict[str, Any]:
     s_step = median(steps)
     tok_s = tokens_per_step / s_step
+    cpu = run.cpu_s_per_step(job["warmup"])
     return {"tokens_per_s": round(tok_s, 1), "s_per_step": round(s_step, 3),
+            "cpu_s_per_step": round(median(cpu), 2) if cpu else None,
             "step_times_s": [round(s, 3) for s in steps], "tokens_per_step": tokens_per_step,
             "peak_tree_rss_mb": run.peak_tree_rss_mb, "maxrss_mb": run.maxrss_mb,
             "time_to_first_step_s": run.first_step_s, "wall_s": run.wall_s,
@@ -180,13 +195,14 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], runners: list[str]) -> str:
-    """One line per configuration: ratios doctune / baseline with the raw numbers beside."""
-    head = ("| shape | config | tok/s ratio | tok/s doctune | tok/s HF | s/step doctune | s/step HF "
-            "| peak mem ratio | peak GB doctune | peak GB HF | 1st step s doctune | 1st step s HF "
+    """One line per configuration and doctune variant: ratios doctune / baseline, raw numbers beside."""
+    head = ("| shape | config | doctune | tok/s ratio | tok/s doctune | tok/s HF | s/step doctune | s/step HF "
+            "| CPU s/step doctune | CPU s/step HF | peak mem ratio | peak GB doctune | peak GB HF | 1st step s doctune | 1st step s HF "
             "| compile s | MFU doctune | MFU HF |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        d, b = r.get("doctune", {}), r.get("baseline", {})
+    variants = [x for x in runners if x.startswith("doctune")] or ["doctune"]
+    for r, variant in ((r, v) for r in rows for v in variants):
+        d, b = r.get(variant, {}), r.get("baseline", {})
 
         def g(side: dict[str, Any], key: str, fmt: str = "{}") -> str:
             v = side.get(key)
@@ -196,9 +212,11 @@ def markdown_table(rows: list[dict[str, Any]], runners: list[str]) -> str:
         gb_b = f"{b['peak_tree_rss_mb'] / 1024:.2f}" if b else "-"
         mem_ratio = _ratio(d.get("peak_tree_rss_mb"), b.get("peak_tree_rss_mb"))
         lines.append(
-            f"| {r['shape']} | {r['config']} | {_ratio(d.get('tokens_per_s'), b.get('tokens_per_s'))} "
+            f"| {r['shape']} | {r['config']} | {variant.removeprefix('doctune') or 'as is'} "
+            f"| {_ratio(d.get('tokens_per_s'), b.get('tokens_per_s'))} "
             f"| {g(d, 'tokens_per_s')} | {g(b, 'tokens_per_s')} | {g(d, 's_per_step')} "
-            f"| {g(b, 's_per_step')} | {mem_ratio} | {gb_d} | {gb_b} "
+            f"| {g(b, 's_per_step')} | {g(d, 'cpu_s_per_step')} | {g(b, 'cpu_s_per_step')} "
+            f"| {mem_ratio} | {gb_d} | {gb_b} "
             f"| {g(d, 'time_to_first_step_s')} | {g(b, 'time_to_first_step_s')} "
             f"| {g(d, 'compile_s')} | {g(d, 'mfu', '{:.1%}')} | {g(b, 'mfu', '{:.1%}')} |")
     return "\n".join(lines)
@@ -226,11 +244,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     p.add_argument("--quick", action="store_true",
                    help="3 steps (1 warm-up) of lora-fp32 and full-fp32 only")
-    p.add_argument("--runners", default="doctune,baseline", help="which sides to run")
+    p.add_argument("--runners", default="doctune,baseline",
+                   help="which sides to run: doctune (as is), doctune+levers (with --levers "
+                        "switched on by benchmarks/_doctune_levers.py), baseline")
+    p.add_argument("--levers", default="attention,malloc,adamw",
+                   help="levers for the doctune+levers side")
     p.add_argument("--bf16-anyway", action="store_true",
                    help="run bf16 configurations on a CPU without native bf16 too")
     p.add_argument("--set", dest="doctune_set", action="append", default=[],
                    help="extra doctune override key=value (repeatable), e.g. train.fused_loss=false")
+    p.add_argument("--doctune-env", action="append", default=[],
+                   help="extra environment variable KEY=VALUE for the doctune side (repeatable)")
     p.add_argument("--peak-seconds", type=float, default=3.0, help="time spent per matmul peak")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--work", type=Path, default=None, help="keep run folders here (default: temp)")
@@ -248,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shapes = (args.shapes or ("gpt2" if cuda else "distilgpt2")).split(",")
     block = args.block or (1024 if cuda else 512)
     runners = args.runners.split(",")
+    doctune_env = dict(item.split("=", 1) for item in args.doctune_env)
     if cuda and "baseline" in runners:
         print("note: the reference script trains on the CPU only (use_cpu=True); on CUDA only "
               "doctune runs", flush=True)
@@ -286,8 +311,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"[{shape} {name}] {runner} (load average {os.getloadavg()[0]:.2f}) ...",
                       flush=True)
                 row[f"load_before_{runner}"] = round(os.getloadavg()[0], 2)
-                row[runner] = (run_doctune(job, work, args.echo, args.doctune_set)
-                               if runner == "doctune" else run_baseline(job, work, args.echo))
+                if runner == "baseline":
+                    row[runner] = run_baseline(job, work, args.echo)
+                else:
+                    levers = args.levers.split(",") if runner == "doctune+levers" else []
+                    row[runner] = run_doctune(job, work, args.echo, args.doctune_set, doctune_env,
+                                              levers)
                 print(f"    {json.dumps({k: v for k, v in row[runner].items() if k != 'step_times_s'})}",
                       flush=True)
             results.append(row)
