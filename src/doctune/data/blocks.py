@@ -8,11 +8,14 @@ as MDX does. Plain Markdown and MkDocs keep indented code on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_block import StateBlock
+
+_INDENTED = re.compile(r"^(?:[ \t]*>)*(?: {4}|[ ]{0,3}\t)", re.M)  # may be indented code
 
 
 def _paragraph(state: StateBlock, start: int, end: int, silent: bool) -> bool:
@@ -49,7 +52,7 @@ def _paragraph(state: StateBlock, start: int, end: int, silent: bool) -> bool:
 @lru_cache(maxsize=8)
 def block_parser(*, indented_code: bool, html_blocks: bool) -> MarkdownIt:
     """A block-only CommonMark parser (inline parsing off: only line maps are needed)."""
-    md = MarkdownIt("commonmark", {"maxNesting": 100})
+    md = MarkdownIt("commonmark", {"maxNesting": 20})  # deeper quotes/lists: no code found
     off = ["lheading", "reference"]
     if not indented_code:
         off.append("code")
@@ -80,8 +83,8 @@ def _is_closer(line: str, marker: str) -> bool:
 def code_blocks(lines: list[str], *, indented_code: bool, html_blocks: bool) -> list[CodeBlock]:
     """Find the fenced (and, for Markdown, indented) code blocks in ``lines``."""
     text = "\n".join(lines)
-    if "```" not in text and "~~~" not in text and not indented_code:
-        return []
+    if "```" not in text and "~~~" not in text and not (indented_code and _INDENTED.search(text)):
+        return []  # nothing could be code: spare the parse
     tokens = block_parser(indented_code=indented_code, html_blocks=html_blocks).parse(text)
     blocks: list[CodeBlock] = []
     for tok in tokens:

@@ -30,7 +30,7 @@ _MARKERS: tuple[tuple[str, str], ...] = (
 )
 _LEVELS_ABOVE_ROOT = 3  # mkdocs.yml often sits next to (or above) the docs folder
 
-_FENCE = re.compile(r"^[ \t]*(?:```|~~~).*?^[ \t]*(?:```|~~~)[ \t]*$", re.M | re.S)
+_FENCE_LINE = re.compile(r"[ \t]*(`{3,}|~{3,})")
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 _MDX_SIGNS = re.compile(
     r"^(?:import|export)\s[^\n]*?(?:from\s*['\"]|\bconst\b|\bfunction\b)|\{/\*|"
@@ -55,9 +55,25 @@ def _folder_dialect(folder: Path, stop: Path | None) -> str | None:
     return _folder_dialect(folder.parent, stop)
 
 
+def _without_fences(text: str) -> str:
+    """``text`` without fenced code (a plain line scan: good enough for sniffing)."""
+    keep: list[str] = []
+    fence = ""
+    for line in text.split("\n"):
+        m = _FENCE_LINE.match(line)
+        if fence:
+            if m and m[1][0] == fence[0] and len(m[1]) >= len(fence) and not line[m.end():].strip():
+                fence = ""
+        elif m:
+            fence = m[1]
+        else:
+            keep.append(line)
+    return "\n".join(keep)
+
+
 def sniff_dialect(text: str) -> str:
     """Guess the dialect of a ``.md`` file from its content (first 200,000 characters)."""
-    head = _CODE_SPAN.sub("", _FENCE.sub("", text[:200_000]))
+    head = _CODE_SPAN.sub("", _without_fences(text[:200_000]))
     mdx = len(_MDX_SIGNS.findall(head))
     mkdocs = len(_MKDOCS_SIGNS.findall(head))
     if mkdocs > mdx:

@@ -55,28 +55,43 @@ def skip_template(s: str, i: int) -> int:
     return -1
 
 
-def skip_braces(s: str, i: int, limit: int | None = None) -> int:
+MAX_SPAN = 200_000  # no expression or tag is longer; bounds the work on broken input
+MAX_STRING = 20_000  # nor a quoted attribute value
+
+
+def skip_braces(
+    s: str, i: int, limit: int | None = None, memo: dict[int, int] | None = None
+) -> int:
     """Skip a balanced bracket group opening at ``s[i]`` (``{``, ``(`` or ``[``).
 
     Returns the index after the matching closer, or -1 when it is never closed before
-    ``limit`` (default: end of ``s``) or a closer does not match.
+    ``limit`` (default: end of ``s``, at most :data:`MAX_SPAN` on) or a closer does not
+    match. With ``memo`` (one dict per string), the result for every ``{`` met on the
+    way is remembered, so reading many unclosed braces stays linear.
     """
-    end = len(s) if limit is None else limit
-    stack = [_OPEN[s[i]]]
+    if memo is not None and i in memo:
+        return memo[i]
+    end = min(len(s) if limit is None else limit, i + MAX_SPAN)
+    stack = [(_OPEN[s[i]], i)]
     j = i + 1
     while stack:
         m = _INTERESTING.search(s, j, end)
         if m is None:
-            return -1
+            j = -1
+            break
         j = m.start()
         c = s[j]
         if c in _OPEN:
-            stack.append(_OPEN[c])
+            stack.append((_OPEN[c], j))
             j += 1
         elif c in _CLOSE:
-            if c != stack.pop():
-                return -1
+            want, at = stack.pop()
+            if c != want:
+                j = -1
+                break
             j += 1
+            if memo is not None and want == "}":
+                memo[at] = j
         elif c in "'\"":
             j = skip_string(s, j)
         elif c == "`":
@@ -85,12 +100,19 @@ def skip_braces(s: str, i: int, limit: int | None = None) -> int:
             nl = s.find("\n", j)
             j = end if nl < 0 else nl
         elif s.startswith("/*", j):
-            k = s.find("*/", j + 2)
+            k = s.find("*/", j + 2, end)
             j = -1 if k < 0 else k + 2
         else:
             j += 1
         if j < 0 or j > end:
-            return -1
+            j = -1
+            break
+    if j < 0:
+        if memo is not None:
+            for want, at in stack:
+                if want == "}":
+                    memo[at] = -1
+        return -1
     return j
 
 
@@ -120,7 +142,10 @@ def _skip_ws(s: str, j: int, end: int) -> int:
     return m.end()
 
 
-def scan_tag(s: str, i: int, end: int | None = None, *, jsx: bool = True) -> Tag | None:
+def scan_tag(
+    s: str, i: int, end: int | None = None, *, jsx: bool = True,
+    memo: dict[int, int] | None = None,
+) -> Tag | None:
     """Read the JSX/HTML tag starting at ``s[i] == "<"``, or return None if it is not one.
 
     Accepts what MDX accepts (expression attributes ``={...}`` with nested braces, spread
@@ -128,7 +153,7 @@ def scan_tag(s: str, i: int, end: int | None = None, *, jsx: bool = True) -> Tag
     accepts (unquoted values). A blank line outside a value ends the search. Fragments
     are JSX only (``jsx=False`` reads ``<>`` as text, as HTML does).
     """
-    stop = len(s) if end is None else end
+    stop = min(len(s) if end is None else end, i + MAX_SPAN)
     j = i + 1
     closing = s.startswith("/", j)
     if closing:
@@ -155,7 +180,7 @@ def scan_tag(s: str, i: int, end: int | None = None, *, jsx: bool = True) -> Tag
         if closing:
             return None
         if c == "{":
-            j = skip_braces(s, j, stop)
+            j = skip_braces(s, j, stop, memo)
             if j < 0:
                 return None
             continue
@@ -170,12 +195,12 @@ def scan_tag(s: str, i: int, end: int | None = None, *, jsx: bool = True) -> Tag
             return None
         c = s[j]
         if c in "'\"":
-            k = s.find(c, j + 1, stop)
+            k = s.find(c, j + 1, min(stop, j + MAX_STRING))
             if k < 0:
                 return None
             j = k + 1
         elif c == "{":
-            j = skip_braces(s, j, stop)
+            j = skip_braces(s, j, stop, memo)
             if j < 0:
                 return None
         else:

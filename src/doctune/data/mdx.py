@@ -60,6 +60,7 @@ _GH_ALERT = re.compile(
 _LINK_COMMENT = re.compile(r"[ \t]{0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>)(?:[ \t].*)?")
 _HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[\w.:-]+[ \t]*\}[ \t]*")
 _ESM_LINE = re.compile(r"(?:import|export)(?=[\s{*'\"])")
+_CANDIDATE = re.compile(r"^[ \t]*(?:import|export|```|~~~|:::|>|\[|#)", re.M)
 
 
 def _admonition(line: str, notes: Notes) -> str | None:
@@ -104,16 +105,26 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
     (it separates blocks), or None for a line deleted outright.
     """
     out: list[str | None] = list(lines)
-    text = "\n".join(lines) if mdx else ""
+    text = "\n".join(lines)
+    # Only lines starting with one of these can match a rule: find them at C speed.
+    starts: list[int] = []
+    line_no, pos = 0, 0
+    for cand in _CANDIDATE.finditer(text):
+        line_no += text.count("\n", pos, cand.start())
+        pos = cand.start()
+        starts.append(line_no)
+    if not starts:
+        return out
     offsets: list[int] = []
-    if mdx:
-        pos = 0
-        for ln in lines:
-            offsets.append(pos)
-            pos += len(ln) + 1
-    k = 0
-    n = len(lines)
-    while k < n:
+    pos = 0
+    for ln in lines:
+        offsets.append(pos)
+        pos += len(ln) + 1
+    k = -1
+    for start in starts:
+        if start <= k:  # inside a statement already removed
+            continue
+        k = start
         line = lines[k]
         lead = len(line) - len(line.lstrip(" \t"))
         # MDX reads ESM at the start of a line only; indented statements are taken too,
@@ -125,7 +136,7 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
                 for q in range(k, k + last + 1):
                     out[q] = ""
                 notes.dropped["esm"] += 1
-                k += last + 1
+                k += last
                 continue
         stripped = line.lstrip(" \t")
         if stripped.startswith(("```", "~~~")):
@@ -147,7 +158,6 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
             out[k] = ""
         elif stripped.startswith("#") and "{" in line and (m := _HEADING_ID.fullmatch(line)):
             out[k] = m[1]
-        k += 1
     return out
 
 
@@ -191,38 +201,54 @@ class ProseCleaner:
     def __init__(self, *, mdx: bool, notes: Notes) -> None:
         self.mdx = mdx
         self.notes = notes
-        self.stack: list[tuple[str, int]] = []
+        self.stack: list[tuple[str, int]] = []  # open JSX tags: (name, line)
+        self._open: Counter[str] = Counter()  # names in the stack
 
     def finish(self) -> None:
         """Warn about JSX tags that were opened and never closed."""
         for name, line in self.stack[:3]:
             self.notes.warn(line, f"<{name}> is never closed; read with Markdown rules")
         self.stack.clear()
+        self._open.clear()
 
-    def _balance(self, tag_name: str, closing: bool, self_closing: bool, line: int) -> None:
-        low = tag_name.lower()
-        if self_closing or low in _VOID:
+    def _balance(self, tag_name: str, closing: bool, self_closing: bool, j: int) -> None:
+        """Track open tags to warn where the MDX structure is broken (tags go either way)."""
+        if self_closing or tag_name.lower() in _VOID:
             return
+        stack = self.stack
         if not closing:
-            self.stack.append((tag_name, line))
-        elif self.stack and self.stack[-1][0] == tag_name:
-            self.stack.pop()
-        elif any(t == tag_name for t, _ in self.stack):
-            while self.stack and self.stack[-1][0] != tag_name:
-                name, opened = self.stack.pop()
+            stack.append((tag_name, self._line_at(j)))
+            self._open[tag_name] += 1
+        elif stack and stack[-1][0] == tag_name:
+            stack.pop()
+            self._open[tag_name] -= 1
+        elif self._open[tag_name] > 0:
+            while stack and stack[-1][0] != tag_name:
+                name, opened = stack.pop()
+                self._open[name] -= 1
                 self.notes.warn(opened, f"<{name}> is never closed; read with Markdown rules")
-            self.stack.pop()
+            stack.pop()
+            self._open[tag_name] -= 1
         else:
-            self.notes.warn(line, f"</{tag_name}> closes nothing; read with Markdown rules")
+            self.notes.warn(self._line_at(j),
+                            f"</{tag_name}> closes nothing; read with Markdown rules")
 
     # Output state of the run being cleaned (set by clean()).
     _out: list[str]
     _strip: bool
     _src: str
     _first: int
+    _memo: dict[int, int]
+    _pos: int
+    _line: int
 
     def _line_at(self, j: int) -> int:
-        return self._first + self._src.count("\n", 0, j)
+        """1-based source line of offset ``j`` (counted on from the last call: linear)."""
+        if j < self._pos:
+            self._pos, self._line = 0, self._first
+        self._line += self._src.count("\n", self._pos, j)
+        self._pos = j
+        return self._line
 
     def _emit(self, text: str) -> None:
         if self._strip:
@@ -246,6 +272,10 @@ class ProseCleaner:
     def clean(self, s: str, first_line: int) -> str:
         """Return the prose run ``s`` (1-based ``first_line``) with MDX/HTML removed."""
         self._out, self._strip, self._src, self._first = [], False, s, first_line
+        self._memo = {}
+        self._pos, self._line = 0, first_line
+        blank_at = -1  # start of the next blank line: code spans stop there
+        no_close: dict[int, int] = {}  # backtick run length -> blank_at it has no closer before
         n = len(s)
         i = 0
         emit = self._emit
@@ -269,9 +299,14 @@ class ProseCleaner:
                 k = j
                 while k < n and s[k] == "`":
                     k += 1
-                limit_m = _BLANK_LINE.search(s, k)
-                limit = limit_m.start() if limit_m else n
-                close = _backtick_run(k - j).search(s, k, limit)
+                if blank_at < k:
+                    limit_m = _BLANK_LINE.search(s, k)
+                    blank_at = limit_m.start() if limit_m else n
+                close = None
+                if no_close.get(k - j) != blank_at:  # known: no run this long before blank_at
+                    close = _backtick_run(k - j).search(s, k, blank_at)
+                    if close is None:
+                        no_close[k - j] = blank_at
                 end = close.end() if close else k
                 emit(s[j:end])
                 i = end
@@ -303,7 +338,7 @@ class ProseCleaner:
         if am is not None:
             self._emit(am.group())
             return am.end()
-        tag = scan_tag(s, j, jsx=self.mdx)
+        tag = scan_tag(s, j, jsx=self.mdx, memo=self._memo)
         if tag is None:
             nxt = s[j + 1 : j + 2]
             if self.mdx and (nxt.isalpha() or nxt == "/"):
@@ -315,7 +350,7 @@ class ProseCleaner:
         name = tag.name
         low = name.lower()
         if self.mdx:
-            self._balance(name, tag.closing, tag.self_closing, self._line_at(j))
+            self._balance(name, tag.closing, tag.self_closing, j)
         end = tag.end
         if low in _DROP_CONTENT and not tag.closing and not tag.self_closing:
             close = re.compile(rf"</{re.escape(name)}\s*>", re.I).search(s, end)
@@ -324,7 +359,7 @@ class ProseCleaner:
             else:
                 end = close.end()
                 if self.mdx:
-                    self._balance(name, True, False, self._line_at(close.start()))
+                    self._balance(name, True, False, close.start())
         key = "html_tag" if name[:1].islower() and "." not in name else "jsx_tag"
         notes.dropped[key] += 1
         space = ""
@@ -346,7 +381,7 @@ class ProseCleaner:
             notes.dropped["mdx_comment"] += 1
             self._removed()
             return cm.end()
-        k = skip_braces(s, j)
+        k = skip_braces(s, j, memo=self._memo)
         if k < 0:
             notes.warn(self._line_at(j), "`{` starts an expression that is never closed; "
                                          "kept as text (Markdown rules)")
