@@ -87,3 +87,10 @@ def test_commented_yaml_round_trips() -> None:
     assert "# Peak learning rate; null = 1e-3 for LoRA" in text
     data = yaml.safe_load(text)
     assert Config.model_validate(data) == Config()
+
+
+def test_commented_out_section_is_empty(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  # lr: 1e-3\nlora:\n  r: 4\n")
+    cfg = load_config(f, ["train.seed=3"])
+    assert cfg.train.seed == 3 and cfg.lora.r == 4

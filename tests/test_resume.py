@@ -20,7 +20,7 @@ from test_train import final_weights, make_cfg, metrics, write_docs
 
 STEPS = 40
 OVERRIDES = (f"train.max_steps={STEPS}", "train.save_every=5", "train.eval_every=10",
-             "train.keep_checkpoints=2", "train.sample_every=0")
+             "train.keep_checkpoints=2", "train.sample_every=6")  # sampling must not disturb the RNG
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,14 @@ def test_sigterm_saves_then_resume_matches(docs: Path, tiny_gpt2_dir: Path, tmp_
     assert 7 <= stopped_at < STEPS
     assert not (run / "final").exists()
 
-    res = train(make_cfg(docs, tiny_gpt2_dir, run, *OVERRIDES), resume=True, quiet=True)
-    assert res.steps == STEPS
+    # resume the way a user does, from another working directory
+    resumed = subprocess.run([sys.executable, "-m", "doctune", "train", "--resume", str(run), "-q"],
+                             cwd=tmp_path.parent, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "final model:" in resumed.stdout
     assert_same_weights(run, uninterrupted)
+    kept = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert kept == [f"step-{STEPS - 5}", f"step-{STEPS}"]  # keep_checkpoints=2
     steps = [r["step"] for r in metrics(run) if "train_loss" in r]
     assert steps == list(range(1, STEPS + 1))  # no step logged twice after resume
     losses = [r["train_loss"] for r in metrics(run) if "train_loss" in r]

@@ -43,9 +43,11 @@ def test_collate_pads_right_and_masks_context_and_padding() -> None:
 
 
 def test_lr_schedules() -> None:
+    # 12 updates, numbered 0..11: two of warm-up, the peak at update 1, the floor at update 11
     f = lr_lambda("cosine", warmup_steps=2, total_steps=12, min_lr_ratio=0.1)
-    assert [round(f(s), 4) for s in (0, 1, 2, 7, 12)] == [0.5, 1.0, 1.0, 0.55, 0.1]
-    lin = lr_lambda("linear", warmup_steps=0, total_steps=10, min_lr_ratio=0.0)
+    assert [round(f(s), 4) for s in (0, 1, 2, 4, 11)] == [0.5, 1.0, 1.0, 0.8947, 0.1]
+    assert round(f(6.5), 4) == 0.55  # halfway between the peak (update 2) and the floor (11)
+    lin = lr_lambda("linear", warmup_steps=0, total_steps=11, min_lr_ratio=0.0)
     assert [lin(s) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
     const = lr_lambda("constant", warmup_steps=4, total_steps=10, min_lr_ratio=0.0)
     assert [const(s) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]

@@ -268,6 +268,8 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"Config file {p} must hold a mapping of sections, got {type(loaded).__name__}.")
         tree = loaded or {}
+        # a section whose keys are all commented out reads as null: treat it as empty
+        tree = {k: ({} if v is None and k in Config.model_fields else v) for k, v in tree.items()}
         source = str(p)
     for item in overrides or []:
         key, value = parse_override(item)

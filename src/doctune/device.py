@@ -31,13 +31,13 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("`train.device` is cuda, but PyTorch sees no CUDA GPU. Install a CUDA "
-                          "build of PyTorch, or use `--set train.device=auto`.")
+        raise ConfigError("Device cuda was asked for, but PyTorch sees no CUDA GPU. Install a CUDA "
+                          "build of PyTorch, or choose device auto (cpu here).")
     if name == "mps" and not _mps_available():
-        raise ConfigError("`train.device` is mps, but MPS is not available (it needs an Apple "
-                          "Silicon Mac and macOS 12.3+). Use `--set train.device=auto`.")
+        raise ConfigError("Device mps was asked for, but MPS is not available (it needs an Apple "
+                          "Silicon Mac with macOS 12.3+ and a PyTorch build for it). Choose device auto.")
     if name not in {"cuda", "mps", "cpu"}:
-        raise ConfigError(f"`train.device` must be auto, cuda, mps or cpu, got {name!r}.")
+        raise ConfigError(f"The device must be auto, cuda, mps or cpu, got {name!r}.")
     return torch.device(name)
 
 
@@ -91,7 +91,8 @@ def _supports_bf16(device: torch.device) -> bool:
     import torch
 
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        # native bf16 only (Ampere and newer): older GPUs emulate it slowly, fp16 is right there
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     if device.type == "mps":
         return bool(torch.backends.mps.is_macos_or_newer(14, 0))
     return cpu_has_bf16()
@@ -117,21 +118,26 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
                          "fp32: this CPU has no native bf16 instructions, so bf16 would be slower")
     if choice == "bf16":
         if device.type == "mps" and not bf16_ok:
-            raise ConfigError("`train.precision` is bf16, but MPS needs macOS 14 or newer for bf16. "
-                              "Use `--set train.precision=fp16` or `auto`.")
+            raise ConfigError("Precision bf16 was asked for, but MPS needs macOS 14 or newer for "
+                              "bf16. Choose precision fp16 or auto.")
         if device.type == "cuda" and not bf16_ok:
-            raise ConfigError("`train.precision` is bf16, but this GPU has no bf16 support. "
-                              "Use `--set train.precision=fp16` or `auto`.")
+            raise ConfigError("Precision bf16 was asked for, but this GPU has no native bf16 (it "
+                              "needs an Ampere or newer card). Choose precision fp16 or auto.")
         note = "" if bf16_ok else " (this CPU emulates bf16: expect it to be slower than fp32)"
         return Precision("bf16", torch.bfloat16, False, f"bf16 autocast, as configured{note}")
     if choice == "fp16":
         if device.type == "cpu":
-            raise ConfigError("`train.precision` is fp16, which PyTorch does not train well on CPU. "
-                              "Use `--set train.precision=bf16` or `auto`.")
+            raise ConfigError("Precision fp16 was asked for on the CPU, where PyTorch has no fast "
+                              "fp16 training. Choose precision bf16, fp32 or auto.")
         return Precision("fp16", torch.float16, True, "fp16 autocast with loss scaling, as configured")
     if choice == "fp32":
         return Precision("fp32", None, False, "fp32, as configured")
-    raise ConfigError(f"`train.precision` must be auto, bf16, fp16 or fp32, got {choice!r}.")
+    raise ConfigError(f"The precision must be auto, bf16, fp16 or fp32, got {choice!r}.")
+
+
+def mps_available() -> bool:
+    """True when this PyTorch can use Apple's Metal (MPS) backend."""
+    return _mps_available()
 
 
 def empty_cache(device: torch.device) -> None:

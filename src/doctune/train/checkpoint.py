@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import asdict, dataclass
@@ -43,6 +44,42 @@ class TrainState:
     """Loss-carrying tokens trained on so far."""
     total_steps: int
     """Planned optimizer updates for the whole run."""
+    micro_batch_size: int = 0
+    """Windows per micro-batch: with the seed and the windows it fixes the data position."""
+    grad_accum: int = 0
+    seed: int = 0
+    data_fingerprint: str = ""
+    """Identity of the token store trained on (a resume over other data is refused)."""
+    device: str = ""
+    """Device type the run trained on (an exact resume needs the same kind of device)."""
+
+
+RESUME_KEYS = ("micro_batch_size", "grad_accum", "seed", "data_fingerprint")
+"""Settings a resumed run must share with its checkpoint to continue exactly."""
+
+
+def check_resumable(saved: TrainState, now: TrainState) -> list[str]:
+    """Raise if ``now`` cannot continue ``saved`` exactly; return warnings for what may differ.
+
+    Batch size, accumulation, seed and data decide which windows come next: a change would
+    silently train on other data. A new step count or device is allowed with a warning.
+    """
+    bad = [f"{k}: checkpoint {getattr(saved, k)!r}, now {getattr(now, k)!r}"
+           for k in RESUME_KEYS if getattr(saved, k) and getattr(saved, k) != getattr(now, k)]
+    if bad:
+        what = "; ".join(bad)
+        raise CheckpointError(
+            f"This run cannot resume exactly with the current settings ({what}). Resume with the "
+            "run's own config.yaml and docs, or start a new run (another `train.output_dir`).")
+    notes = []
+    if saved.total_steps != now.total_steps:
+        notes.append(f"the run now has {now.total_steps} steps instead of {saved.total_steps}: "
+                     "the learning-rate schedule is stretched to the new length")
+    if saved.device and saved.device != now.device:
+        notes.append(f"the checkpoint was trained on {saved.device}, this resume runs on "
+                     f"{now.device}: the result will be close to, not identical with, an "
+                     "uninterrupted run")
+    return notes
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,7 +100,10 @@ def rng_states(device: torch.device) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    # plain lists, so that checkpoints load with torch.load(weights_only=True)
+    states: dict[str, Any] = {"python": random.getstate(),
+                              "numpy": [kind, np.asarray(keys).tolist(), pos, has_gauss, cached],
                               "torch": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -77,12 +117,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    from doctune.device import mps_available
+
+    py = states["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    if "mps" in states and hasattr(torch, "mps"):
+    if "mps" in states and mps_available():
         torch.mps.set_rng_state(states["mps"])
 
 
@@ -109,8 +153,8 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{state.step}"
     tmp = ckpt_root / f".tmp-step-{state.step}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for leftover in (*ckpt_root.glob(".tmp-step-*"), *ckpt_root.glob(".old-step-*")):
+        shutil.rmtree(leftover, ignore_errors=True)  # from a save a crash interrupted
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -179,9 +223,9 @@ def load_checkpoint(
     try:
         state = TrainState(**json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
         weights = load_file(str(ckpt / "weights.safetensors"))
-        opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
-        trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"Checkpoint {ckpt} is unreadable ({e}). Resume from an older "
                               "checkpoint by deleting this folder.") from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -8,13 +8,12 @@ evaluate/sample, checkpoint), then the final save. ``step`` counts optimizer upd
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from doctune.errors import TrainingError
 from doctune.train.batches import BatchOrder, collate, count_loss_tokens
 from doctune.train.checkpoint import (
     TrainState,
+    check_resumable,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -96,12 +96,18 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     device, prec, mon = run.device, run.precision, run.monitor
     t = cfg.train
     order = BatchOrder(len(run.train), t.micro_batch_size, t.seed)
-    state = TrainState(step=0, micro_step=0, tokens_seen=0, total_steps=run.total_steps)
+    state = TrainState(step=0, micro_step=0, tokens_seen=0, total_steps=run.total_steps,
+                       micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum, seed=t.seed,
+                       data_fingerprint=run.data_fingerprint, device=device.type)
     val_before: float | None = None
 
     if resume:
         ckpt = latest_checkpoint(run.run_dir)
-        state, rng = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+        saved, rng = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+        for note in check_resumable(saved, state):
+            mon.warn(note)
+        state = replace(state, step=saved.step, micro_step=saved.micro_step,
+                        tokens_seen=saved.tokens_seen)
         set_rng_states(rng)
         val_before = run.facts.get("val_loss_before")
         mon.message(f"resumed from {ckpt} (step {state.step} of {state.total_steps})")
@@ -144,6 +150,8 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             if scaler is not None:
                 scaler.unscale_(opt)
             grad_norm = _clip(model, t.max_grad_norm)
+            if scaler is None and not math.isfinite(grad_norm):  # (the scaler skips such steps itself)
+                raise TrainingError(_nan_message(state.step + 1, grad_norm, run, what="gradient norm"))
             lr = sched.get_last_lr()[0]  # the rate this update uses
             if scaler is not None:
                 scaler.step(opt)
@@ -249,20 +257,15 @@ def _sample(run: RunSetup, step: int) -> None:
     run.monitor.log_samples(step, samples)
 
 
-def _nan_message(step: int, value: float, run: RunSetup) -> str:
+def _nan_message(step: int, value: float, run: RunSetup, what: str = "training loss") -> str:
     from doctune.train.checkpoint import list_checkpoints
 
     ckpts = list_checkpoints(run.run_dir / "checkpoints")
     keep = (f"The last good checkpoint is {ckpts[-1]}; it was not overwritten."
             if ckpts else "No checkpoint had been saved yet.")
-    return (f"The training loss became {value} at step {step}. Likely causes: a learning rate too "
+    return (f"The {what} became {value} at step {step}. Likely causes: a learning rate too "
             f"high for this model (train.lr={run.cfg.train.lr}; try 3x lower or more warm-up), "
             f"fp16 overflow (precision={run.precision.name}; try bf16 or fp32), or no gradient "
             f"clipping (train.max_grad_norm={run.cfg.train.max_grad_norm}). {keep}")
 
-
-def read_facts(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` of a run folder (empty when absent)."""
-    p = run_dir / "run.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 

@@ -12,9 +12,11 @@ if TYPE_CHECKING:
 
 def lr_lambda(schedule: str, *, warmup_steps: int, total_steps: int,
               min_lr_ratio: float) -> Callable[[int], float]:
-    """Multiplier of the peak LR after ``step`` updates: linear warm-up, then the decay.
+    """Multiplier of the peak LR for update number ``step`` (0-based): warm-up, then decay.
 
-    ``cosine`` and ``linear`` end at ``min_lr_ratio`` at ``total_steps``; ``constant`` stays at 1.
+    Warm-up rises linearly to 1 at update ``warmup_steps - 1``; ``cosine`` and ``linear``
+    then fall to exactly ``min_lr_ratio`` at the last update (``total_steps - 1``);
+    ``constant`` stays at 1.
     """
 
     def f(step: int) -> float:
@@ -22,7 +24,7 @@ def lr_lambda(schedule: str, *, warmup_steps: int, total_steps: int,
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        span = max(1, total_steps - warmup_steps)
+        span = max(1, total_steps - 1 - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / span)
         if schedule == "cosine":
             decay = 0.5 * (1.0 + math.cos(math.pi * progress))

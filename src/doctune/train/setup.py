@@ -45,6 +45,7 @@ class RunSetup:
     total_steps: int
     prompts: list[str]
     t0: float
+    data_fingerprint: str
     facts: dict[str, Any] = field(default_factory=dict)
 
     def save_final(self) -> Path:
@@ -81,6 +82,12 @@ class RunSetup:
             return None
 
 
+def read_facts(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run folder (empty when absent)."""
+    p = run_dir / "run.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
 def _point_adapter_at_base(adapter_dir: Path, base: str) -> None:
     cfg_path = adapter_dir / "adapter_config.json"
     data = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -89,12 +96,17 @@ def _point_adapter_at_base(adapter_dir: Path, base: str) -> None:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    from doctune.train.checkpoint import list_checkpoints
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"The run folder {run_dir} is a file. Choose another `train.output_dir` "
+                          "(e.g. `--out runs/mydocs`).")
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"{run_dir} is not a doctune run folder (no config.yaml). "
                                   "Pass the folder a previous `doctune train` wrote.")
         return
-    if (run_dir / "checkpoints").exists() or (run_dir / "final").exists():
+    if list_checkpoints(run_dir / "checkpoints") or (run_dir / "final").exists():
         raise ConfigError(f"{run_dir} already holds a run. Continue it with `doctune train "
                           f"--resume {run_dir}`, or choose another `train.output_dir` "
                           "(e.g. `--out runs/new`).")
@@ -148,7 +160,7 @@ def _clean_texts(cfg: Config) -> list[str]:
     return texts
 
 
-def _prepare_data(cfg: Config, run_dir: Path, tokenizer: Any) -> tuple[WindowSet, WindowSet | None, dict[str, Any]]:
+def _prepare_data(cfg: Config, run_dir: Path, tokenizer: Any) -> tuple[WindowSet, WindowSet | None, str]:
     from doctune.data.prepare import prepare
     from doctune.data.store import TokenStore
 
@@ -167,7 +179,7 @@ def _prepare_data(cfg: Config, run_dir: Path, tokenizer: Any) -> tuple[WindowSet
     if len(train) == 0:
         raise DataError(f"The docs under {d.path} gave no training windows. Add documents, or "
                         "lower `data.val_fraction` so that some go to training.")
-    return train, (val if len(val) else None), summary_dict
+    return train, (val if len(val) else None), str(store.manifest.get("fingerprint", ""))
 
 
 def _build_model(cfg: Config, run_dir: Path, tokenizer: Any, resume: bool) -> tuple[Any, str]:
@@ -184,7 +196,7 @@ def _build_model(cfg: Config, run_dir: Path, tokenizer: Any, resume: bool) -> tu
                                         attn_implementation=m.attn_implementation)
             if cfg.lora.enabled:  # the adapter needs its (random) base saved beside it
                 model.save_pretrained(base_dir)
-        base = str(base_dir.resolve())
+        base = str(base_dir.resolve()) if cfg.lora.enabled else m.name
     else:
         model = load_pretrained(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code,
                                 attn_implementation=m.attn_implementation)
@@ -201,10 +213,18 @@ def _resolve_defaults(cfg: Config) -> Config:
     """Fill the defaults that depend on other keys, so that config.yaml shows real values."""
     from doctune.modeling import is_scratch
 
-    if cfg.train.lr is not None:
-        return cfg
     cfg = cfg.model_copy(deep=True)
-    cfg.train.lr = 1e-3 if (cfg.lora.enabled or is_scratch(cfg.model.name)) else 1e-4
+    if cfg.train.lr is None:
+        cfg.train.lr = 1e-3 if (cfg.lora.enabled or is_scratch(cfg.model.name)) else 1e-4
+    # absolute paths, so that `--resume` works from any working directory
+    if cfg.data.path is not None:
+        cfg.data.path = Path(cfg.data.path).expanduser().resolve()
+    if cfg.data.cache_dir is not None:
+        cfg.data.cache_dir = Path(cfg.data.cache_dir).expanduser().resolve()
+    cfg.train.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
+    local = Path(cfg.model.name).expanduser()
+    if not is_scratch(cfg.model.name) and local.is_dir():
+        cfg.model.name = str(local.resolve())
     return cfg
 
 
@@ -219,10 +239,11 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     from doctune.train.optim import build_optimizer, lr_lambda
 
     t0 = time.perf_counter()
-    run_dir = Path(cfg.train.output_dir)
-    _check_run_dir(run_dir, resume)
     if cfg.data.path is None:
         raise ConfigError("No docs folder given: pass it as `doctune train DOCS` or set `data.path`.")
+    cfg = _resolve_defaults(cfg)
+    run_dir = Path(cfg.train.output_dir)
+    _check_run_dir(run_dir, resume)
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -233,19 +254,22 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
         from doctune.plan import fit_to_budget
 
         cfg, notes = fit_to_budget(cfg, device=device.type)
-    cfg = _resolve_defaults(cfg)
     t = cfg.train
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run_dir / "config.yaml")  # on resume too: it holds what this run now uses
 
     seed_everything(t.seed)
     tokenizer = _load_tokenizer(cfg, run_dir, resume)
-    train, val, _data_summary = _prepare_data(cfg, run_dir, tokenizer)
+    train, val, fingerprint = _prepare_data(cfg, run_dir, tokenizer)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
     seed_everything(t.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run_dir, tokenizer, resume)
+    n_vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_vocab:
+        raise ConfigError(f"The tokenizer has {len(tokenizer):,} tokens but {cfg.model.name} has "
+                          f"embeddings for {n_vocab:,}. Use the model's own tokenizer "
+                          "(leave `model.tokenizer` unset) or one made for it.")
     hf_logging.disable_progress_bar()  # after loading, so hub downloads kept their bars
     model.to(device)
     if t.grad_checkpointing:
@@ -256,12 +280,22 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
                            target_modules=lo.target_modules)
     trainable, total = count_parameters(model)
 
-    steps_per_epoch = math.ceil(len(train) / (t.micro_batch_size * t.grad_accum))
+    batch = t.micro_batch_size * t.grad_accum
+    steps_per_epoch = math.ceil(len(train) / batch)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    if batch > len(train):
+        notes.append(f"warning: one step takes {batch} windows but the docs give only "
+                     f"{len(train)}: each step repeats windows. Lower train.micro_batch_size "
+                     "x train.grad_accum, or add docs.")
+    warmup = t.warmup_steps
+    if warmup > total_steps // 10 and warmup > 0:
+        warmup = total_steps // 10
+        notes.append(f"warm-up shortened from {t.warmup_steps} to {warmup} steps (a tenth of "
+                     f"this {total_steps}-step run), so that the learning rate peaks and decays")
     assert t.lr is not None  # resolved above
     optimizer = build_optimizer(model, lr=t.lr, weight_decay=t.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        t.schedule, warmup_steps=t.warmup_steps, total_steps=total_steps, min_lr_ratio=t.min_lr_ratio))
+        t.schedule, warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=t.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
 
     resume_step = 0
@@ -291,14 +325,13 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
                              "params_trainable": trainable, "total_steps": total_steps,
                              "train_windows": len(train), "val_windows": len(val) if val else 0}
     if resume:
-        from doctune.train.loop import read_facts
-
         facts = {**read_facts(run_dir), **facts}
     prompts = t.sample_prompts if t.sample_prompts is not None else _default_prompts(val or train, tokenizer)
     return RunSetup(cfg=cfg, run_dir=run_dir, device=device, precision=precision,
                     tokenizer=tokenizer, model=model, train=train, val=val, pad_id=pad_id,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, monitor=monitor,
-                    total_steps=total_steps, prompts=prompts, t0=t0, facts=facts)
+                    total_steps=total_steps, prompts=prompts, t0=t0, data_fingerprint=fingerprint,
+                    facts=facts)
 
 
 def _default_prompts(windows: WindowSet, tokenizer: Any, n: int = 3) -> list[str]:
