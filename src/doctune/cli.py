@@ -120,6 +120,9 @@ def train(
         if config is not None:
             raise fail("--resume continues a run with its own config.yaml; drop --config "
                        "(use --set for the few keys you want to change, e.g. train.max_steps).")
+        if not (resume / "config.yaml").is_file():
+            raise fail(f"{resume} is not a doctune run folder (no config.yaml in it). Pass the "
+                       "folder a previous `doctune train` wrote (its `--out`).")
         extra["train.output_dir"] = str(resume)
         cfg = load_config(resume / "config.yaml", set_, extra)
     else:
