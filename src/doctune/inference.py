@@ -193,8 +193,12 @@ def _load_base(src: Source) -> Any:
     if base.is_absolute() and not base.exists():
         raise ModelError(f"{src.model} was trained on the base model {src.base}, which does not "
                          "exist on this machine. Point to a copy of it with `--base PATH`.")
+    kwargs: dict[str, Any] = {}
+    if src.run_dir is not None:  # the same revision and code trust as in training
+        m = run_config(src.run_dir).model
+        kwargs = {"revision": m.revision, "trust_remote_code": m.trust_remote_code}
     try:
-        return load_pretrained(src.base)
+        return load_pretrained(src.base, **kwargs)
     except ModelError as e:
         raise ModelError(f"{src.model} was trained on the base model {src.base!r}, which cannot "
                          f"be loaded here. Point to it with `--base PATH` (a folder holding that "

@@ -66,8 +66,10 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
                              f"\n  (transformers said: {said})") from None
         raise ModelError(
             f"could not load a tokenizer from {name!r}: it is not a local folder and it could "
-            "not be downloaded from the Hugging Face hub (offline, or no cached copy). Pass "
-            "`--tokenizer path/to/folder` holding tokenizer.json (or vocab.json + merges.txt), "
+            "not be downloaded from the Hugging Face hub (offline, or no cached copy). Point to a "
+            "local folder holding tokenizer.json (or vocab.json + merges.txt) with "
+            "`--tokenizer` (prepare) or `--set model.tokenizer=...` (train), or a local model "
+            "folder with `--model`, "
             f"{scratch}\n  (transformers said: {said})") from None
     if not getattr(tok, "is_fast", False):
         raise ModelError(f"{name!r} only has a slow (Python) tokenizer; doctune needs a fast "
