@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import DataError
+from doctune.modeling import pad_token_id
+from doctune.train.evaluate import perplexity
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,13 +72,6 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
-
-
-def perplexity(loss: float) -> float:
-    """``exp(loss)``, ``inf`` past overflow and ``nan`` for no tokens."""
-    if math.isnan(loss):
-        return loss
-    return math.exp(loss) if loss < 700 else float("inf")
 
 
 def settings_for(loaded: Loaded, *, block_size: int | None = None, overlap: int | None = None) -> EvalSettings:
@@ -131,7 +126,7 @@ def score_windows(loaded: Loaded, windows: WindowSet, documents: Sequence[dict[s
 
     prec = resolve_precision(precision, loaded.device)
     tok = loaded.tokenizer
-    pad_id = tok.eos_token_id if tok.eos_token_id is not None else 0
+    pad_id = pad_token_id(tok)
     rows = _rows(windows, _doc_of_offsets(documents))
     sums: dict[int, tuple[float, int]] = {}
     i = 0

@@ -89,13 +89,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     return tok
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads batches: the end-of-text token (0 for a tokenizer without one).
+
+    Padding sits after the real tokens and carries no loss, so its value never matters for
+    the numbers; end-of-text keeps it a token the model knows.
+    """
+    eos = tokenizer.eos_token_id
+    return int(eos) if eos is not None else 0
+
+
 def build_scratch_model(name: str, tokenizer: PreTrainedTokenizerBase, *, block_size: int,
                         attn_implementation: str | None = None) -> PreTrainedModel:
     """A freshly initialised GPT-2 for preset ``name``, sized to ``tokenizer``."""
     from transformers import AutoModelForCausalLM
 
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    cfg = preset_config(name, vocab_size=len(tokenizer), n_positions=block_size, eos_token_id=eos)
+    cfg = preset_config(name, vocab_size=len(tokenizer), n_positions=block_size,
+                        eos_token_id=pad_token_id(tokenizer))
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

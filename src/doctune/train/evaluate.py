@@ -53,5 +53,7 @@ def evaluate_loss(
 
 
 def perplexity(loss: float) -> float:
-    """``exp(loss)``, capped so that a diverged model prints ``inf`` rather than overflowing."""
+    """``exp(loss)``: ``inf`` past overflow (a diverged model) and ``nan`` for no tokens."""
+    if math.isnan(loss):
+        return loss
     return math.exp(loss) if loss < 700 else float("inf")

@@ -244,16 +244,15 @@ def _evaluate(run: RunSetup, step: int) -> float | None:
 
 def _sample(run: RunSetup, step: int) -> None:
     """Generate the fixed-seed samples at ``step`` without disturbing the training RNG."""
-    import torch
 
     if not run.prompts:
         return
     from doctune.monitor.samples import generate_samples
 
-    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
-        samples = generate_samples(run.model, run.tokenizer, run.prompts, device=run.device,
-                                   max_new_tokens=run.cfg.train.sample_max_new_tokens,
-                                   seed=run.cfg.train.seed)
+    # generate_samples forks the RNG itself: training's random stream is left as it was
+    samples = generate_samples(run.model, run.tokenizer, run.prompts, device=run.device,
+                               max_new_tokens=run.cfg.train.sample_max_new_tokens,
+                               seed=run.cfg.train.seed)
     run.monitor.log_samples(step, samples)
 
 

@@ -234,7 +234,12 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     from transformers.utils import logging as hf_logging
 
     from doctune.device import resolve_device, resolve_precision
-    from doctune.modeling import apply_lora, count_parameters, enable_grad_checkpointing
+    from doctune.modeling import (
+        apply_lora,
+        count_parameters,
+        enable_grad_checkpointing,
+        pad_token_id,
+    )
     from doctune.monitor import RunMonitor
     from doctune.train.optim import build_optimizer, lr_lambda
 
@@ -261,7 +266,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     seed_everything(t.seed)
     tokenizer = _load_tokenizer(cfg, run_dir, resume)
     train, val, fingerprint = _prepare_data(cfg, run_dir, tokenizer)
-    pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
 
     seed_everything(t.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run_dir, tokenizer, resume)
