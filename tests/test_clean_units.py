@@ -318,3 +318,49 @@ def test_sniff_dialect_ignores_code() -> None:
     assert sniff_dialect("/// note\nx\n///\n") == "mkdocs"
     assert sniff_dialect("```\nimport A from 'a'\n<Tabs>\n```\nUse `<Tabs>`.\n") == "markdown"
     assert sniff_dialect(":::tip\nx\n:::\n<Tabs>\n</Tabs>\n") == "mdx"
+
+
+def test_other_generators_containers_and_template_lines() -> None:
+    src = """
+    ::: code-group
+    ```js [a.js]
+    a
+    ```
+    :::
+
+    ::: details Click me
+    Hidden
+    :::
+
+    [[toc]]
+
+    {{< notice info >}}
+    Hugo body
+    {{< /notice >}}
+
+    {% hint style="info" %}
+    GitBook body
+    {% endhint %}
+    """
+    assert clean(src, "markdown") == (
+        "```js [a.js]\na\n```\n\n**Click me**\n\nHidden\n\nHugo body\n\nGitBook body\n")
+
+
+def test_mdx_component_libraries() -> None:
+    src = """
+    <Tabs items={['npm', 'yarn']}>
+      <Tabs.Tab>
+        ```bash
+        npm i foo
+        ```
+      </Tabs.Tab>
+    </Tabs>
+
+    | Prop | Description |
+    | ---- | ----------- |
+    | `a`  | First<br/>line |
+    | <code>b</code> | <Badge>new</Badge> second |
+    """
+    assert clean(src) == (
+        "```bash\nnpm i foo\n```\n\n"
+        "| Prop | Description |\n| ---- | ----------- |\n| `a`  | First line |\n| b | new second |\n")

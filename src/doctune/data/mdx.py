@@ -59,8 +59,14 @@ _GH_ALERT = re.compile(
 # A link definition pointing nowhere is the Markdown comment idiom: [//]: # (text)
 _LINK_COMMENT = re.compile(r"[ \t]{0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>)(?:[ \t].*)?")
 _HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[\w.:-]+[ \t]*\}[ \t]*")
+# Containers that lay out their content rather than label it (VitePress, Starlight...).
+_UNTITLED = frozenset(("code-group", "raw", "v-pre", "tabs", "steps", "columns", "center",
+                       "details", "div", "section"))
+# Whole-line template tags: Hugo shortcodes, Liquid/Jekyll/GitBook tags, VitePress TOC and
+# code imports. Read as Markdown they would print as text.
+_TEMPLATE_LINE = re.compile(r"[ \t]*(?:\{\{[<%].*[>%]\}\}|\{%.*%\}|\[\[toc\]\]|<<< .*)[ \t]*")
 _ESM_LINE = re.compile(r"(?:import|export)(?=[\s{*'\"])")
-_CANDIDATE = re.compile(r"^[ \t]*(?:import|export|```|~~~|:::|>|\[|#)", re.M)
+_CANDIDATE = re.compile(r"^[ \t]*(?:import|export|```|~~~|:::|>|\[|#|\{[{%]|<<< )", re.M)
 
 
 def _admonition(line: str, notes: Notes) -> str | None:
@@ -76,6 +82,8 @@ def _admonition(line: str, notes: Notes) -> str | None:
             return None
         return ""
     notes.dropped["admonition"] += 1
+    if not title and m["name"].lower() in _UNTITLED:
+        return ""
     # Without a title, the rendered page shows the type ("Note", "Tip") as the title.
     title = title or m["name"].replace("-", " ").capitalize()
     return f"{m['indent']}**{title}**\n"  # a blank line keeps it apart from the body
@@ -158,6 +166,9 @@ def line_rules(lines: list[str], *, mdx: bool, notes: Notes) -> list[str | None]
             out[k] = ""
         elif stripped.startswith("#") and "{" in line and (m := _HEADING_ID.fullmatch(line)):
             out[k] = m[1]
+        elif not mdx and _TEMPLATE_LINE.fullmatch(line):
+            notes.dropped["template"] += 1
+            out[k] = ""
     return out
 
 
