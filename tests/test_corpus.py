@@ -104,3 +104,14 @@ def test_read_doc_skips_a_50_mb_file_without_reading_it(tmp_path: Path) -> None:
 def test_read_doc_of_a_vanished_file(tmp_path: Path) -> None:
     result = read_doc(DocFile(tmp_path / "gone.md", "gone.md"))
     assert isinstance(result, Skipped) and result.reason.startswith("cannot read file")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_a_second_link_to_a_folder_is_walked_once_and_depth_is_unlimited(tmp_path: Path) -> None:
+    write(tmp_path, "real/page.md")
+    (tmp_path / "zlink").symlink_to(tmp_path / "real", target_is_directory=True)
+    deep = "/".join(["d"] * 300)
+    write(tmp_path, f"{deep}/deep.md")
+    docs, skipped = find_docs(tmp_path)
+    assert [d.rel for d in docs] == [f"{deep}/deep.md", "real/page.md"]
+    assert [s.rel for s in skipped] == ["zlink"]

@@ -31,7 +31,8 @@ import yaml
 from doctune.data.blocks import code_blocks
 from doctune.data.dialect import DIALECTS, detect_dialect
 from doctune.data.indent import dedent_blocks, needs_dedent
-from doctune.data.mdx import Notes, ProseCleaner, escape_fence_like, line_rules
+from doctune.data.lines import Notes, escape_fence_like, line_rules
+from doctune.data.mdx import ProseCleaner
 from doctune.data.mkdocs import mkdocs_lines
 
 __all__ = ["CleanResult", "clean_markdown", "detect_dialect"]

@@ -111,6 +111,55 @@ def _is_doc(name: str) -> bool:
     return name.lower().endswith(DOC_SUFFIXES)
 
 
+def _walk(
+    root: Path, include: Sequence[str], exclude: Sequence[str]
+) -> tuple[list[DocFile], list[Skipped], int]:
+    """Walk ``root`` (iteratively: any depth) and return docs, skipped entries and the
+    number of files and folders the user's include/exclude patterns left out."""
+    excludes = (*DEFAULT_EXCLUDES, *exclude)
+    docs: list[DocFile] = []
+    skipped: list[Skipped] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: no loops
+    ignored = 0
+    todo: list[tuple[Path, str]] = [(root, "")]
+    while todo:
+        folder, rel_folder = todo.pop()
+        try:
+            st = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(Skipped(rel_folder or ".", f"cannot list folder ({e.strerror})"))
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append(Skipped(rel_folder, "links to a folder already walked (a symlink "
+                                               "loop or a second link); not followed again"))
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subfolders: list[tuple[Path, str]] = []
+        for entry in entries:
+            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as e:
+                skipped.append(Skipped(rel, f"cannot read entry ({e.strerror})"))
+                continue
+            if is_dir:
+                if _excluded(rel, excludes):
+                    ignored += _excluded(rel, exclude)  # count only the user's patterns
+                else:
+                    subfolders.append((Path(entry.path), rel))
+            elif _is_doc(entry.name):
+                if _excluded(rel, excludes) or not _included(rel, include):
+                    ignored += 1
+                elif not is_file:
+                    reason = "broken symlink" if entry.is_symlink() else "not a regular file"
+                    skipped.append(Skipped(rel, reason))
+                else:
+                    docs.append(DocFile(path=Path(entry.path).absolute(), rel=rel))
+        todo.extend(reversed(subfolders))  # walk in name order: real folders before late links
+    return docs, skipped, ignored
+
+
 def find_docs(
     src: Path, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> tuple[list[DocFile], list[Skipped]]:
@@ -136,56 +185,7 @@ def find_docs(
     if not src.is_dir():
         raise DataError(f"SRC `{src}` is neither a file nor a folder; pass a docs folder.")
 
-    root = src.resolve()
-    excludes = tuple(DEFAULT_EXCLUDES) + tuple(exclude)
-    docs: list[DocFile] = []
-    skipped: list[Skipped] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    ignored = 0
-
-    def walk(folder: Path, rel_folder: str) -> None:
-        nonlocal ignored
-        try:
-            st = folder.stat()
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            skipped.append(Skipped(rel_folder or ".", f"cannot list folder ({e.strerror})"))
-            return
-        seen_dirs.add((st.st_dev, st.st_ino))
-        for entry in entries:
-            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
-            try:
-                is_dir = entry.is_dir()
-                is_file = entry.is_file()
-            except OSError as e:
-                skipped.append(Skipped(rel, f"cannot read entry ({e.strerror})"))
-                continue
-            if is_dir:
-                if _excluded(rel, excludes):
-                    ignored += _excluded(rel, exclude)  # count only the user's patterns
-                    continue
-                try:
-                    dst = Path(entry.path).stat()
-                except OSError as e:
-                    skipped.append(Skipped(rel, f"cannot read folder ({e.strerror})"))
-                    continue
-                if (dst.st_dev, dst.st_ino) in seen_dirs:
-                    skipped.append(Skipped(rel, "links to a folder already walked (a symlink "
-                                                "loop or a second link); not followed again"))
-                    continue
-                walk(Path(entry.path), rel)
-            elif _is_doc(entry.name):
-                if _excluded(rel, excludes) or not _included(rel, include):
-                    ignored += 1
-                    continue
-                if not is_file:
-                    reason = ("broken symlink" if entry.is_symlink()
-                              else "not a regular file")
-                    skipped.append(Skipped(rel, reason))
-                    continue
-                docs.append(DocFile(path=Path(entry.path).absolute(), rel=rel))
-
-    walk(root, "")
+    docs, skipped, ignored = _walk(src.resolve(), include, exclude)
     if not docs:
         what = f"no {', '.join(DOC_SUFFIXES)} files under `{src}`"
         if ignored:

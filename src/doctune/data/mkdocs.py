@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from doctune.data.mdx import Notes
+from doctune.data.lines import Notes
 
 _FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")
 _ADMONITION = re.compile(
@@ -62,26 +62,72 @@ def _title_line(indent: str, title: str) -> str:
     return f"{indent}**{title.strip()}**\n" if title.strip() else ""
 
 
+def _body_end(lines: list[str], i: int, width: int) -> int:
+    """End (exclusive) of the block under line ``i``: the lines indented ``width``+
+    columns (blank lines inside it included, trailing ones not)."""
+    j = last = i + 1
+    while j < len(lines) and (not lines[j].strip() or _cols(lines[j]) >= width):
+        if lines[j].strip():
+            last = j + 1
+        j += 1
+    return last
+
+
+def _rewrite(lines: list[str], i: int, notes: Notes) -> None:
+    """Rewrite line ``i`` (and the block it opens) in place if it is MkDocs syntax."""
+    line = lines[i]
+    if "{*" in line and _INCLUDE.fullmatch(line):
+        notes.dropped["include"] += 1
+        lines[i] = ""
+    elif "{" in line and _TEMPLATE.fullmatch(line):
+        notes.dropped["template"] += 1
+        lines[i] = ""
+    elif (m := _ADMONITION.fullmatch(line) or _TAB.fullmatch(line)) is not None:
+        is_tab = line.lstrip().startswith("===")
+        title = m["title"]
+        if title is None and not is_tab:  # the page shows the type as the title
+            title = m["type"].replace("-", " ").capitalize()
+        notes.dropped["tab" if is_tab else "admonition"] += 1
+        lines[i] = _title_line(m["indent"], title or "")
+        for q in range(i + 1, _body_end(lines, i, _cols(line) + 4)):
+            lines[q] = _dedent(lines[q], 4)  # the body is prose, not indented code
+    elif _BLOCK_CLOSE.fullmatch(line):
+        lines[i] = ""
+    elif (m := _BLOCK_OPEN.fullmatch(line)) is not None:
+        kind = m["type"].lower()
+        title = None if kind == "html" else m["title"]
+        if title is None and kind not in _NO_DEFAULT_TITLE:
+            title = kind.replace("-", " ").capitalize()
+        notes.dropped["tab" if kind == "tab" else "admonition"] += 1
+        lines[i] = _title_line(m["indent"], title or "")
+        j = i + 1
+        while j < len(lines) and _OPTION.fullmatch(lines[j]):  # indented YAML options
+            lines[j] = ""
+            j += 1
+    elif _API.fullmatch(line) is not None:
+        notes.dropped["api_directive"] += 1
+        for q in range(i, _body_end(lines, i, _cols(line) + 1)):  # with its options
+            lines[q] = ""
+    elif "{" in line and line.rstrip().endswith("}") and _ATTRS.search(line):
+        lines[i] = _ATTRS.sub("", line)
+
+
 def mkdocs_lines(lines: list[str], notes: Notes) -> list[str]:
     """Rewrite MkDocs-only syntax in ``lines``: one entry per input line, where a
     title entry ends in ``\n`` (split the joined result to get lines again)."""
     lines = list(lines)
-    n = len(lines)
     fence: str | None = None
     in_snippet = False
-    i = 0
-    while i < n:
-        line = lines[i]
-        if fence is not None:
+    for i in range(len(lines)):
+        line = lines[i]  # read now: a block above may have dedented it
+        if fence is not None:  # fenced code: left alone (a plain scan is enough here)
             s = line.strip()
             if s.startswith(fence[0]) and s == fence[0] * len(s) and len(s) >= len(fence):
                 fence = None
-            i += 1
             continue
         fm = _FENCE.match(line)
         if fm and not (fm[1][0] == "`" and "`" in line[fm.end():]):
             fence = fm[1]
-            i += 1
             continue
         sm = _SNIPPET.fullmatch(line)
         if in_snippet or sm is not None:
@@ -91,56 +137,6 @@ def mkdocs_lines(lines: list[str], notes: Notes) -> list[str]:
                 notes.dropped["include"] += 1
                 in_snippet = not sm["rest"].strip()  # a bare --8<-- opens a list of files
             lines[i] = ""
-            i += 1
             continue
-        if "{*" in line and _INCLUDE.fullmatch(line):
-            notes.dropped["include"] += 1
-            lines[i] = ""
-        elif "{" in line and _TEMPLATE.fullmatch(line):
-            notes.dropped["template"] += 1
-            lines[i] = ""
-        elif (m := _ADMONITION.fullmatch(line) or _TAB.fullmatch(line)) is not None:
-            is_tab = line.lstrip().startswith("===")
-            title = m["title"]
-            if title is None and not is_tab:
-                title = m["type"].replace("-", " ").capitalize()
-            notes.dropped["tab" if is_tab else "admonition"] += 1
-            lines[i] = _title_line(m["indent"], title or "")
-            body = _cols(line) + 4
-            j = last = i + 1
-            while j < n and (not lines[j].strip() or _cols(lines[j]) >= body):
-                if lines[j].strip():
-                    last = j + 1
-                j += 1
-            for q in range(i + 1, last):
-                lines[q] = _dedent(lines[q], 4)
-        elif _BLOCK_CLOSE.fullmatch(line):
-            lines[i] = ""
-        elif (m := _BLOCK_OPEN.fullmatch(line)) is not None:
-            kind = m["type"].lower()
-            title = m["title"]
-            if kind == "html":
-                title = None
-            elif title is None and kind not in _NO_DEFAULT_TITLE:
-                title = kind.replace("-", " ").capitalize()
-            notes.dropped["tab" if kind == "tab" else "admonition"] += 1
-            lines[i] = _title_line(m["indent"], title or "")
-            j = i + 1
-            while j < n and _OPTION.fullmatch(lines[j]):  # indented YAML options
-                lines[j] = ""
-                j += 1
-        elif (m := _API.fullmatch(line)) is not None:
-            notes.dropped["api_directive"] += 1
-            lines[i] = ""
-            body = _cols(line) + 1
-            j = i + 1
-            while j < n and (not lines[j].strip() or _cols(lines[j]) >= body):
-                j += 1
-            while j > i + 1 and not lines[j - 1].strip():
-                j -= 1
-            for q in range(i + 1, j):
-                lines[q] = ""
-        elif "{" in line and line.rstrip().endswith("}") and _ATTRS.search(line):
-            lines[i] = _ATTRS.sub("", line)
-        i += 1
+        _rewrite(lines, i, notes)
     return lines
