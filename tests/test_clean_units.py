@@ -364,3 +364,13 @@ def test_mdx_component_libraries() -> None:
     assert clean(src) == (
         "```bash\nnpm i foo\n```\n\n"
         "| Prop | Description |\n| ---- | ----------- |\n| `a`  | First line |\n| b | new second |\n")
+
+
+def test_mkdocs_macros_templates_are_dropped_outside_code_and_tags() -> None:
+    src = ("{% for u in people %}\n"
+           "@{{ u.login }} answered {{ u.count }} questions, see `{{ keep }}` and "
+           '<a href={{ u.url }} target="_blank">profile</a>.\n'
+           "{% endfor %}\n")
+    result = clean_markdown(src, dialect="mkdocs")
+    assert result.text == "@answered questions, see `{{ keep }}` and profile.\n"
+    assert result.dropped == {"html_tag": 2, "template": 4}

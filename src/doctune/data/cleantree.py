@@ -41,14 +41,17 @@ class CleanSummary:
 
     @property
     def bytes_before(self) -> int:
+        """UTF-8 bytes of the cleaned files before cleaning."""
         return sum(f.bytes_before for f in self.files)
 
     @property
     def bytes_after(self) -> int:
+        """UTF-8 bytes written."""
         return sum(f.bytes_after for f in self.files)
 
     @property
     def dialects(self) -> dict[str, int]:
+        """How many files were read with each dialect."""
         return dict(sorted(Counter(f.dialect for f in self.files).items()))
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,8 @@ _OPTION = re.compile(r"[ \t]+[\w-]+:.*")
 _API = re.compile(r"(?P<indent>[ \t]*):::[ \t]+[\w.]+[ \t]*")
 _SNIPPET = re.compile(r"[ \t]*;?--8<--(?P<rest>.*)")
 _INCLUDE = re.compile(r"[ \t]*\{\*.*\*\}[ \t]*")
+_JINJA = re.compile(r"(?<!=)(?:\{\{.*?\}\}|\{%.*?%\})[ \t]*")
+_CODE_SPAN = re.compile(r"(`+.*?`+)")
 _TEMPLATE = re.compile(r"[ \t]*(?:\{%.*%\}|\{#.*#\})[ \t]*")  # mkdocs-macros (Jinja) lines
 _ATTRS = re.compile(
     r"[ \t]*\{:?[ \t]*(?:(?:[#.][\w-]+|[\w-]+=(?:\"[^\"]*\"|'[^']*'|[^\s}\"']+))[ \t]*)+\}[ \t]*$"
@@ -110,6 +112,13 @@ def _rewrite(lines: list[str], i: int, notes: Notes) -> None:
             lines[q] = ""
     elif "{" in line and line.rstrip().endswith("}") and _ATTRS.search(line):
         lines[i] = _ATTRS.sub("", line)
+    if ("{{" in lines[i] or "{%" in lines[i]) and lines[i] == line:
+        # Inline mkdocs-macros (Jinja) values: the page shows what they render to.
+        parts = _CODE_SPAN.split(line)
+        for k in range(0, len(parts), 2):
+            parts[k], count = _JINJA.subn("", parts[k])
+            notes.dropped["template"] += count
+        lines[i] = "".join(parts)
 
 
 def mkdocs_lines(lines: list[str], notes: Notes) -> list[str]:
