@@ -30,7 +30,7 @@ def test_title_heading_is_skipped_when_an_h1_exists_or_when_turned_off() -> None
 
 
 def test_title_is_escaped_so_it_stays_text() -> None:
-    assert clean("---\ntitle: <form> and {x}\n---\n") == "# \\<form> and \\{x\\}\n"
+    assert clean("---\ntitle: <form> and {x}\n---\n") == "# \\<form\\> and \\{x\\}\n"
 
 
 def test_toml_front_matter() -> None:

@@ -60,8 +60,8 @@ class CleanResult:
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _H1 = re.compile(r" {0,3}#(?:[ \t]|$)")
 _SETEXT_H1 = re.compile(r" {0,3}=+[ \t]*")
-# In a title, what would read as a tag, an expression or a comment: `<form>`, `{x}`.
-_TITLE_ESCAPES = re.compile(r"<(?=[A-Za-z/!?>])|[{}]")
+# In a title, what would read as a tag or an expression (`<form>`, `{x}`) is escaped.
+_TITLE_ESCAPES = re.compile(r"[<>{}]")
 
 
 def _front_matter(lines: list[str], notes: Notes) -> tuple[int, str | None]:
