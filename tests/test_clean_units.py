@@ -88,6 +88,7 @@ def test_expressions() -> None:
     assert clean("A {frontmatter.title} B\n") == "A B\n"
     assert clean("{'a'}{\"b\"}{`c`}{1.5}{true}{null}{/* x */}\n") == "abc1.5\n"
     assert clean("x {`a${b}`} y\n") == "x y\n"
+    assert clean("hit{'    <--'} {'{x}'}\n") == "hit    \\<-- \\{x\\}\n"  # stays text
 
 
 def test_markdown_escapes_and_entities_are_kept() -> None:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from doctune.data.jsx import expression_text, is_comment, scan_tag, skip_braces
 from doctune.data.lines import Notes
 
+_LITERAL_ESCAPES = re.compile(r"[<{}]")
 _CLOSING_PUNCT = frozenset(".,;:!?)")
 _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _SPECIAL = re.compile(r"[\\`<{\]]")
@@ -251,7 +252,8 @@ class ProseCleaner:
             notes.dropped["expression"] += 1
             self._removed()
         elif text:
-            self._emit(text)
+            # The string was literal text: keep `<` and braces from reading as MDX.
+            self._emit(_LITERAL_ESCAPES.sub(r"\\\g<0>", text))
         else:
             self._removed()
         return k
