@@ -14,7 +14,9 @@ It reports, per set: code blocks kept verbatim (language, meta and content), the
 the words a reader sees that are kept, the share of output words that are junk (words
 the reader never saw: attribute values, expressions, front matter), and output lines
 outside code that still carry tags, HTML comments, ``{/* */}`` or import/export, both as
-the reader sees them ("parsed") and by a plain regex over the raw lines ("raw").
+the reader sees them ("bad_lines") and by a plain regex over the raw lines ("raw_lines").
+For MDX sets it also counts inputs that are not valid MDX ("in_not_mdx", read as Markdown
+then) and outputs that would not read back as MDX without JSX/expressions ("out_not_mdx").
 
     python benchmarks/check_clean.py [--corpora ../shared/corpora] [--show 5]
 """
@@ -168,6 +170,7 @@ class SetReport:
     flagged: Counter[str] = field(default_factory=Counter)
     raw: Counter[str] = field(default_factory=Counter)
     parse_errors: int = 0
+    out_not_mdx: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add_example(self, kind: str, text: str) -> None:
@@ -248,6 +251,8 @@ def check_set(folder: Path) -> SetReport:
         return rep
     feed = [(f"in:{d.rel}", t, reader == "mdx") for d, t in zip(kept, texts, strict=True)]
     feed += [(f"out:{d.rel}", o, False) for d, o in zip(kept, outs, strict=True)]
+    # The output is Markdown, but it should read the same as MDX too: no JSX, no errors.
+    feed += [(f"outmdx:{d.rel}", o, True) for d, o in zip(kept, outs, strict=True)]
     parsed = read_with_remark(feed)
     for d, t, o in zip(kept, texts, outs, strict=True):
         src = parsed[f"in:{d.rel}"]
@@ -255,6 +260,10 @@ def check_set(folder: Path) -> SetReport:
             rep.parse_errors += 1
             rep.add_example("parse", f"{d.rel}: input is not valid MDX ({src['error']}); read as Markdown")
         compare(rep, d.rel, src, parsed[f"out:{d.rel}"], t, o)
+        as_mdx = parsed[f"outmdx:{d.rel}"]
+        if as_mdx["error"] or as_mdx["flagged"]:
+            rep.out_not_mdx += 1
+            rep.add_example("out_as_mdx", f"{d.rel}: {as_mdx['error'] or as_mdx['flagged'][:3]}")
     return rep
 
 
@@ -281,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                      "clean_s": round(r.seconds, 2), "code_kept": f"{r.code_kept}/{r.code_in}",
                      "code_pct": round(100 * code, 2), "words_pct": round(100 * words, 2),
                      "junk_pct": round(100 * junk, 3), "bad_lines": lines,
-                     "raw_lines": sum(r.raw.values()), "not_mdx": r.parse_errors})
+                     "raw_lines": sum(r.raw.values()), "in_not_mdx": r.parse_errors,
+                     "out_not_mdx": r.out_not_mdx if r.reader != "mkdocs" else "-"})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
