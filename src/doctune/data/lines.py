@@ -49,7 +49,7 @@ _GH_ALERT = re.compile(
 )
 # A link definition pointing nowhere is the Markdown comment idiom: [//]: # (text)
 _LINK_COMMENT = re.compile(r"[ \t]{0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>)(?:[ \t].*)?")
-_HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[\w.:-]+[ \t]*\}[ \t]*")
+_HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[\w.:-]+[ \t]*\\?\}[ \t]*")
 # Containers that lay out their content rather than label it (VitePress, Starlight...).
 _UNTITLED = frozenset(("code-group", "raw", "v-pre", "tabs", "steps", "columns", "center",
                        "details", "div", "section"))
