@@ -89,3 +89,21 @@ def test_out_inside_src_is_not_read_back(tmp_path: Path) -> None:
         result = runner.invoke(app, ["clean", str(src), "--out", str(src / "clean")])
         assert result.exit_code == 0, result.output
         assert "cleaned 2 files" in result.output
+
+
+def test_a_50_mb_file_is_skipped_and_the_others_are_cleaned(tmp_path: Path) -> None:
+    src = make_docs(tmp_path)
+    with (src / "huge.md").open("wb") as f:
+        f.truncate(50 * 1024 * 1024)
+    result = runner.invoke(app, ["clean", str(src), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "cleaned 2 files" in result.output
+    assert "huge.md: too large (52,428,800 bytes, the limit is 20,000,000)" in result.output
+
+
+def test_cleaning_one_file_onto_itself_is_refused(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n", encoding="utf-8")
+    result = runner.invoke(app, ["clean", str(page), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "would overwrite your docs" in result.output
+    assert page.read_text(encoding="utf-8") == "# Page\n"

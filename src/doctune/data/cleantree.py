@@ -112,9 +112,9 @@ def _check_paths(src: Path, out: Path) -> tuple[Path, list[str]]:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out `{out}` is a file; pass a folder to write the cleaned docs into.")
     src_abs, out_abs = src.resolve(), out.resolve()
-    if src.is_dir() and out_abs == src_abs:
-        raise DataError(f"--out `{out}` is the SRC folder; cleaning in place would overwrite "
-                        "your docs. Pass another folder.")
+    if (src.is_dir() and out_abs == src_abs) or (src.is_file() and out_abs / src.name == src_abs):
+        raise DataError(f"--out `{out}` would receive the cleaned files in place of SRC; "
+                        "cleaning in place would overwrite your docs. Pass another folder.")
     extra: list[str] = []
     if src.is_dir() and out_abs.is_relative_to(src_abs):
         extra.append(out_abs.relative_to(src_abs).as_posix())
