@@ -6,6 +6,7 @@ Kept apart from ``bench_train.py`` so that the benchmark reads as the comparison
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -113,7 +114,7 @@ def flops_per_token(n_layer: int, n_embd: int, vocab_size: int, block: int) -> i
 
 def save_gpt2_tokenizer(out: Path) -> Path:
     """Write the real GPT-2 tokenizer (from the test fixtures) where AutoTokenizer reads it."""
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
 
     tok = GPT2TokenizerFast(vocab=str(GPT2_TOKENIZER_FILES / "vocab.json"),
                             merges=str(GPT2_TOKENIZER_FILES / "merges.txt"))
@@ -134,8 +135,10 @@ def save_random_model(shape: str, tokenizer_dir: Path, out: Path, seed: int = 42
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     eos = tok.eos_token_id
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(**SHAPES[shape], n_positions=1024,
-                                       bos_token_id=eos, eos_token_id=eos))
+    sh = SHAPES[shape]
+    model = GPT2LMHeadModel(GPT2Config(n_layer=sh["n_layer"], n_embd=sh["n_embd"],
+                                       n_head=sh["n_head"], vocab_size=sh["vocab_size"],
+                                       n_positions=1024, bos_token_id=eos, eos_token_id=eos))
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -170,15 +173,14 @@ class ProcessRun:
         return [m[i][1] - m[i - 1][1] for i in range(max(warmup, 1), len(m))]
 
 
-def _tree(proc: psutil.Process) -> tuple[int, float]:
-    """RSS bytes and CPU seconds (user + system) of ``proc`` and its live descendants."""
+def _tree(procs: list[psutil.Process]) -> tuple[int, float]:
+    """RSS bytes and CPU seconds (user + system) of ``procs`` (those still alive)."""
     rss, cpu = 0, 0.0
-    with contextlib.suppress(psutil.Error):
-        for p in [proc, *proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                rss += p.memory_info().rss
-                t = p.cpu_times()
-                cpu += t.user + t.system
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            rss += p.memory_info().rss
+            t = p.cpu_times()
+            cpu += t.user + t.system
     return rss, cpu
 
 
@@ -211,12 +213,16 @@ def run_watched(cmd: list[str], *, env: dict[str, str], log_path: Path,
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    peak, marks = 0, []
-    while True:
+    peak, procs = 0, [ps]
+    marks: list[tuple[float, float]] = []
+    for n in itertools.count():
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        rss, cpu = _tree(ps)
+        if n % 10 == 0:  # look for new descendants (workers) twice a second
+            with contextlib.suppress(psutil.Error):
+                procs = [ps, *ps.children(recursive=True)]
+        rss, cpu = _tree(procs)
         peak = max(peak, rss)
         done = steps_in_file() if steps_in_file is not None else line_steps[0]
         marks += [(time.perf_counter() - t0, cpu)] * max(0, done - len(marks))

@@ -147,11 +147,17 @@ def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str
     for item in overrides:
         cmd += ["--set", item]
 
-    def steps_done() -> int:
-        try:
-            return sum(1 for row in read_jsonl(metrics) if "step_time_s" in row)
-        except ValueError:  # a line caught half-written
-            return 0
+    seen = {"size": -1, "steps": 0}
+
+    def steps_done() -> int:  # re-read the metrics only when the file grew
+        size = metrics.stat().st_size if metrics.is_file() else 0
+        if size != seen["size"]:
+            try:
+                seen["steps"] = sum(1 for row in read_jsonl(metrics) if "step_time_s" in row)
+                seen["size"] = size
+            except ValueError:  # a line caught half-written: read it again next time
+                pass
+        return seen["steps"]
 
     run = run_watched(cmd, env={**_env(), **env}, log_path=work / "doctune.log", echo=echo,
                       steps_in_file=steps_done)
@@ -183,7 +189,8 @@ def _side(job: dict[str, Any], steps: list[float], run: Any, *, tokens_per_step:
             "step_times_s": [round(s, 3) for s in steps], "tokens_per_step": tokens_per_step,
             "peak_tree_rss_mb": run.peak_tree_rss_mb, "maxrss_mb": run.maxrss_mb,
             "time_to_first_step_s": run.first_step_s, "wall_s": run.wall_s,
-            "mfu": round(job["flops_per_token"] * tok_s / (job["peak"] * 1e9), 4), **extra}
+            "mfu": round(job["flops_per_token"] * tok_s / (job["peak"] * 1e9), 4),
+            "hfu_est": round(job["exec_flops_per_token"] * tok_s / (job["peak"] * 1e9), 4), **extra}
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +263,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--doctune-env", action="append", default=[],
                    help="extra environment variable KEY=VALUE for the doctune side (repeatable)")
     p.add_argument("--peak-seconds", type=float, default=3.0, help="time spent per matmul peak")
+    p.add_argument("--peak", action="append", default=[], metavar="PRECISION=GFLOPS",
+                   help="use this matmul peak instead of measuring it, e.g. --peak fp32=95 "
+                        "(measured on an idle machine: a busy one measures too low)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--work", type=Path, default=None, help="keep run folders here (default: temp)")
     p.add_argument("--echo", action="store_true", help="show the runs' output as they go")
@@ -280,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     machine = machine_info(args.device)
     print(f"machine: {machine}", flush=True)
-    peaks = {p: matmul_peak_gflops(p, args.device, args.peak_seconds) for p in ("fp32", "bf16")}
+    given = {k: float(v) for k, v in (item.split("=", 1) for item in args.peak)}
+    peaks = {p: ({"gflops": given[p], "n": None} if p in given
+                 else matmul_peak_gflops(p, args.device, args.peak_seconds)) for p in ("fp32", "bf16")}
     print(f"matmul peak GFLOP/s: {peaks}", flush=True)
     native_bf16 = cuda or bool(set(machine.get("cpu_bf16_flags", [])) & {"avx512_bf16", "amx_bf16"})
 
@@ -299,6 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             job["peak"] = peaks[job["precision"]]["gflops"]
             job["flops_per_token"] = flops_per_token(SHAPES[shape]["n_layer"], SHAPES[shape]["n_embd"],
                                                      SHAPES[shape]["vocab_size"], block)
+            # FLOPs actually executed: LoRA skips the frozen weights' gradients (4N instead
+            # of 6N), checkpointing runs the forward twice (+2N)
+            n_mm = (job["flops_per_token"] - 12 * SHAPES[shape]["n_layer"] * SHAPES[shape]["n_embd"]
+                    * block) // 6
+            job["exec_flops_per_token"] = ((4 if job["lora"] else 6) + (2 if job["ckpt"] else 0)) * n_mm
             row: dict[str, Any] = {"shape": shape, "config": name}
             if job["precision"] == "bf16" and not native_bf16 and not args.bf16_anyway:
                 row["skipped"] = "no native bf16 on this CPU (see the matmul peaks); --bf16-anyway runs it"
