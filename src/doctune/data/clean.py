@@ -152,10 +152,14 @@ def _clean_prose(
         j = i
         while j < n and not code[j]:
             j += 1
-        run = [ln for ln in line_rules(lines[i:j], mdx=mdx, notes=notes) if ln is not None]
-        cleaned = _settle(prose.clean("\n".join(run), origin[i]), mdx, notes).split("\n")
-        out.extend(cleaned)
-        out_code.extend([False] * len(cleaned))
+        before = "\n".join(lines[i:j])
+        run = "\n".join(ln for ln in line_rules(lines[i:j], mdx=mdx, notes=notes) if ln is not None)
+        cleaned = prose.clean(run, origin[i])
+        if cleaned != before:  # something was removed: it may have exposed more
+            cleaned = _settle(cleaned, mdx, notes)
+        cleaned_lines = cleaned.split("\n")
+        out.extend(cleaned_lines)
+        out_code.extend([False] * len(cleaned_lines))
         i = j
     prose.finish()
     return out, out_code
