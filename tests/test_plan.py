@@ -91,6 +91,8 @@ def test_breakdown_arithmetic() -> None:
     assert plan.breakdown["activations"] == pytest.approx(1.45 * (2 * 72 + 8) * tok * 64 / MB)
     assert plan.breakdown["logits_and_loss"] == pytest.approx(12 * tok * 1000 / MB)
     assert plan.peak_mb == pytest.approx(sum(plan.breakdown.values()))
+    assert plan.activations_by_checkpointing == pytest.approx(
+        {"off": plan.breakdown["activations"], "on": 1.45 * (2 * 4 + 72 + 8) * tok * 64 / MB})
     assert plan.fits and plan.to_dict()["fits"] is True
     assert set(plan.to_dict()) >= {"peak_mb", "fits", "budget_mb", "breakdown", "recommendations"}
 

@@ -7,9 +7,8 @@ loss. ``fit_to_budget`` changes settings until the estimate fits, keeping the ef
 batch (micro-batch x accumulation): smaller micro-batches, then gradient checkpointing,
 then LoRA, then shorter blocks.
 
-The coefficients below were measured on GPT-2-shaped models with torch 2.13 (bytes of
-tensors saved for backward, per token and per unit of width) and calibrated against the
-peak RSS of real ``doctune train`` runs (``benchmarks/bench_plan.py``).
+Coefficients: bytes saved for backward measured on GPT-2 shapes (torch 2.13), calibrated
+against the peak RSS of real ``doctune train`` runs (``benchmarks/bench_plan.py``).
 """
 
 from __future__ import annotations
@@ -41,10 +40,13 @@ FUSED_CHUNK_BYTES = 64 * MB
 OPT_STEP_EXTRA = 4.0
 """AdamW (foreach) temporaries during the step, bytes per trainable parameter."""
 FRAMEWORK_MB = {"cpu": 500.0, "mps": 600.0, "cuda": 550.0}
-"""Python + torch + transformers + peft + doctune and the tokenizer, before any model."""
-ACT_RSS_FACTOR = 1.45
-"""Peak RSS over saved activations, measured: each layer's transient tensors (attention
-scores, MLP intermediates) go back to the allocator's heap, which does not shrink."""
+"""Before any model: on CPU, the imports (~360 MB: Python, torch, transformers, peft, doctune)
+plus tokenizer, data and loggers, measured at rest in real runs. On CUDA, the CUDA context on
+the GPU; on MPS, the CPU side plus Metal's own (both estimated, not measured)."""
+ACT_RSS_FACTOR = {"cpu": 1.45, "mps": 1.45, "cuda": 1.15}
+"""Peak memory over saved activations. On CPU (measured): each layer's transient tensors
+(attention scores, MLP intermediates) go back to the allocator's heap, which does not
+shrink. MPS is assumed to behave alike, CUDA's caching allocator better (not measured)."""
 SAFE_SHARE = {"cpu": 0.70, "mps": 0.70, "cuda": 0.90}
 """Default budget: share of RAM (CPU, Apple unified memory) or of the GPU's memory."""
 
@@ -79,6 +81,8 @@ class MemoryPlan:
     phase: str
     """When the peak happens: forward/backward, optimizer step or evaluation."""
     recommendations: list[str] = field(default_factory=list)
+    activations_by_checkpointing: dict[str, float] = field(default_factory=dict)
+    """Activations (MB) with gradient checkpointing ``"off"`` and ``"on"``, whichever is set."""
 
     @property
     def fits(self) -> bool:
@@ -89,6 +93,8 @@ class MemoryPlan:
         return {"peak_mb": round(self.peak_mb, 1), "fits": self.fits, "budget_mb": round(self.budget_mb, 1),
                 "device": self.device, "precision": self.precision, "phase": self.phase,
                 "breakdown": {k: round(v, 1) for k, v in self.breakdown.items()},
+                "activations_by_checkpointing": {k: round(v, 1) for k, v in
+                                                 self.activations_by_checkpointing.items()},
                 "recommendations": self.recommendations}
 
 
@@ -257,13 +263,12 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
     layer = (ACT_PER_LAYER[(prec, lora)] + (ACT_DROPOUT_EXTRA[prec] if shape.attn_dropout else 0.0)) * tok * C
     if shape.attn_dropout:
         layer += ATTN_MATRIX * tok * shape.n_head * T
-    cast = 2.0 * V * C if prec == "bf16" else 0.0  # bf16 copies of weights, kept for backward
-    if t.grad_checkpointing:
-        acts = L * ACT_CHECKPOINTED * tok * C + layer
-    else:
-        acts = L * layer
-        cast += 2.0 * shape.matmul_params if prec == "bf16" else 0.0
-    acts = ACT_RSS_FACTOR * (acts + EMBED_ACT * tok * C) + cast
+    # bf16 copies of the weights, kept for the backward (recomputed when checkpointing)
+    cast = (2.0 * V * C, 2.0 * (V * C + shape.matmul_params)) if prec == "bf16" else (0.0, 0.0)
+    by_ckpt = {"off": ACT_RSS_FACTOR[device] * (L * layer + EMBED_ACT * tok * C) + cast[1],
+               "on": ACT_RSS_FACTOR[device] * (L * ACT_CHECKPOINTED * tok * C + layer
+                                               + EMBED_ACT * tok * C) + cast[0]}
+    acts = by_ckpt["on" if t.grad_checkpointing else "off"]
     logits = _logits_bytes(prec, tok, C, V, fused=t.fused_loss, head_trains=not lora, training=True)
     # With one micro-batch per step, gradients are freed (zero_grad) before the forward and
     # come back during the backward as activations go; only the output layer's overlaps
@@ -274,7 +279,7 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
                              "activations": acts, "logits_and_loss": logits},
         "optimizer step": {"gradients": grads, "optimizer": optimizer + OPT_STEP_EXTRA * trainable,
                            "activations": 0.0, "logits_and_loss": 0.0},
-        "evaluation": {"gradients": 0.0, "optimizer": optimizer, "activations": ACT_RSS_FACTOR * layer,
+        "evaluation": {"gradients": 0.0, "optimizer": optimizer, "activations": ACT_RSS_FACTOR[device] * layer,
                        "logits_and_loss": _logits_bytes(prec, tok, C, V, fused=t.fused_loss,
                                                         head_trains=False, training=False)},
     }
@@ -283,7 +288,8 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
     breakdown.update({k: v / MB for k, v in phases[phase].items()})
     return MemoryPlan(device=device, precision=prec, peak_mb=sum(breakdown.values()),
                       budget_mb=budget if budget is not None else default_budget_mb(cfg, device),
-                      breakdown=breakdown, phase=phase)
+                      breakdown=breakdown, phase=phase,
+                      activations_by_checkpointing={k: v / MB for k, v in by_ckpt.items()})
 
 
 def estimate_memory(cfg: Config, *, device: str) -> MemoryPlan:
@@ -302,11 +308,10 @@ def estimate_memory(cfg: Config, *, device: str) -> MemoryPlan:
 
 
 def _with(cfg: Config, **changes: Any) -> Config:
-    """A copy of ``cfg`` with dotted-key ``changes`` (``train__grad_checkpointing=True``)."""
+    """A copy of ``cfg`` with ``changes`` given as ``section__key=value``."""
     data = cfg.model_dump()
     for key, value in changes.items():
-        section, name = key.split("__")
-        data[section][name] = value
+        data[key.split("__")[0]][key.split("__")[1]] = value
     return Config.model_validate(data)
 
 
@@ -389,6 +394,9 @@ def render_plan(plan: MemoryPlan, cfg: Config) -> str:
     for key, value in plan.breakdown.items():
         lines.append(f"  {key.replace('_', ' '):<18} {value:>9,.0f} MB")
     lines.append(f"  {'peak':<18} {plan.peak_mb:>9,.0f} MB   (during {plan.phase})")
+    ab = plan.activations_by_checkpointing
+    lines.append(f"  (activations: {ab['off']:,.0f} MB without gradient checkpointing, "
+                 f"{ab['on']:,.0f} MB with it)")
     verdict = "fits" if plan.fits else "does NOT fit"
     lines += ["", f"{verdict} the budget of {plan.budget_mb:,.0f} MB "
               f"({math.floor(100 * plan.peak_mb / plan.budget_mb)}% of it)."]
