@@ -216,33 +216,38 @@ def read_and_clean(
     have ``clean.empty``), the files that could not be read as ``{"rel", "reason"}``,
     and the number of docs files found.
     """
-    from doctune.data.corpus import Skipped, find_docs, read_doc
-    from doctune.data.dialect import detect_dialect
+    from doctune.data.cleantree import tree_dialects
+    from doctune.data.corpus import DocFile, Skipped, find_docs, read_doc
 
     docs, skipped_files = find_docs(src, include, exclude)
     root = src.resolve() if src.is_dir() else src.resolve().parent
     skipped = [{"rel": s.rel, "reason": s.reason} for s in skipped_files]
     version = cleaner_version()
-    files: list[ReadFile] = []
-    pending: list[tuple[ReadFile, str]] = []  # (file, cache key) still to clean
-    jobs: list[tuple[str, Path, Path, str, str, bool]] = []
+    readable: list[tuple[DocFile, str]] = []
     for doc in docs:
         text = read_doc(doc)
         if isinstance(text, Skipped):
             skipped.append({"rel": text.rel, "reason": text.reason})
-            continue
+        else:
+            readable.append((doc, text))
+    # Each folder is one docs set: its generator config, the suffix and what its pages show
+    # decide how each page is read, exactly as `doctune clean` does.
+    dialects = (tree_dialects([d for d, _ in readable], [t for _, t in readable], root)
+                if dialect == "auto" else [dialect] * len(readable))
+    files: list[ReadFile] = []
+    pending: list[tuple[ReadFile, str]] = []  # (file, cache key) still to clean
+    jobs: list[tuple[str, Path, Path, str, str, bool]] = []
+    for (doc, text), doc_dialect in zip(readable, dialects, strict=True):
         data = text.encode("utf-8")
         content_hash = text_hash(data)
-        # The folder's generator config (cheap, cached) and the content decide the dialect.
-        where = detect_dialect(doc.path, root) if dialect == "auto" else ""
-        key = text_hash(f"{version}\0{dialect}\0{where}\0{title_heading}\0{doc.rel}\0"
+        key = text_hash(f"{version}\0{doc_dialect}\0{title_heading}\0{doc.rel}\0"
                         f"{content_hash}".encode())
         found = cache.get_clean(key)
-        f = ReadFile(doc.rel, content_hash, len(data), found or Cleaned("", 0, dialect))
+        f = ReadFile(doc.rel, content_hash, len(data), found or Cleaned("", 0, doc_dialect))
         files.append(f)
         if found is None:
             pending.append((f, key))
-            jobs.append((text, doc.path, root, doc.rel, dialect, title_heading))
+            jobs.append((text, doc.path, root, doc.rel, doc_dialect, title_heading))
     for (f, key), result in zip(pending, _clean_all(jobs, workers), strict=True):
         cache.put_clean(key, result)
         f.clean = result

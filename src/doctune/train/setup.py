@@ -140,20 +140,19 @@ def _load_tokenizer(cfg: Config, run_dir: Path, resume: bool) -> Any:
 
 def _clean_texts(cfg: Config) -> list[str]:
     """The cleaned documents (what a from-scratch tokenizer is trained on)."""
-    from doctune.data.clean import clean_markdown, detect_dialect
+    from doctune.data.clean import clean_markdown
+    from doctune.data.cleantree import tree_dialects
     from doctune.data.corpus import find_docs, read_doc
 
     assert cfg.data.path is not None
-    root = Path(cfg.data.path)
-    docs, _ = find_docs(root, cfg.data.include, cfg.data.exclude)
-    texts = []
-    for doc in docs:
-        raw = read_doc(doc)
-        if not isinstance(raw, str):
-            continue
-        dialect = cfg.data.dialect if cfg.data.dialect != "auto" else detect_dialect(doc.path, root)
-        texts.append(clean_markdown(raw, dialect=dialect, path=doc.rel,
-                                    title_heading=cfg.data.title_heading).text)
+    src = Path(cfg.data.path)
+    root = src if src.is_dir() else src.parent
+    docs, _ = find_docs(src, cfg.data.include, cfg.data.exclude)
+    read = [(d, t) for d in docs if isinstance(t := read_doc(d), str)]
+    dialects = (tree_dialects([d for d, _ in read], [t for _, t in read], root)
+                if cfg.data.dialect == "auto" else [cfg.data.dialect] * len(read))
+    texts = [clean_markdown(raw, dialect=dialect, path=doc.rel, title_heading=cfg.data.title_heading).text
+             for (doc, raw), dialect in zip(read, dialects, strict=True)]
     if not any(t.strip() for t in texts):
         raise DataError(f"No documentation text found under {root}: it needs .md, .mdx or "
                         ".markdown files with some prose in them.")
