@@ -116,9 +116,10 @@ def test_tensorboard_events_are_readable(tmp_path: Path) -> None:
         mon.log_samples(3, [("Hello", " world")])
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
     tags = acc.Tags()
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "val/loss",
+    assert {"train/loss", "train/perplexity", "train/lr", "train/grad_norm", "train/tokens_per_sec", "val/loss",
             "val/perplexity", "memory/rss_mb", "memory/peak_rss_mb"} <= set(tags["scalars"])
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 3.75), (2, 3.5), (3, 3.25)]
+    assert [round(e.value, 2) for e in acc.Scalars("train/perplexity")] == [42.52, 33.12, 25.79]
     assert [(e.step, round(e.value, 3)) for e in acc.Scalars("val/perplexity")] == [(0, 148.4)]
     text = acc.Tensors("samples/text_summary")[0]
     assert text.step == 3 and b"Hello world" in text.tensor_proto.string_val[0]

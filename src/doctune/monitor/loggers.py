@@ -119,6 +119,9 @@ class TensorBoardLogger:
         self._writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("train_loss")
+        if isinstance(loss, float) and "train_ppl" not in metrics and loss < 700:
+            metrics = {**metrics, "train_ppl": math.exp(loss)}  # beside val/perplexity
         for key, value in metrics.items():
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 continue
