@@ -6,7 +6,7 @@ config, nothing downloaded) runs `doctune train` for a few steps in a subprocess
 of its whole process tree is sampled from outside every 20 ms; the peak is compared with
 `estimate_memory`. Goal: every prediction within 15%.
 
-    python benchmarks/bench_plan.py                    # the full matrix (~20 min on 2 cores)
+    python benchmarks/bench_plan.py                    # the whole matrix: 15 runs, 30+ min on 2 cores
     python benchmarks/bench_plan.py --only small       # configurations whose name has "small"
     python benchmarks/bench_plan.py --json out.json    # also write the rows as JSON
 
@@ -182,6 +182,8 @@ def main() -> None:
     print(f"\nworst error {worst:.1f}% (goal: within 15%); {len(rows)} configurations")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str), encoding="utf-8")
+    if worst > 15 or any(r["exit_code"] for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
