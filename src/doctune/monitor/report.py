@@ -34,6 +34,7 @@ h1 { font-size:26px; margin:0 0 4px; } h2 { font-size:19px; margin:40px 0 12px; 
 h3 { font-size:15px; margin:20px 0 8px; } .sub { color:var(--muted); margin:0 0 24px; }
 .cards { display:grid; grid-template-columns:repeat(auto-fill,minmax(200px,1fr)); gap:12px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:10px; padding:14px 16px; }
+.card.wide { grid-column:span 2; }
 .card .k { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
 .card .v { font-size:24px; font-weight:600; margin-top:2px; font-variant-numeric:tabular-nums; }
 .card .n { color:var(--muted); font-size:13px; } .good { color:var(--good); } .bad { color:var(--bad); }
@@ -129,8 +130,8 @@ def _cards(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     duration = run.get("duration_s", run.get("train_time_s"))
     if isinstance(duration, int | float):
         cards.append(("time", format_duration(float(duration)), "wall clock"))
-    return "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{v}</div>'
-                   f'<div class="n">{n}</div></div>' for k, v, n in cards)
+    return "".join(f'<div class="card{" wide" if len(v) > 14 else ""}"><div class="k">{_esc(k)}</div>'
+                   f'<div class="v">{v}</div><div class="n">{n}</div></div>' for k, v, n in cards)
 
 
 def _table(data: Any, depth: int = 0) -> str:
