@@ -181,7 +181,8 @@ def _prepare_data(cfg: Config, run_dir: Path, tokenizer: Any) -> tuple[WindowSet
     return train, (val if len(val) else None), str(store.manifest.get("fingerprint", ""))
 
 
-def _build_model(cfg: Config, run_dir: Path, tokenizer: Any, resume: bool) -> tuple[Any, str]:
+def _build_model(cfg: Config, run_dir: Path, tokenizer: Any, resume: bool,
+                 attn: str | None) -> tuple[Any, str]:
     """The model to train and the name of its base (hub id or absolute folder)."""
     from doctune.modeling import build_scratch_model, is_scratch, load_pretrained
 
@@ -189,16 +190,16 @@ def _build_model(cfg: Config, run_dir: Path, tokenizer: Any, resume: bool) -> tu
     if is_scratch(m.name):
         base_dir = run_dir / "base"
         if resume and base_dir.is_dir():
-            model = load_pretrained(str(base_dir), attn_implementation=m.attn_implementation)
+            model = load_pretrained(str(base_dir), attn_implementation=attn)
         else:
             model = build_scratch_model(m.name, tokenizer, block_size=cfg.data.block_size,
-                                        attn_implementation=m.attn_implementation)
+                                        attn_implementation=attn)
             if cfg.lora.enabled:  # the adapter needs its (random) base saved beside it
                 model.save_pretrained(base_dir)
         base = str(base_dir.resolve()) if cfg.lora.enabled else m.name
     else:
         model = load_pretrained(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code,
-                                attn_implementation=m.attn_implementation)
+                                attn_implementation=attn)
         local = Path(m.name).expanduser()
         base = str(local.resolve()) if local.exists() else m.name
     n_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
@@ -253,6 +254,15 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
         torch.set_num_threads(t.num_threads)
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
+    if device.type == "cpu":
+        from doctune.train.speed import tune_cpu_allocator
+
+        tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back
+    attn = cfg.model.attn_implementation
+    if device.type == "cpu" and attn == "sdpa":
+        from doctune.train.attention import register_attention
+
+        attn = register_attention()  # the same attention, without (B, H, T, T) dropout tensors
     notes: list[str] = []
     if cfg.memory.auto_fit:
         from doctune.plan import fit_to_budget
@@ -268,7 +278,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     pad_id = pad_token_id(tokenizer)
 
     seed_everything(t.seed)  # model init does not depend on how much data prep drew
-    model, base = _build_model(cfg, run_dir, tokenizer, resume)
+    model, base = _build_model(cfg, run_dir, tokenizer, resume, attn)
     n_vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_vocab:
         raise ConfigError(f"The tokenizer has {len(tokenizer):,} tokens but {cfg.model.name} has "
