@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from doctune.data.indent import columns as _cols
 from doctune.data.lines import Notes
 
 _FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")
@@ -35,19 +36,6 @@ _ATTRS = re.compile(
 )
 _NO_DEFAULT_TITLE = frozenset(("tab", "html", "caption", "figure-caption", "table-caption",
                                "define", "md-render"))
-
-
-def _cols(line: str) -> int:
-    """Width of the leading whitespace, tabs counted to the next multiple of 4."""
-    col = 0
-    for ch in line:
-        if ch == " ":
-            col += 1
-        elif ch == "\t":
-            col += 4 - col % 4
-        else:
-            break
-    return col
 
 
 def _dedent(line: str, width: int) -> str:
