@@ -124,12 +124,13 @@ def test_bf16_autocast_close_to_plain(lora: bool) -> None:
 
 
 @pytest.mark.parametrize("chunk", [1, 6, 50])
-def test_function_gradients_hidden_weight_bias(chunk: int) -> None:
+@pytest.mark.parametrize("vocab", [40, 43, 5])  # the projection is split at a multiple of 8
+def test_function_gradients_hidden_weight_bias(chunk: int, vocab: int) -> None:
     torch.manual_seed(0)
     h = torch.randn(23, 16, requires_grad=True)
-    w = torch.randn(40, 16, requires_grad=True)
-    b = torch.randn(40, requires_grad=True)
-    y = torch.randint(0, 40, (23,))
+    w = torch.randn(vocab, 16, requires_grad=True)
+    b = torch.randn(vocab, requires_grad=True)
+    y = torch.randint(0, vocab, (23,))
     ref = F.cross_entropy(F.linear(h, w, b), y, reduction="sum")
     ref_grads = torch.autograd.grad(ref * 0.3, (h, w, b))
     out = FusedLinearCrossEntropy.apply(h, w, b, y, chunk, None)
@@ -184,3 +185,15 @@ def test_chunked_loss_without_gradients() -> None:
     assert grads == (None, None, None)
     ref = F.cross_entropy(h @ w.t(), y, reduction="sum")
     assert float(loss) == pytest.approx(float(ref), rel=FP32_RTOL)
+
+
+def test_bf16_projection_with_an_odd_vocabulary() -> None:
+    torch.manual_seed(0)
+    h, w, b = torch.randn(19, 16), torch.randn(43, 16), torch.randn(43)
+    y = torch.randint(0, 43, (19,))
+    logits = F.linear(h.bfloat16(), w.bfloat16(), b.bfloat16()).float()  # what autocast computes
+    ref = F.cross_entropy(logits, y, reduction="sum")
+    ref_dh = (torch.softmax(logits, -1) - F.one_hot(y, 43)).bfloat16() @ w.bfloat16()
+    loss, (dh, _, _) = chunked_linear_cross_entropy(h, w, b, y, rows=7, dtype=torch.bfloat16)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert dh is not None and torch.allclose(dh, ref_dh.float(), rtol=1e-2, atol=1e-2)
