@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from doctune.train.attention import ATTN_IMPLEMENTATION, DropoutAttention, register_attention
+from doctune.train.attention import (
+    ATTN_IMPLEMENTATION,
+    DropoutAttention,
+    drop_mask,
+    register_attention,
+)
 
 RTOL = 1e-5
 
@@ -33,7 +38,7 @@ def test_matches_the_formula_with_the_same_mask(causal: bool, padded: bool) -> N
     torch.manual_seed(7)
     out = DropoutAttention.apply(q, k, v, mask, p, d**-0.5, causal)
     torch.manual_seed(7)  # the same draw: the drop mask is made first, in one call
-    keep = ~torch.empty(b, h, t, t, dtype=torch.bool).bernoulli_(p)
+    keep = ~drop_mask((b, h, t, t), p, torch.device("cpu"))
     ref = _reference(q, k, v, keep, p, causal, mask)
     assert torch.allclose(out, ref, rtol=RTOL, atol=1e-6)
     g = torch.randn_like(out)
@@ -81,3 +86,18 @@ def test_gpt2_with_dropout_trains_and_evaluates_like_sdpa() -> None:
         b = ref(input_ids=ids).logits
     assert torch.allclose(a, b, rtol=RTOL, atol=1e-6)
     assert F.cross_entropy(a[0], ids[0]) > 0
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.005])
+def test_drop_mask_rate_and_seed(p: float) -> None:
+    cpu = torch.device("cpu")
+    torch.manual_seed(3)
+    mask = drop_mask((4, 3, 250, 251), p, cpu)  # an odd count: the last 31-bit word half-used
+    torch.manual_seed(3)
+    assert torch.equal(mask, drop_mask((4, 3, 250, 251), p, cpu))  # follows the seed
+    assert mask.dtype == torch.bool and mask.shape == (4, 3, 250, 251)
+    n = mask.numel()
+    sigma = (p * (1 - p) / (n / 2)) ** 0.5
+    # both halves of each 31-bit word are uniform: the even and the odd elements drop at p
+    for part in (mask.flatten()[0::2], mask.flatten()[1::2]):
+        assert abs(float(part.float().mean()) - p) < 5 * sigma + 2**-16

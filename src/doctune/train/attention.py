@@ -16,6 +16,7 @@ themselves) it simply calls PyTorch's SDPA. Registered with transformers as
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -64,6 +65,27 @@ def lean_sdpa_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
+_UNIFORM_BITS = 15
+
+
+def drop_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """A bool tensor of ``shape`` that is True with probability ``p`` (the positions dropped).
+
+    PyTorch's CPU ``bernoulli_`` draws one Mersenne-Twister number per element, serially:
+    ~90 ms for the 12.6M scores of one 4 x 12-head x 512 layer, ~8% of a training step. On
+    the CPU this draws 31-bit integers instead and uses each as two 15-bit uniforms, 3x
+    faster; the drop rate is ``p`` rounded to a multiple of 2**-15 (off by at most 1.5e-5),
+    so it is used for ``p >= 0.01`` only. Elsewhere (and for smaller ``p``) it is
+    ``bernoulli_``. Both follow ``torch.manual_seed``.
+    """
+    if device.type != "cpu" or p < 0.01:
+        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(p)
+    numel = math.prod(shape)
+    words = torch.empty((numel + 1) // 2, dtype=torch.int32).random_()  # uniform on [0, 2**31)
+    halves = words.view(torch.int16)[:numel].bitwise_and_((1 << _UNIFORM_BITS) - 1)
+    return torch.lt(halves, round(p * (1 << _UNIFORM_BITS))).view(shape)
+
+
 def _bias(mask: torch.Tensor | None, t: int, n: int, causal: bool,
           device: torch.device) -> torch.Tensor | None:
     """Additive mask (B or 1, 1 or H, T, S): 0 where a query may attend, -inf elsewhere."""
@@ -108,7 +130,7 @@ class DropoutAttention(torch.autograd.Function):
         b, h, t, _ = q.shape
         n = k.shape[2]
         # One draw for the whole batch: the mask does not depend on how rows are walked.
-        drop = torch.empty(b, h, t, n, dtype=torch.bool, device=q.device).bernoulli_(p)
+        drop = drop_mask((b, h, t, n), p, q.device)
         out = torch.empty(b, h, t, v.shape[-1], dtype=v.dtype, device=q.device)  # (B, H, T, D)
         bias = _bias(mask, t, n, causal, q.device)
         for i in range(b):
