@@ -94,3 +94,13 @@ def test_commented_out_section_is_empty(tmp_path: Path) -> None:
     f.write_text("train:\n  # lr: 1e-3\nlora:\n  r: 4\n")
     cfg = load_config(f, ["train.seed=3"])
     assert cfg.train.seed == 3 and cfg.lora.r == 4
+
+
+def test_compile_on_off_as_yaml_writes_them(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  compile: off\n")  # YAML 1.1 reads a bare off as false
+    assert load_config(f).train.compile == "off"
+    assert load_config(None, ["train.compile=on"]).train.compile == "on"
+    assert Config().train.compile == "auto"
+    with pytest.raises(ConfigError, match=r"train\.compile"):
+        load_config(None, ["train.compile=sometimes"])

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from doctune.train.speed import CompileEstimate, adamw_kwargs, should_compile
+from doctune.train.speed import (
+    CompileEstimate,
+    CompileTracker,
+    adamw_kwargs,
+    compile_blocks,
+    should_compile,
+)
 
 EST = CompileEstimate(compile_s=100.0, speedup=1.25)  # saves 20% of each step
 
@@ -51,3 +57,49 @@ def test_fused_adamw_on_cpu_matches_foreach() -> None:
         results.append([p.detach() for p in params])
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _tiny_gpt2(n_layer: int = 3) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=16, n_head=2, n_positions=32,
+                                      vocab_size=50))
+
+
+def test_compile_blocks_compiles_each_block_of_a_peft_model() -> None:
+    from doctune.modeling import apply_lora
+
+    model = apply_lora(_tiny_gpt2(3), r=2, alpha=4, dropout=0.0)
+    names = list(model.state_dict())
+    assert compile_blocks(model) == 3  # GPT2Block x 3, found through the PEFT wrapper
+    assert list(model.state_dict()) == names  # checkpoints keep their keys
+
+
+def test_tracker_auto_waits_for_two_eager_steps_then_measures_the_payoff() -> None:
+    model = _tiny_gpt2(2)
+    tracker = CompileTracker("auto", "cuda", "bf16")  # cuda/bf16: ~1.3x for ~40 s
+    assert tracker.start(model) is None
+    assert tracker.after_step(model, 30.0, remaining=999) is None  # first step: warm-up
+    said = tracker.after_step(model, 10.0, remaining=998)
+    assert said is not None and said.startswith("compiling:") and tracker.compiled
+    tracker.after_step(model, 52.0, remaining=997)  # the step that compiled
+    for _ in range(3):
+        tracker.after_step(model, 8.0, remaining=0)
+    assert tracker.compile_s == 42.0
+    facts = tracker.facts()
+    assert facts["compiled_step_s"] == 8.0 and facts["eager_step_s"] == 10.0
+    # 4 compiled steps x 2 s saved = 8 s < 42 s of compiling
+    assert tracker.summary() == ("torch.compile: 42s compiling; steps 8.00s compiled vs 10.00s "
+                                 "eager, 8s saved: it did not pay for itself")
+
+
+def test_tracker_auto_stays_eager_on_a_cpu_in_fp32_and_off_means_off() -> None:
+    model = _tiny_gpt2(1)
+    for setting, device, precision in (("auto", "cpu", "fp32"), ("off", "cuda", "bf16")):
+        tracker = CompileTracker(setting, device, precision)
+        assert tracker.start(model) is None
+        for _ in range(4):
+            assert tracker.after_step(model, 100.0, remaining=10**6) is None
+        assert not tracker.compiled and tracker.summary() is None
+        assert tracker.facts() == {"compile": setting, "compiled": False,
+                                   "compile_reason": (tracker.reason or None)}

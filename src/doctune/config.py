@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from doctune.errors import ConfigError
 
@@ -130,10 +130,16 @@ class TrainConfig(_Section):
     """Length of each generated sample."""
     fused_loss: bool = True
     """Compute the output projection and cross-entropy chunk by chunk (never materialises all logits)."""
-    compile: Literal["auto", "on", "off"] = "off"
-    """torch.compile the model (auto: only where it pays for itself)."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the transformer blocks; auto compiles only where the measured step time says it pays for itself."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads for PyTorch (null: PyTorch's default)."""
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` as true/false: take those as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class MemoryConfig(_Section):

@@ -52,7 +52,10 @@ def lean_sdpa_attention_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
+    # Under torch.compile the compiler fuses SDPA's dropout itself (and cannot trace this
+    # class's random draw): the plain call there too.
     plain = (dropout == 0.0 or query.device.type == "cuda" or not torch.is_grad_enabled()
+             or torch.compiler.is_compiling()
              or getattr(module, "num_key_value_groups", 1) > 1 or q_len != kv_len
              or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None)
     if plain:

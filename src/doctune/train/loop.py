@@ -31,6 +31,7 @@ from doctune.train.checkpoint import (
 from doctune.train.evaluate import evaluate_loss, perplexity
 from doctune.train.loss import causal_lm_loss
 from doctune.train.setup import RunSetup, build_run
+from doctune.train.speed import CompileTracker, eager
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +123,9 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     # ---- the loop ------------------------------------------------------------------
     flag = _StopFlag()
     model.train()
+    compiler = CompileTracker(t.compile, device.type, prec.name)
+    if (said := compiler.start(model)) is not None:
+        mon.message(said)
     t_start = time.perf_counter()
     with _catch_signals(flag):
         while state.step < run.total_steps and flag.signal is None:
@@ -167,6 +171,8 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             step_s = time.perf_counter() - t_step
             if state.step == 1:
                 run.facts["time_to_first_step_s"] = round(time.perf_counter() - run.t0, 3)
+            if (said := compiler.after_step(model, step_s, run.total_steps - state.step)) is not None:
+                mon.message(said)
             if state.step % t.log_every == 0 or state.step == run.total_steps:
                 mon.log_step(state.step, {
                     "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
@@ -176,15 +182,17 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
 
             # ---- evaluate, sample, checkpoint ------------------------------------------
             last = state.step == run.total_steps
-            if t.eval_every and state.step % t.eval_every == 0 and not last:
-                _evaluate(run, state.step)
-            if t.sample_every and state.step % t.sample_every == 0 and not last:
-                _sample(run, state.step)
+            with eager(compiler.compiled):  # no second compile for evaluation and sampling
+                if t.eval_every and state.step % t.eval_every == 0 and not last:
+                    _evaluate(run, state.step)
+                if t.sample_every and state.step % t.sample_every == 0 and not last:
+                    _sample(run, state.step)
             if (t.save_every and state.step % t.save_every == 0) or last or flag.signal is not None:
                 save_checkpoint(run.run_dir / "checkpoints", state, model=model, optimizer=opt,
                                 scheduler=sched, scaler=scaler, device=device,
                                 keep=t.keep_checkpoints)
     train_s = time.perf_counter() - t_start
+    run.facts.update(compiler.facts())
 
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
     if flag.signal is not None:
@@ -192,8 +200,9 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
         mon.summary(f"{name} received: saved checkpoint step-{state.step} in "
                     f"{run.run_dir / 'checkpoints'}; continue with `doctune train --resume {run.run_dir}`")
         return RunResult(run.run_dir, None, state.step, state.tokens_seen, val_before, None, True)
-    val_after = _evaluate(run, state.step)
-    _sample(run, state.step)
+    with eager(compiler.compiled):
+        val_after = _evaluate(run, state.step)
+        _sample(run, state.step)
     final = run.save_final()
     run.facts.update({"steps": state.step, "tokens_seen": state.tokens_seen,
                       "train_time_s": round(train_s, 2),
@@ -202,6 +211,8 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     run.write_facts()
     report = run.write_report()
     lines = [f"final model: {final}", f"metrics:     {run.run_dir / 'metrics.jsonl'}"]
+    if (said := compiler.summary()) is not None:
+        lines.insert(0, said)
     if report is not None:
         lines.append(f"report:      {report}")
     if val_before is not None and val_after is not None:

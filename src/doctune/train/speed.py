@@ -14,12 +14,13 @@ a step computes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -111,3 +112,119 @@ def should_compile(setting: str, *, device_type: str, precision: str, remaining_
                       f"~{est.compile_s:.0f}s of compiling")
     return False, (f"no compile: it would save ~{saved:.0f}s over {remaining_steps} steps and "
                    f"cost ~{est.compile_s:.0f}s")
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """Compile each repeated transformer block in place (regional compilation); returns how many.
+
+    The blocks are the modules transformers never splits across devices
+    (``_no_split_modules``, e.g. ``GPT2Block``): compiling one block's code serves all of
+    them, so compiling takes seconds per block type instead of minutes for the whole model,
+    and the state dict keeps its names. A model that names no block type is compiled whole.
+    Inductor compiles in this process (no pool of worker processes) except on CUDA: on a
+    laptop the workers' memory would count against the run.
+    """
+    base: Any = model
+    while hasattr(base, "get_base_model") and base.get_base_model() is not base:  # PEFT
+        base = base.get_base_model()
+    if next(model.parameters()).device.type != "cuda":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = 1
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    for block in blocks or [model]:
+        block.compile()
+    return max(len(blocks), 1)
+
+
+def eager(compiled: bool) -> contextlib.AbstractContextManager[Any]:
+    """Run compiled code eagerly inside (evaluation, sampling): no second compile for them."""
+    import torch
+
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    if not compiled or stance is None:
+        return contextlib.nullcontext()
+    return stance("force_eager")
+
+
+@dataclass
+class CompileTracker:
+    """Applies ``train.compile`` during a run and measures whether compiling paid off.
+
+    ``on`` compiles before the first step. ``auto`` times eager steps first (the first
+    step, which warms allocators and caches, is not used), then asks
+    :func:`should_compile` with the measured step time. The first compiled step's time
+    over an eager step's is the compile cost; :meth:`summary` sets it against the time the
+    compiled steps saved.
+    """
+
+    setting: str
+    device_type: str
+    precision: str
+    compiled: bool = False
+    blocks: int = 0
+    eager_s: list[float] = field(default_factory=list)
+    compiled_s: list[float] = field(default_factory=list)
+    first_compiled_s: float | None = None
+    reason: str = ""
+
+    def start(self, model: torch.nn.Module) -> str | None:
+        """Compile now when the setting is ``on``; returns a line to print, if any."""
+        if self.setting != "on":
+            return None
+        self.reason = "compile on, as configured"
+        return self._compile(model)
+
+    def after_step(self, model: torch.nn.Module, step_s: float, remaining: int) -> str | None:
+        """Record a finished step; under ``auto`` decide after the second eager step."""
+        if not self.compiled:
+            self.eager_s.append(step_s)
+        elif self.first_compiled_s is None:
+            self.first_compiled_s = step_s
+        else:
+            self.compiled_s.append(step_s)
+        if self.setting != "auto" or self.compiled or len(self.eager_s) != 2 or remaining <= 0:
+            return None
+        go, self.reason = should_compile("auto", device_type=self.device_type,
+                                         precision=self.precision, remaining_steps=remaining,
+                                         step_s=self.eager_s[-1])
+        return self._compile(model) if go else None
+
+    def _compile(self, model: torch.nn.Module) -> str:
+        self.blocks = compile_blocks(model)
+        self.compiled = True
+        return f"{self.reason}; compiling {self.blocks} block(s) during the next step"
+
+    @property
+    def compile_s(self) -> float | None:
+        """The first compiled step's time over a plain step's (eager, else later compiled)."""
+        if self.first_compiled_s is None:
+            return None
+        ref = self.eager_s[-1] if self.eager_s else (min(self.compiled_s) if self.compiled_s else None)
+        return None if ref is None else max(0.0, self.first_compiled_s - ref)
+
+    def facts(self) -> dict[str, Any]:
+        """What to keep in the run's facts (``compile_s`` and friends)."""
+        out: dict[str, Any] = {"compile": self.setting, "compiled": self.compiled,
+                               "compile_reason": self.reason or None}
+        if self.compiled:
+            out["compile_s"] = None if self.compile_s is None else round(self.compile_s, 2)
+            if self.compiled_s:
+                out["compiled_step_s"] = round(sorted(self.compiled_s)[len(self.compiled_s) // 2], 3)
+            if len(self.eager_s) >= 2:
+                out["eager_step_s"] = round(self.eager_s[-1], 3)
+        return out
+
+    def summary(self) -> str | None:
+        """One line: what compiling cost and what it saved in this run (None if not compiled)."""
+        if not self.compiled or self.compile_s is None:
+            return None
+        line = f"torch.compile: {self.compile_s:.0f}s compiling"
+        if self.compiled_s and len(self.eager_s) >= 2:
+            step = sorted(self.compiled_s)[len(self.compiled_s) // 2]
+            saved = (self.eager_s[-1] - step) * (len(self.compiled_s) + 1)
+            verdict = "paid for itself" if saved > self.compile_s else "did not pay for itself"
+            line += (f"; steps {step:.2f}s compiled vs {self.eager_s[-1]:.2f}s eager, "
+                     f"{saved:.0f}s saved: it {verdict}")
+        return line
