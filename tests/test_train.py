@@ -257,3 +257,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(docs: Path, model_dir: Pa
     before = load_file(str(run / "checkpoints" / "step-2" / "weights.safetensors"))
     assert all(torch.isfinite(t).all() for t in before.values())
     assert not (run / "final").exists()
+
+
+def test_auto_fit_shrinks_the_micro_batch_and_keeps_the_effective_batch(
+        docs: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from doctune.plan import estimate_memory
+
+    cfg = make_cfg(docs, model_dir, tmp_path / "run", "train.micro_batch_size=4", "train.grad_accum=1",
+                   "train.max_steps=2", "train.eval_every=0", "train.save_every=0")
+    peak = estimate_memory(cfg, device="cpu").peak_mb
+    fitted = cfg.model_copy(update={"memory": cfg.memory.model_copy(
+        update={"auto_fit": True, "budget": f"{peak - 0.5:.1f}MB"})})
+    res = train(fitted, quiet=False)
+    assert res.steps == 2
+    saved = load_config(tmp_path / "run" / "config.yaml")  # what the run really used
+    assert saved.train.micro_batch_size < 4
+    assert saved.train.micro_batch_size * saved.train.grad_accum == 4
+    assert estimate_memory(saved, device="cpu").peak_mb <= peak - 0.5
+    out = capsys.readouterr()
+    assert "memory.auto_fit" in out.out + out.err
