@@ -177,7 +177,8 @@ class CompileTracker:
         return self._compile(model)
 
     def after_step(self, model: torch.nn.Module, step_s: float, remaining: int) -> str | None:
-        """Record a finished step; under ``auto`` decide after the second eager step."""
+        """Record a finished step; under ``auto`` decide after the second eager step and
+        return the decision's reason (compiling or not) to print."""
         if not self.compiled:
             self.eager_s.append(step_s)
         elif self.first_compiled_s is None:
@@ -189,7 +190,7 @@ class CompileTracker:
         go, self.reason = should_compile("auto", device_type=self.device_type,
                                          precision=self.precision, remaining_steps=remaining,
                                          step_s=self.eager_s[-1])
-        return self._compile(model) if go else None
+        return self._compile(model) if go else self.reason
 
     def _compile(self, model: torch.nn.Module) -> str:
         self.blocks = compile_blocks(model)
