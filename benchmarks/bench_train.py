@@ -18,6 +18,7 @@ Examples::
 
     python benchmarks/bench_train.py --quick
     python benchmarks/bench_train.py --configs lora-fp32,full-fp32,lora-fp32-ckpt --json b.json
+    python benchmarks/bench_train.py --configs lora-fp32,full-fp32 --repeat 3   # drifting machine
     python benchmarks/bench_train.py --shapes distilgpt2,gpt2 --steps 6 --warmup 2
     python benchmarks/bench_train.py --device cuda   # gpt2, block 1024, bf16, MFU on the GPU
 
@@ -51,7 +52,6 @@ from _harness import (
     save_random_model,
 )
 
-ATTN_IMPLEMENTATION = "doctune_sdpa"
 BASELINE = REPO.parent / "shared" / "baselines" / "hf_trainer_clm.py"
 ALL_CPU_CONFIGS = ["lora-fp32", "full-fp32", "lora-fp32-ckpt", "full-fp32-ckpt",
                    "lora-bf16", "full-bf16", "lora-bf16-ckpt", "full-bf16-ckpt"]
@@ -129,21 +129,12 @@ def doctune_config(job: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str],
-                env: dict[str, str], levers: list[str]) -> dict[str, Any]:
-    """``python -m doctune train`` on ``job``; per-step times from its ``metrics.jsonl``.
-
-    With ``levers``, through ``_doctune_levers.py``, which switches them on first.
-    """
+                env: dict[str, str]) -> dict[str, Any]:
+    """``python -m doctune train`` on ``job``; per-step times from its ``metrics.jsonl``."""
     cfg_path = work / "doctune.yaml"
     cfg_path.write_text(yaml.safe_dump(doctune_config(job, work), sort_keys=False))
     metrics = work / "run" / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "doctune"]
-    if levers:
-        cmd = [sys.executable, str(Path(__file__).parent / "_doctune_levers.py"), "--levers",
-               ",".join(levers), "--"]
-        if "attention" in levers:
-            overrides = [*overrides, f"model.attn_implementation={ATTN_IMPLEMENTATION}"]
-    cmd += ["train", "--config", str(cfg_path)]
+    cmd = [sys.executable, "-m", "doctune", "train", "--config", str(cfg_path)]
     for item in overrides:
         cmd += ["--set", item]
 
@@ -193,6 +184,28 @@ def _side(job: dict[str, Any], steps: list[float], run: Any, *, tokens_per_step:
             "hfu_est": round(job["exec_flops_per_token"] * tok_s / (job["peak"] * 1e9), 4), **extra}
 
 
+def merge_repeats(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One result per side from its repeated runs, and the tok/s ratio of each pair of runs.
+
+    A side's figures are those of its run with the median tokens/s (peak memory: the largest
+    of its runs); every run is kept under ``<side>_runs``.
+    """
+    out: dict[str, Any] = {}
+    for runner, sides in runs.items():
+        if not sides:
+            continue
+        ranked = sorted(sides, key=lambda x: x["tokens_per_s"])
+        out[runner] = {**ranked[(len(ranked) - 1) // 2],
+                       "peak_tree_rss_mb": max(x["peak_tree_rss_mb"] for x in sides)}
+        if len(sides) > 1:
+            out[runner]["runs"] = len(sides)
+            out[f"{runner}_runs"] = sides
+    if runs.get("doctune") and runs.get("baseline"):
+        out["tok_s_pair_ratios"] = [round(d["tokens_per_s"] / b["tokens_per_s"], 3)
+                                    for d, b in zip(runs["doctune"], runs["baseline"], strict=False)]
+    return out
+
+
 # ---------------------------------------------------------------------------
 # the table
 
@@ -201,15 +214,17 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def markdown_table(rows: list[dict[str, Any]], runners: list[str]) -> str:
-    """One line per configuration and doctune variant: ratios doctune / baseline, raw numbers beside."""
-    head = ("| shape | config | doctune | tok/s ratio | tok/s doctune | tok/s HF | s/step doctune | s/step HF "
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per configuration: ratios doctune / baseline, the raw numbers beside them."""
+    head = ("| shape | config | tok/s ratio | tok/s doctune | tok/s HF | s/step doctune | s/step HF "
             "| CPU s/step doctune | CPU s/step HF | peak mem ratio | peak GB doctune | peak GB HF | 1st step s doctune | 1st step s HF "
             "| compile s | MFU doctune | MFU HF |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    variants = [x for x in runners if x.startswith("doctune")] or ["doctune"]
-    for r, variant in ((r, v) for r in rows for v in variants):
-        d, b = r.get(variant, {}), r.get("baseline", {})
+    for r in rows:
+        d, b = r.get("doctune", {}), r.get("baseline", {})
+        pairs = r.get("tok_s_pair_ratios") or []
+        tok_ratio = (f"{median(pairs):.2f}x ({len(pairs)} pairs)" if len(pairs) > 1
+                     else _ratio(d.get("tokens_per_s"), b.get("tokens_per_s")))
 
         def g(side: dict[str, Any], key: str, fmt: str = "{}") -> str:
             v = side.get(key)
@@ -219,8 +234,7 @@ def markdown_table(rows: list[dict[str, Any]], runners: list[str]) -> str:
         gb_b = f"{b['peak_tree_rss_mb'] / 1024:.2f}" if b else "-"
         mem_ratio = _ratio(d.get("peak_tree_rss_mb"), b.get("peak_tree_rss_mb"))
         lines.append(
-            f"| {r['shape']} | {r['config']} | {variant.removeprefix('doctune') or 'as is'} "
-            f"| {_ratio(d.get('tokens_per_s'), b.get('tokens_per_s'))} "
+            f"| {r['shape']} | {r['config']} | {tok_ratio} "
             f"| {g(d, 'tokens_per_s')} | {g(b, 'tokens_per_s')} | {g(d, 's_per_step')} "
             f"| {g(b, 's_per_step')} | {g(d, 'cpu_s_per_step')} | {g(b, 'cpu_s_per_step')} "
             f"| {mem_ratio} | {gb_d} | {gb_b} "
@@ -252,10 +266,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="3 steps (1 warm-up) of lora-fp32 and full-fp32 only")
     p.add_argument("--runners", default="doctune,baseline",
-                   help="which sides to run: doctune (as is), doctune+levers (with --levers "
-                        "switched on by benchmarks/_doctune_levers.py), baseline")
-    p.add_argument("--levers", default="attention,malloc,adamw",
-                   help="levers for the doctune+levers side")
+                   help="which sides to run: doctune, baseline or both")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each side this many times, alternating (doctune, baseline, doctune, "
+                        "...); the tok/s ratio is then the median of the pairs' ratios, which a "
+                        "machine whose speed drifts between runs affects far less")
     p.add_argument("--bf16-anyway", action="store_true",
                    help="run bf16 configurations on a CPU without native bf16 too")
     p.add_argument("--set", dest="doctune_set", action="append", default=[],
@@ -282,6 +297,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shapes = (args.shapes or ("gpt2" if cuda else "distilgpt2")).split(",")
     block = args.block or (1024 if cuda else 512)
     runners = args.runners.split(",")
+    if not runners or set(runners) - {"doctune", "baseline"}:
+        raise SystemExit(f"--runners {args.runners!r}: use doctune, baseline or doctune,baseline")
     doctune_env = dict(item.split("=", 1) for item in args.doctune_env)
     if cuda and "baseline" in runners:
         print("note: the reference script trains on the CPU only (use_cpu=True); on CUDA only "
@@ -322,23 +339,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"[{shape} {name}] skipped: {row['skipped']}", flush=True)
                 results.append(row)
                 continue
-            for runner in runners:
-                work = work_root / f"{shape}-{name}-{runner}"
+            runs: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
+            for rep, runner in ((rep, r) for rep in range(args.repeat) for r in runners):
+                work = work_root / f"{shape}-{name}-{runner}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
                 print(f"[{shape} {name}] {runner} (load average {os.getloadavg()[0]:.2f}) ...",
                       flush=True)
-                row[f"load_before_{runner}"] = round(os.getloadavg()[0], 2)
-                if runner == "baseline":
-                    row[runner] = run_baseline(job, work, args.echo)
-                else:
-                    levers = args.levers.split(",") if runner == "doctune+levers" else []
-                    row[runner] = run_doctune(job, work, args.echo, args.doctune_set, doctune_env,
-                                              levers)
-                print(f"    {json.dumps({k: v for k, v in row[runner].items() if k != 'step_times_s'})}",
+                side = (run_baseline(job, work, args.echo) if runner == "baseline"
+                        else run_doctune(job, work, args.echo, args.doctune_set, doctune_env))
+                side["load_before"] = round(os.getloadavg()[0], 2)
+                runs[runner].append(side)
+                print(f"    {json.dumps({k: v for k, v in side.items() if k != 'step_times_s'})}",
                       flush=True)
+            row.update(merge_repeats(runs))
             results.append(row)
 
-    table = markdown_table([r for r in results if "skipped" not in r], runners)
+    table = markdown_table([r for r in results if "skipped" not in r])
     device_name = machine.get("gpu") or machine.get("cpu")
     print(f"\n{device_name}, {machine['threads']} threads; matmul peak fp32 "
           f"{peaks['fp32']['gflops']} / bf16 {peaks['bf16']['gflops']} GFLOP/s; block {block}, "
@@ -350,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"- {r['shape']} {r['config']}: skipped, {r['skipped']}")
     out = {"machine": machine, "matmul_peak_gflops": peaks, "block": block,
            "micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "steps": args.steps,
-           "warmup": args.warmup, "doctune_overrides": args.doctune_set, "results": results,
+           "warmup": args.warmup, "repeat": args.repeat, "doctune_overrides": args.doctune_set, "results": results,
            "load_avg_end": [round(x, 2) for x in os.getloadavg()], "table": table}
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
