@@ -152,16 +152,17 @@ def test_modelfile_and_card(f16_dir: Path) -> None:
 
 
 def test_unknown_architecture(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
 
-    folder = tmp_path / "llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2)).save_pretrained(folder)
+    folder = tmp_path / "opt"
+    OPTForCausalLM(OPTConfig(vocab_size=50257, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
+                             num_attention_heads=2, word_embed_proj_dim=16)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(gpt2_tokenizer_dir).save_pretrained(folder)
     with pytest.raises(ExportError) as e:
         export_gguf(folder, tmp_path / "out")
     msg = str(e.value)
-    assert "'llama'" in msg and "GPT-2" in msg and "--format hf" in msg and "convert_hf_to_gguf.py" in msg
+    assert "'opt'" in msg and "GPT-2" in msg and "Llama" in msg and "Qwen2" in msg
+    assert "--format hf" in msg and "convert_hf_to_gguf.py" in msg
     assert not (tmp_path / "out").exists()
 
 
