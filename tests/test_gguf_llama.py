@@ -247,3 +247,55 @@ def test_qwen2_sliding_window_is_an_error() -> None:
     cfg = Qwen2Config(num_hidden_layers=1, use_sliding_window=True, sliding_window=64, max_window_layers=0)
     with pytest.raises(ExportError, match=r"qwen2 .*sliding-window attention"):
         check_architecture(cfg)
+
+
+def _qwen2(vocab_size: int) -> Any:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=128, tie_word_embeddings=True,
+                                        initializer_range=0.3, eos_token_id=0)).eval()
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+VARIANTS = {
+    "llama-gqa-untied": ("llama-bpe", lambda n: llama_model(n, initializer_range=0.3)),
+    "llama-tied-biases-llama3-rope": ("smollm", lambda n: llama_model(
+        n, initializer_range=0.3, tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+        rope_parameters=LLAMA3_ROPE)),
+    "llama-linear-rope": ("gpt-2", lambda n: llama_model(
+        n, initializer_range=0.3, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})),
+    "qwen2": ("qwen2", _qwen2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_cpp_computes_the_same_logits(variant: str, tmp_path: Path) -> None:
+    """With F32 weights and an F32 KV cache, llama.cpp's logits equal transformers' to ~1e-4."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    pre, build = VARIANTS[variant]
+    tok = bpe_tokenizer(pre)
+    model = build(len(tok))
+    with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    write_gguf(model, tok, tmp_path / "m.gguf", quant="f32")
+    text = TEXT[1] + TEXT[0]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids])).logits[0].numpy()  # (T, V)
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
+                          n_threads=1, type_k=0, type_v=0)  # 0: GGML_TYPE_F32
+    try:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+        llm.eval(ids)
+        got = np.asarray(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert ref.max() - ref.min() > 10  # logits far from uniform
+    assert np.abs(got - ref).max() < 1e-3
