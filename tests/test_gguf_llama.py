@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from doctune.errors import ExportError
-from doctune.export.gguf import check_architecture, export_gguf, write_gguf
+from doctune.export.gguf import check_architecture, export_gguf, modelfile, write_gguf
 from doctune.export.gguf_llama import permute, unpermute
 from doctune.export.gguf_vocab import LLAMA3_REGEX, QWEN2_REGEX, check_hash, pre_tokenizer_name
 
@@ -98,6 +98,13 @@ def test_llama_metadata(llama_gguf: Path) -> None:
     assert meta["llama.rope.freq_base"] == pytest.approx(50000.0)
     assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
     assert "llama.rope.scaling.type" not in meta
+
+
+def test_llama_modelfile(llama_gguf: Path) -> None:
+    text = (llama_gguf.parent / "Modelfile").read_text()
+    assert f"FROM ./{llama_gguf.name}\n" in text and "PARAMETER num_ctx 128\n" in text
+    assert 'PARAMETER stop "<|endoftext|>"' in text
+    assert "PARAMETER num_ctx 8192\n" in modelfile("m.gguf", num_ctx=131072, stop=None)  # Llama 3.2
 
 
 def test_llama_tokenizer_fields(llama_gguf: Path, llama_dir: Path) -> None:

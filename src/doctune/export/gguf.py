@@ -164,16 +164,21 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", na
 
 REPEAT_PENALTY = 1.1
 """Ollama's repeat_penalty in the Modelfile: small models loop without a little of it."""
+MAX_NUM_CTX = 8192
+"""The Modelfile's num_ctx at most: Ollama allocates the KV cache for all of it up front, and
+Llama 3.2's 131072 positions would take gigabytes of a laptop's memory."""
 
 
 def modelfile(gguf_name: str, *, num_ctx: int, stop: str | None) -> str:
     """An Ollama ``Modelfile`` for the GGUF file ``gguf_name`` in the same folder.
 
-    Sampling defaults are those of ``doctune generate``.
+    Sampling defaults are those of ``doctune generate``; ``num_ctx`` is capped at
+    :data:`MAX_NUM_CTX`.
     """
     from doctune.generate import Sampling
 
     s = Sampling()
+    num_ctx = min(num_ctx, MAX_NUM_CTX)
     lines = ["# Ollama model file written by doctune. Create and run the model with:",
              "#   ollama create my-docs -f Modelfile",
              '#   ollama run my-docs "How do I"',
