@@ -18,7 +18,13 @@ import torch
 from doctune.errors import ExportError
 from doctune.export.gguf import check_architecture, export_gguf, modelfile, write_gguf
 from doctune.export.gguf_llama import permute, unpermute
-from doctune.export.gguf_vocab import LLAMA3_REGEX, QWEN2_REGEX, check_hash, pre_tokenizer_name
+from doctune.export.gguf_vocab import (
+    LLAMA3_REGEX,
+    QWEN2_REGEX,
+    check_hash,
+    pre_tokenizer_name,
+    tokenizer_fields,
+)
 
 gguf = pytest.importorskip("gguf")
 
@@ -201,6 +207,21 @@ def test_qwen2_biases_unpermuted(tmp_path: Path) -> None:
     state = model.state_dict()  # neox RoPE, as transformers: q and k go in as they are
     np.testing.assert_array_equal(array(t["blk.0.attn_q.weight"]), state["model.layers.0.self_attn.q_proj.weight"])
     np.testing.assert_array_equal(array(t["blk.0.attn_k.bias"]), state["model.layers.0.self_attn.k_proj.bias"])
+
+
+def test_added_tokens_and_padded_vocab() -> None:
+    from tokenizers import AddedToken
+
+    tok = bpe_tokenizer("qwen2")
+    tok.add_tokens([AddedToken("<|im_start|>", special=True), AddedToken("<|tool|>", special=False),
+                    AddedToken("doctune", special=False)])
+    fields = tokenizer_fields(tok, 310)  # embedding rows padded past the 303 tokens, as Qwen2.5's
+    t, types = fields["tokens"], fields["types"]
+    assert t[300:] == ["<|im_start|>", "<|tool|>", "doctune", *(f"[PAD{i}]" for i in range(303, 310))]
+    assert types[300:303] == [gguf.TokenType.CONTROL, gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED]
+    assert set(types[303:]) == {gguf.TokenType.UNUSED} and fields["pre"] == "qwen2"
+    with pytest.raises(ExportError, match="ids up to 302, but the model's embedding has only 300 rows"):
+        tokenizer_fields(tok, 300)
 
 
 @pytest.mark.parametrize("kind", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
