@@ -296,6 +296,7 @@ VARIANTS = {
         rope_parameters=LLAMA3_ROPE)),
     "llama-linear-rope": ("gpt-2", lambda n: llama_model(
         n, initializer_range=0.3, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})),
+    "llama-head-dim-32": ("llama-bpe", lambda n: llama_model(n, initializer_range=0.3, head_dim=32)),  # 4 x 32 > 64
     "qwen2": ("qwen2", _qwen2),
 }
 
