@@ -328,3 +328,21 @@ def test_llama_cpp_computes_the_same_logits(variant: str, tmp_path: Path) -> Non
         llm.close()
     assert ref.max() - ref.min() > 10  # logits far from uniform
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_cli_export_llama_and_tokenizer_error(llama_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from doctune.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(llama_dir), "--quant", "q8_0", "--out", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
+    assert f"{llama_dir.name}-q8_0.gguf" in r.stdout and "ollama create" in r.stdout
+    folder = tmp_path / "whitespace-llama"
+    tok = bpe_tokenizer("whitespace")
+    llama_model(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    r = runner.invoke(app, ["export", str(folder), "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "no pre-tokenizer known" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "bad").exists()
