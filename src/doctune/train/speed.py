@@ -72,8 +72,9 @@ class CompileEstimate:
 
 
 # GPT-2-shaped models, regional compilation of the transformer blocks (torch 2.13):
-# * cpu/fp32, 2-core AVX2 EPYC, distilgpt2 LoRA 4 x 512: no gain in CPU time per step
-#   (17.5 s compiled vs 16.5 s eager per micro-step), ~120 s of compiling;
+# * cpu/fp32, 2-core AVX2 EPYC, distilgpt2 LoRA 4 x 512: slower than eager (316 tok/s
+#   compiled vs 321 eager before the eager path got its faster dropout masks, ~370 after;
+#   2.41 vs 2.17 GB peak), so never under auto;
 # * cpu/bf16, 2-core Zen 4 with AVX512-BF16: 1.3x after ~41 s (issue 6);
 # * cuda: the usual 1.2-1.4x for ~40 s.
 COMPILE_ESTIMATES: dict[tuple[str, str], CompileEstimate] = {
