@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -254,16 +255,20 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
         torch.set_num_threads(t.num_threads)
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
+    notes: list[str] = []
     if device.type == "cpu":
+        from doctune.machine import busy_cores, cpu_contention_warning
         from doctune.train.speed import tune_cpu_allocator
 
         tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back
+        crowded = cpu_contention_warning(torch.get_num_threads(), os.cpu_count() or 1, busy_cores())
+        if crowded and not t.num_threads:
+            notes.append(f"warning: {crowded}")
     attn = cfg.model.attn_implementation
     if device.type == "cpu" and attn == "sdpa":
         from doctune.train.attention import register_attention
 
         attn = register_attention()  # the same attention, without (B, H, T, T) dropout tensors
-    notes: list[str] = []
     if cfg.memory.auto_fit:
         from doctune.plan import fit_to_budget
 
