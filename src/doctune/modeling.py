@@ -228,9 +228,14 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def unwrap_peft(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (or ``model`` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def enable_grad_checkpointing(model: Any) -> None:
     """Turn on activation recomputation (non-reentrant, so it works with frozen LoRA bases)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"{type(base).__name__} does not support gradient checkpointing; "
                           "set `train.grad_checkpointing: false`.")

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from doctune.modeling import unwrap_peft
+
 IGNORE_INDEX = -100
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -88,11 +90,6 @@ def _plain_causal_lm_loss(
 # the fused path
 
 
-def _unwrap(model: Any) -> Any:
-    """The transformers model inside a PEFT wrapper (or ``model`` itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def supports_fused_loss(model: torch.nn.Module) -> bool:
     """True when ``model``'s logits are exactly ``Linear(last_hidden_state)``.
 
@@ -101,7 +98,7 @@ def supports_fused_loss(model: torch.nn.Module) -> bool:
     not quantised) ``torch.nn.Linear``. Anything else is computed on the plain path.
     """
 
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "model_type", None) not in _LINEAR_HEAD_TYPES:
         return False
@@ -122,7 +119,7 @@ def _fused_causal_lm_loss(
     chunk_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
 
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     backbone = getattr(base, base.base_model_prefix)
     head = base.get_output_embeddings()
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

@@ -125,9 +125,9 @@ def compile_blocks(model: torch.nn.Module) -> int:
     Inductor compiles in this process (no pool of worker processes) except on CUDA: on a
     laptop the workers' memory would count against the run.
     """
-    base: Any = model
-    while hasattr(base, "get_base_model") and base.get_base_model() is not base:  # PEFT
-        base = base.get_base_model()
+    from doctune.modeling import unwrap_peft
+
+    base = unwrap_peft(model)
     if next(model.parameters()).device.type != "cuda":
         import torch._inductor.config as inductor_config
 
