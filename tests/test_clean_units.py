@@ -375,3 +375,11 @@ def test_mkdocs_macros_templates_are_dropped_outside_code_and_tags() -> None:
     result = clean_markdown(src, dialect="mkdocs")
     assert result.text == "@answered questions, see `{{ keep }}` and profile.\n"
     assert result.dropped == {"html_tag": 2, "template": 4}
+
+
+def test_mkdocs_escaped_brace_is_not_an_attribute_list() -> None:
+    # `\{` is a literal brace: not an attr_list, before or after the tag inside it goes
+    once = clean_markdown("\\{ <Tag> x={1}\n", dialect="mkdocs").text
+    assert once == "\\{ x={1}\n"
+    assert clean_markdown(once, dialect="mkdocs").text == once
+    assert clean_markdown("Title {#id .cls}\n", dialect="mkdocs").text == "Title\n"

@@ -32,7 +32,7 @@ _JINJA = re.compile(r"(?<!=)(?:\{\{.*?\}\}|\{%.*?%\})[ \t]*")
 _CODE_SPAN = re.compile(r"(`+.*?`+)")
 _TEMPLATE = re.compile(r"[ \t]*(?:\{%.*%\}|\{#.*#\})[ \t]*")  # mkdocs-macros (Jinja) lines
 _ATTRS = re.compile(
-    r"[ \t]*\{:?[ \t]*(?:(?:[#.][\w-]+|[\w-]+=(?:\"[^\"]*\"|'[^']*'|[^\s}\"']+))[ \t]*)+\}[ \t]*$"
+    r"[ \t]*(?<!\\)\{:?[ \t]*(?:(?:[#.][\w-]+|[\w-]+=(?:\"[^\"]*\"|'[^']*'|[^\s}\"']+))[ \t]*)+\}[ \t]*$"
 )
 _NO_DEFAULT_TITLE = frozenset(("tab", "html", "caption", "figure-caption", "table-caption",
                                "define", "md-render"))
