@@ -261,9 +261,11 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
         from doctune.train.speed import tune_cpu_allocator
 
         tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back
-        crowded = cpu_contention_warning(torch.get_num_threads(), os.cpu_count() or 1, busy_cores())
-        if crowded and not t.num_threads:
-            notes.append(f"warning: {crowded}")
+        threads = torch.get_num_threads()
+        if not t.num_threads and threads > 1:  # sample only when the warning could be given
+            crowded = cpu_contention_warning(threads, os.cpu_count() or 1, busy_cores())
+            if crowded:
+                notes.append(f"warning: {crowded}")
     attn = cfg.model.attn_implementation
     if device.type == "cpu" and attn == "sdpa":
         from doctune.train.attention import register_attention

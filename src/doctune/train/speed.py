@@ -199,6 +199,12 @@ class CompileTracker:
         return f"{self.reason}; compiling {self.blocks} block(s) during the next step"
 
     @property
+    def compiled_step_s(self) -> float | None:
+        """Median time of the compiled steps after the one that compiled."""
+        steps = sorted(self.compiled_s)
+        return steps[len(steps) // 2] if steps else None
+
+    @property
     def compile_s(self) -> float | None:
         """The first compiled step's time over a plain step's (eager, else later compiled)."""
         if self.first_compiled_s is None:
@@ -212,8 +218,8 @@ class CompileTracker:
                                "compile_reason": self.reason or None}
         if self.compiled:
             out["compile_s"] = None if self.compile_s is None else round(self.compile_s, 2)
-            if self.compiled_s:
-                out["compiled_step_s"] = round(sorted(self.compiled_s)[len(self.compiled_s) // 2], 3)
+            if (step := self.compiled_step_s) is not None:
+                out["compiled_step_s"] = round(step, 3)
             if len(self.eager_s) >= 2:
                 out["eager_step_s"] = round(self.eager_s[-1], 3)
         return out
@@ -223,8 +229,8 @@ class CompileTracker:
         if not self.compiled or self.compile_s is None:
             return None
         line = f"torch.compile: {self.compile_s:.0f}s compiling"
-        if self.compiled_s and len(self.eager_s) >= 2:
-            step = sorted(self.compiled_s)[len(self.compiled_s) // 2]
+        step = self.compiled_step_s
+        if step is not None and len(self.eager_s) >= 2:
             saved = (self.eager_s[-1] - step) * (len(self.compiled_s) + 1)
             verdict = "paid for itself" if saved > self.compile_s else "did not pay for itself"
             line += (f"; steps {step:.2f}s compiled vs {self.eager_s[-1]:.2f}s eager, "
