@@ -45,11 +45,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def is_scratch(name: str) -> bool:
-    """True for ``scratch:*`` model names."""
-    return name.startswith("scratch:")
-
-
 def preset(name: str) -> Preset:
     """The :class:`Preset` called ``name``; an unknown one is a :class:`ConfigError`."""
     try:
