@@ -11,7 +11,7 @@ from typing import Any
 
 from doctune.data.clean import clean_markdown
 from doctune.data.corpus import DocFile, Skipped, find_docs, read_doc
-from doctune.data.dialect import DIALECTS, detect_dialect, sniff_dialect
+from doctune.data.dialect import DIALECTS, detect_dialect, has_mdx_only_signs, sniff_dialect
 from doctune.errors import DataError
 
 
@@ -88,11 +88,19 @@ def tree_dialects(docs: Sequence[DocFile], texts: Sequence[str], root: Path) -> 
     the ``.mdx`` suffix decides first. The other ``.md`` files are sniffed; plain-looking
     ones follow their docs set: when a clear share of the ``.md`` pages in the same
     top-level folder (or else in the whole tree) shows MDX or MkDocs syntax, they are
-    read that way too, as their generator would.
+    read that way too, as their generator would. VitePress shares ``::: tip`` and
+    capitalised components with MDX, so when pages show VitePress-only syntax (``<script
+    setup>``, ``::: code-group``, ``[[toc]]``) at least four times as often as MDX-only
+    syntax (ESM, ``{/* */}``), all sniffed pages without MDX-only syntax are VitePress.
     """
     found = [detect_dialect(d.path, root) for d in docs]  # "markdown": nothing decided yet
     sniffed = [sniff_dialect(t) if f == "markdown" else f
                for t, f in zip(texts, found, strict=True)]
+    mdx_only = [f == "markdown" and has_mdx_only_signs(t) for t, f in zip(texts, found, strict=True)]
+    n_vitepress = sum(s == "vitepress" and f == "markdown" for s, f in zip(sniffed, found, strict=True))
+    if n_vitepress and n_vitepress >= 4 * sum(mdx_only):
+        sniffed = ["vitepress" if f == "markdown" and s != "mkdocs" and not m else s
+                   for s, f, m in zip(sniffed, found, mdx_only, strict=True)]
     # Only sniffed pages vote: an .mdx file says nothing of how its site reads .md (Astro
     # reads .md as plain Markdown, Docusaurus as MDX).
     groups: dict[str, list[str]] = {}
@@ -135,7 +143,7 @@ def clean_tree(
     Each cleaned file is written at the same relative path and name. Unreadable files are
     skipped with a reason and never stop the others. ``dialect`` is ``"auto"`` (per
     folder and file, see :func:`tree_dialects`) or one of ``mdx``, ``markdown``,
-    ``mkdocs`` for all files. Raises :class:`DataError` for a missing or empty ``src``
+    ``mkdocs``, ``vitepress`` for all files. Raises :class:`DataError` for a missing or empty ``src``
     or an unusable ``out``.
     """
     if dialect != "auto" and dialect not in DIALECTS:

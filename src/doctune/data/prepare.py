@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerBase
 
-DIALECTS = ("auto", "mdx", "markdown", "mkdocs")
+DIALECTS = ("auto", "mdx", "markdown", "mkdocs", "vitepress")
 
 
 @dataclass
