@@ -49,7 +49,7 @@ _MDX_SIGNS = re.compile(
 _SCRIPT = re.compile(r"^<(script|style)\b[^>]*>.*?^</\1>", re.S | re.M)  # Vue SFC blocks
 _MDX_ONLY = re.compile(r"^(?:import|export)\s[^\n]*?(?:from\s*['\"]|\bconst\b)|\{/\*", re.M)
 _MKDOCS_SIGNS = re.compile(
-    r"^[ \t]*(?:!!!|\?\?\?\+?)[ \t]+[\w-]+|^[ \t]*===[!+]?[ \t]+\"|^[ \t]*/{3,}[ \t]*[\w-]+|"
+    r"^[ \t]*(?:!!!|\?\?\?\+?)[ \t]?[\w-]+|^[ \t]*===[!+]?[ \t]+\"|^[ \t]*/{3,}[ \t]*[\w-]+|"
     r"^[ \t]*\{\*.*\*\}[ \t]*$|^[ \t]*;?--8<--|^:::[ \t]+\w+\.[\w.]+[ \t]*$",
     re.M,
 )
