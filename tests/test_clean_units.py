@@ -364,7 +364,7 @@ def test_mdx_component_libraries() -> None:
     """
     assert clean(src) == (
         "```bash\nnpm i foo\n```\n\n"
-        "| Prop | Description |\n| ---- | ----------- |\n| `a`  | First line |\n| b | new second |\n")
+        "| Prop | Description |\n| ---- | ----------- |\n| `a`  | First line |\n| `b` | new second |\n")
 
 
 def test_mkdocs_macros_templates_are_dropped_outside_code_and_tags() -> None:

@@ -85,13 +85,14 @@ def _without_fences(text: str) -> str:
 def sniff_dialect(text: str) -> str:
     """Guess the dialect of a ``.md`` file from its content (first 200,000 characters)."""
     head = _CODE_SPAN.sub("", _without_fences(text[:200_000]))
-    if _VITEPRESS_ONLY.search(head):  # imports inside <script setup> are not MDX's
+    vitepress = _VITEPRESS_ONLY.search(head) is not None
+    if vitepress:  # imports inside <script setup> are not MDX's
         head = _SCRIPT.sub("", head)
     mdx = len(_MDX_SIGNS.findall(head))
     mkdocs = len(_MKDOCS_SIGNS.findall(head))
     # VitePress shares `::: tip` with Docusaurus: it needs a sign of its own (a
     # `<script setup>`, `::: code-group`, `[[toc]]`, `<<< @/file`) and no MDX-only one.
-    if _VITEPRESS_ONLY.search(head) and not _MDX_ONLY.search(head) and mkdocs <= mdx:
+    if vitepress and not _MDX_ONLY.search(head) and mkdocs <= mdx:
         return "vitepress"
     if mkdocs > mdx:
         return "mkdocs"
