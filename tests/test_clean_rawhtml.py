@@ -31,6 +31,14 @@ def test_sibling_elements_never_glue_into_one_word_or_one_code_span(dialect: str
 
 
 @pytest.mark.parametrize("dialect", ALL)
+def test_sibling_rule_leaves_punctuation_alone_and_pipes_in_table_code_are_escaped(
+        dialect: str) -> None:
+    assert clean("<strong>Note</strong><em>:</em> read it.\n", dialect) == "Note: read it.\n"
+    src = "| a | b |\n| - | - |\n| <code>x | y</code> | z |\n"
+    assert clean(src, dialect) == "| a | b |\n| - | - |\n| `x \\| y` | z |\n"
+
+
+@pytest.mark.parametrize("dialect", ALL)
 def test_pre_element_becomes_a_fenced_block_with_its_text(dialect: str) -> None:
     src = """
     Start the server:

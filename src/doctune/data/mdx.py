@@ -254,8 +254,9 @@ class ProseCleaner:
         space = ""
         if end < len(s) and not s[end].isspace() and self._glued():
             # Sibling elements (`</span><span>`) hold texts of their own: never one word.
-            sibling = j == self._close_end and not tag.closing and not tag.self_closing
-            if low in _SPACING_TAGS or (sibling and low not in _VOID):
+            sibling = j == self._close_end and not tag.closing and not tag.self_closing \
+                and s[end] not in _CLOSING_PUNCT and low not in _VOID
+            if low in _SPACING_TAGS or sibling:
                 space = " "
         if tag.closing:
             self._close_end = end
@@ -277,6 +278,15 @@ class ProseCleaner:
         self.notes.dropped["empty_link"] += 1
         self._removed()
         return True
+
+    def _line_start(self) -> str:
+        """The output line being written, up to now."""
+        tail: list[str] = []
+        for piece in reversed(self._out):
+            tail.append(piece)
+            if "\n" in piece:
+                break
+        return "".join(reversed(tail)).rsplit("\n", 1)[-1]
 
     def _glued(self) -> bool:
         """Whether text emitted now would join the last word of the output."""
@@ -306,6 +316,8 @@ class ProseCleaner:
         if self.vue and not self._vpre:
             body = INTERPOLATION.sub("", body)
         span = code_span(body, jsx=self.mdx)
+        if "|" in span and self._line_start().lstrip().startswith("|"):
+            span = span.replace("|", "\\|")  # in a table row, GFM reads `\|` as `|`
         if self.mdx:
             self._balance(s[close.start() + 2 : close.end() - 1].strip(), True, False, close.start())
         self.notes.dropped["html_tag"] += 2
