@@ -106,7 +106,7 @@ def test_script_style_and_components() -> None:
 
 def test_interpolations_go_with_their_sentence_and_stay_in_v_pre() -> None:
     src = """
-    The current version of Vue is {{ version }}. It is fast.
+    The current version of Vue is {{ version }}. It is fast. The count is: {{ count }}
 
     - {{ item.name }}
     - A real item

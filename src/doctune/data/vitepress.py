@@ -149,7 +149,7 @@ INTERPOLATION = re.compile(r"\{\{(?:(?!\n[ \t]*\n).)*?\}\}", re.S)
 """A Vue ``{{ expression }}`` (it may not cross a blank line)."""
 _PREFIX = re.compile(r"[ \t]*(?:(?:>[ \t]?)+|#{1,6}(?=[ \t]|$)|(?:[-*+]|\d{1,9}[.)])(?=[ \t]|$))*[ \t]*")
 _ITEM = re.compile(r"[ \t]*(?:>[ \t]?)*[ \t]*(?:[-*+]|\d{1,9}[.)])(?=[ \t]|$)")
-_SENTENCE_END = re.compile(r"[.!?:](?=[ \t]|$)|\|")
+_SENTENCE_END = re.compile(r"[.!?](?=[ \t]|$)|\|")
 _SPAN = re.compile(r"(?<!`)(`+)(?!`).*?(?<!`)\1(?!`)")
 
 
@@ -194,7 +194,7 @@ def drop_interpolated(text: str, mark: str, originals: list[str]) -> str:
     """Remove from ``text`` each sentence holding ``mark`` (a removed interpolation).
 
     The page shows a value there that the docs do not hold: "The version is {{ v }}."
-    would read "The version is." Sentences end at ``.``/``!``/``?``/``:`` and table cell
+    would read "The version is." Sentences end at ``.``/``!``/``?`` and at table cell
     borders, within one line. A list item, heading or quote line left empty goes too,
     unless it is a list item whose nested blocks follow: then its interpolations stay,
     escaped (``originals`` holds the text of each mark, in order)."""
