@@ -56,7 +56,7 @@ class DataConfig(_Section):
     """Glob patterns (relative to data.path) a file must match; empty = all docs files."""
     exclude: list[str] = Field(default_factory=list)
     """Extra glob patterns to skip (node_modules, .git and build folders are always skipped)."""
-    dialect: Literal["auto", "mdx", "markdown", "mkdocs"] = "auto"
+    dialect: Literal["auto", "mdx", "markdown", "mkdocs", "vitepress"] = "auto"
     """How to read the docs: detected per folder/file, or forced."""
     title_heading: bool = True
     """Turn the front matter `title` into a `# Title` heading when the document has no H1."""
