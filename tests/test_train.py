@@ -361,3 +361,30 @@ def test_overwrite_replaces_a_run_and_keeps_other_files(docs: Path, model_dir: P
     assert res.steps == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2"]
     assert json.loads((run / "run.json").read_text())["steps"] == 2
+
+
+def test_a_scratch_run_cleans_each_doc_once_and_resumes_with_its_tokenizer(
+        docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctune.data.clean
+
+    calls: list[str] = []
+    real = doctune.data.clean.clean_markdown
+
+    def counting(text: str, **kw: object) -> object:
+        calls.append(str(kw["path"]))
+        return real(text, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(doctune.data.clean, "clean_markdown", counting)
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"data.path={docs}", f"train.output_dir={run}", "model.name=scratch:tiny",
+                             "data.block_size=32", "data.overlap=8", "train.max_steps=2",
+                             "train.eval_every=0", "train.save_every=1", "log.tensorboard=false",
+                             "log.report=false", "train.micro_batch_size=2", "train.grad_accum=1"])
+    train(cfg, quiet=True)
+    assert sorted(calls) == sorted(p.name for p in docs.iterdir())  # once each: tokenizer and windows
+    vocab = json.loads((run / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert (run / "final" / "tokenizer.json").is_file() and len(vocab) > 256
+    calls.clear()
+    res = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 3})}),
+                resume=True, quiet=True)
+    assert res.steps == 3 and calls == []  # the saved tokenizer and the stored windows are reused

@@ -11,7 +11,7 @@ from doctune.cli.app import ConfigOpt, JsonOpt, SetOpt, app
 from doctune.config import default_of
 from doctune.errors import ConfigError, DataError
 
-_DIALECTS = "auto, mdx, markdown or mkdocs"
+_DIALECTS = "auto, mdx, markdown, mkdocs or vitepress"
 IncludeOpt = Annotated[list[str] | None, typer.Option(
     "--include", help="Glob a file must match, e.g. `docs/**` (repeatable).")]
 ExcludeOpt = Annotated[list[str] | None, typer.Option(

@@ -104,8 +104,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     run = _run_folder(cfg, resume, overwrite)
 
     seed_everything(cfg.train.seed)
-    tokenizer = _load_tokenizer(cfg, run, resume)
-    train, val, fingerprint = _prepare_data(cfg, run, tokenizer)
+    tokenizer, train, val, fingerprint = _prepare_data(cfg, run, resume)
 
     seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run, tokenizer, resume, attn, device)
@@ -222,61 +221,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_tokenizer(cfg: Config, run: RunDir, resume: bool) -> Any:
-    """The model's tokenizer, or for a scratch preset one trained on the docs (kept in the run)."""
+def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSet, WindowSet | None, str]:
+    """The tokenizer, the train and validation windows (prepared once, cached) and the store's
+    fingerprint. A from-scratch preset trains its tokenizer on the cleaned docs on the way
+    (kept in the run folder, and read back on resume)."""
+    from doctune.data.prepare import prepare
+    from doctune.data.store import TokenStore
     from doctune.data.tokenize import load_tokenizer
     from doctune.modeling import preset, train_tokenizer
 
-    if not is_scratch(cfg.model.name) or cfg.model.tokenizer:
-        return load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    if resume and run.tokenizer_dir.is_dir():
-        return load_tokenizer(str(run.tokenizer_dir))
-    texts = _clean_texts(cfg)
-    tok = train_tokenizer(texts, preset(cfg.model.name).vocab_size)
-    tok.save_pretrained(run.tokenizer_dir)
-    return tok
-
-
-def _clean_texts(cfg: Config) -> list[str]:
-    """The cleaned documents (what a from-scratch tokenizer is trained on)."""
-    from doctune.data.clean import clean_markdown
-    from doctune.data.cleantree import tree_dialects
-    from doctune.data.corpus import find_docs, read_doc
-
-    assert cfg.data.path is not None
-    src = Path(cfg.data.path)
-    root = src if src.is_dir() else src.parent
-    docs, _ = find_docs(src, cfg.data.include, cfg.data.exclude)
-    read = [(d, t) for d in docs if isinstance(t := read_doc(d), str)]
-    dialects = (tree_dialects([d for d, _ in read], [t for _, t in read], root)
-                if cfg.data.dialect == "auto" else [cfg.data.dialect] * len(read))
-    texts = [clean_markdown(raw, dialect=dialect, path=doc.rel, title_heading=cfg.data.title_heading).text
-             for (doc, raw), dialect in zip(read, dialects, strict=True)]
-    if not any(t.strip() for t in texts):
-        raise DataError(f"No documentation text found under {root}: it needs .md, .mdx or "
-                        ".markdown files with some prose in them.")
-    return texts
-
-
-def _prepare_data(cfg: Config, run: RunDir, tokenizer: Any) -> tuple[WindowSet, WindowSet | None, str]:
-    """Train and validation windows (prepared once, cached) and the store's fingerprint."""
-    from doctune.data.prepare import prepare
-    from doctune.data.store import TokenStore
-
-    d = cfg.data
+    d, m = cfg.data, cfg.model
     assert d.path is not None
+    made: list[Any] = []
+
+    def make_tokenizer(texts: list[str]) -> Any:
+        made.append(train_tokenizer(texts, preset(m.name).vocab_size))
+        made[0].save_pretrained(run.tokenizer_dir)
+        return made[0]
+
+    tokenizer = None
+    if not is_scratch(m.name) or m.tokenizer:
+        tokenizer = load_tokenizer(m.tokenizer or m.name)
+    elif resume and run.tokenizer_dir.is_dir():
+        tokenizer = load_tokenizer(str(run.tokenizer_dir))
     cache = cache_dir(cfg)
-    summary = prepare(Path(d.path), cache, tokenizer=tokenizer, block_size=d.block_size,
-                      overlap=d.overlap, val_fraction=d.val_fraction, seed=d.seed,
-                      include=tuple(d.include), exclude=tuple(d.exclude), dialect=d.dialect,
-                      title_heading=d.title_heading)
+    summary = prepare(Path(d.path), cache, tokenizer=tokenizer,
+                      make_tokenizer=make_tokenizer if tokenizer is None else None,
+                      block_size=d.block_size, overlap=d.overlap, val_fraction=d.val_fraction,
+                      seed=d.seed, include=tuple(d.include), exclude=tuple(d.exclude),
+                      dialect=d.dialect, title_heading=d.title_heading)
     run.write_data_summary(summary.to_dict())
     store = TokenStore.open(cache)
     train, val = store.split("train"), store.split("val")
     if len(train) == 0:
         raise DataError(f"The docs under {d.path} gave no training windows. Add documents, or "
                         "lower `data.val_fraction` so that some go to training.")
-    return train, (val if len(val) else None), str(store.manifest.get("fingerprint", ""))
+    return (tokenizer or made[0], train, (val if len(val) else None),
+            str(store.manifest.get("fingerprint", "")))
 
 
 # ---- model -------------------------------------------------------------------------------
