@@ -56,10 +56,12 @@ def control_documents(docs: Iterable[str], *, seed: int, fraction: float) -> tup
 
 
 def split_facts(facts: Sequence[Fact], *, seed: int, heldout_fraction: float = 0.2,
-                control_fraction: float = 0.1) -> SplitPlan:
+                control_fraction: float = 0.1, docs: Iterable[str] | None = None) -> SplitPlan:
     """Mark each fact ``trained``, ``heldout`` (question not trained) or ``control``.
 
     A fact's split depends only on its id, its document, ``seed`` and the fractions.
+    ``docs`` are all the documents read (default: those of ``facts``); control documents
+    are chosen among them, so a document without facts can be one too.
     Raises :class:`ConfigError` for a fraction outside [0, 1).
     """
     for name, value in (("heldout_fraction", heldout_fraction),
@@ -67,7 +69,8 @@ def split_facts(facts: Sequence[Fact], *, seed: int, heldout_fraction: float = 0
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"`{name}` must be in [0, 1), got {value}; e.g. 0.2 keeps one "
                               "fact in five out of training.")
-    controls = control_documents((f.doc for f in facts), seed=seed, fraction=control_fraction)
+    every = (f.doc for f in facts) if docs is None else docs
+    controls = control_documents(every, seed=seed, fraction=control_fraction)
     control_set = set(controls)
     splits: dict[str, str] = {}
     for f in facts:
