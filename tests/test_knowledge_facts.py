@@ -158,3 +158,11 @@ def test_split_keeps_a_document_to_train_on_and_checks_fractions() -> None:
     with pytest.raises(ConfigError, match="heldout_fraction"):
         split_facts([], seed=0, heldout_fraction=1.5)
     assert 0.0 <= unit_hash("x", 1) < 1.0 and unit_hash("x", 1) == unit_hash("x", 1)
+
+
+def test_no_fact_without_context_or_with_ragged_white_space() -> None:
+    text = ("# A\n\n`ONLY_NAME`\n\nCall `run_all` to start it.\n\n"
+            "## B\n\nThe  first   sentence has runs of spaces.\n")
+    facts = extract_facts(text, "a.md")
+    assert [(f.kind, f.answer) for f in facts] == [("code", "run_all")]
+    assert facts[0].cloze == "Call `____` to start it."

@@ -64,6 +64,8 @@ _ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|cf|approx|incl)\.)\Z", re.
 _LABEL = re.compile(r"\*\*[^*\n]+:\*\*")  # "**Type:** ...": a field, not prose
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+|^\s*>\s?")
 _MAX_ANSWER = 100
+_CLOZE_KINDS = frozenset({"code", "flag", "number"})  # asked as a sentence with a blank
+_MIN_CLOZE_WORDS = 4
 _MAX_SENTENCE_ANSWER = 200
 
 
@@ -155,18 +157,20 @@ class _Doc:
             block: _Block) -> None:
         answer = self.text[start:end]
         subject = " ".join(subject.split())
-        if not answer.strip() or not subject or answer != answer.strip():
+        # an answer is one clean span: no white space at its ends or runs inside it
+        if not subject or not answer.strip() or answer != " ".join(answer.split()):
             return
         fid = fact_id(self.doc, block.section, kind, subject, relation, answer)
         if fid in self.seen:
             return
-        self.seen.add(fid)
         s0, s1 = _sentence_at(block, start, end)
         raw = self.text[s0:s1]
-        lead = len(raw) - len(_LIST_MARKER.sub("", raw, count=1))
-        s0 += lead
+        s0 += len(raw) - len(_LIST_MARKER.sub("", raw, count=1))
         sentence = " ".join(self.text[s0:s1].split())
         cloze = " ".join((self.text[s0:start] + BLANK + self.text[end:s1]).split())
+        if kind in _CLOZE_KINDS and len(cloze.split()) < _MIN_CLOZE_WORDS:
+            return  # "`____`" alone asks nothing
+        self.seen.add(fid)
         self.facts.append(Fact(fid, kind, subject, relation, answer, sentence, self.doc,
                                block.section, start, end, cloze))
 
