@@ -150,3 +150,25 @@ def test_config_errors_and_sections() -> None:
     parts = split_sections(long, "l.md", max_chars=500)
     assert len(parts) > 1 and all(len(p.text) <= 500 for p in parts)
     assert "".join(p.text for p in parts) == long
+
+
+def test_which_errors_are_retried() -> None:
+    import openai
+
+    from doctune.knowledge.teacher import _retryable
+
+    try:  # openai 3.x builds on httpx2, earlier releases on httpx
+        import httpx2 as httpx  # type: ignore[import-not-found]
+    except ImportError:
+        import httpx
+
+    req = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+    def status(code: int) -> openai.APIStatusError:
+        return openai.APIStatusError("x", response=httpx.Response(code, request=req), body=None)
+
+    assert _retryable(openai.APITimeoutError(request=req))
+    assert _retryable(openai.APIConnectionError(request=req))
+    assert _retryable(status(500)) and _retryable(status(502))
+    assert not _retryable(status(400)) and not _retryable(status(404))
+    assert not _retryable(ValueError("x"))

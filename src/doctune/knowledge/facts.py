@@ -257,7 +257,8 @@ def _code_and_flags(d: _Doc, block: _Block) -> None:
         content = child.content
         if (child.type == "code_inline" and _IDENT.fullmatch(content)
                 and 2 <= len(content) <= 64 and content.lower() not in _LITERALS
-                and not content.startswith("--")):
+                and not content.startswith("--")
+                and not any(content in h for h in block.section)):  # the heading gives it away
             d.add("code", _heading(block), "identifier", at, at + len(content), block)
         for m in _FLAG.finditer(content):
             d.add("flag", _heading(block), "flag", at + m.start(), at + m.end(), block)
