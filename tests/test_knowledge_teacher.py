@@ -172,3 +172,14 @@ def test_which_errors_are_retried() -> None:
     assert _retryable(status(500)) and _retryable(status(502))
     assert not _retryable(status(400)) and not _retryable(status(404))
     assert not _retryable(ValueError("x"))
+
+
+def test_a_torn_cache_file_is_asked_again(tmp_path: Path) -> None:
+    with fake_openai(lambda body, n: (200, GOOD)) as server:
+        teacher = _teacher(server.url, tmp_path, [])
+        teacher.run([PORT])
+        (cache_file,) = tmp_path.iterdir()
+        cache_file.write_text('{"qa": [', encoding="utf-8")
+        (res,) = teacher.run([PORT])
+        assert not res.cached and len(server.requests) == 2 and len(res.qa) == 1
+        assert json.loads(cache_file.read_text(encoding="utf-8"))["qa"] == res.qa

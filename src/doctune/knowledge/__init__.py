@@ -5,6 +5,7 @@ Modules, bottom to top:
 
 - :mod:`~doctune.knowledge.facts`: facts per section of a cleaned document (no model).
 - :mod:`~doctune.knowledge.split`: which facts are trained, held out, or controls.
+- :mod:`~doctune.knowledge.sections`: a cleaned document cut at its headings.
 - :mod:`~doctune.knowledge.templates`: question/answer pairs, rephrasings and
   multiple-choice items from templates over facts.
 - :mod:`~doctune.knowledge.teacher`: question/answer pairs and rephrasings from a teacher

@@ -180,7 +180,7 @@ def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     masked = _mask_code(region)
     spans, pos = [], 0
     for m in _SENTENCE_END.finditer(masked):
-        if _ABBREVIATION.search(masked, 0, m.start()):
+        if _ABBREVIATION.search(masked[max(0, m.start() - 8):m.start()]):
             continue
         spans.append((start + pos, start + m.start()))
         pos = m.end()
@@ -213,7 +213,8 @@ def _blocks(text: str) -> Iterator[_Block]:
         b, e = tok.map
         e = max(e, b + 1)
         block = _Block(tok, context, (), starts[b], starts[min(e, len(starts) - 1)])
-        block.end = len(text[:block.end].rstrip("\n"))
+        while block.end > block.start and text[block.end - 1] == "\n":
+            block.end -= 1
         if context == "heading":
             level = int(tokens[i - 1].tag[1:])
             path = [p for p in path if p[0] < level] + [(level, _plain(tok))]

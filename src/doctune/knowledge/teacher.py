@@ -232,10 +232,10 @@ class Teacher:
         path = self._path(section)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # absent or torn: ask again
-        return SectionResult(section, qa=data["qa"], dropped=data["dropped"],
-                             rephrasings=data["rephrasings"], cached=True)
+            return SectionResult(section, qa=list(data["qa"]), dropped=list(data["dropped"]),
+                                 rephrasings=list(data["rephrasings"]), cached=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent, torn or edited by hand: ask again
 
     def _write_cache(self, result: SectionResult) -> None:
         sec = result.section
