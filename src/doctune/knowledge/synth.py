@@ -18,7 +18,7 @@ rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``ou
   never a key or a URL);
 - ``cache/teacher/``: the teacher's answers per section (see
   :mod:`~doctune.knowledge.teacher`), so a re-run after a docs change asks only about
-  sections whose text changed. Template synthesis takes milliseconds per document and is
+  sections whose text changed. Sections under 20 words are not sent to the teacher. Template synthesis takes milliseconds per document and is
   simply done again.
 
 A question whose text came out with two different answers (two facts phrased alike) is
