@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.config import Config
+from doctune.device import release_if_near_budget
 from doctune.errors import TrainingError
 from doctune.train.batches import BatchOrder, collate, count_loss_tokens
 from doctune.train.checkpoint import (
@@ -165,6 +166,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                 opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            release_if_near_budget(device, run.memory_budget_mb)  # MPS: cache growth on long runs
             state.step += 1
             state.tokens_seen += step_tokens
 

@@ -50,6 +50,8 @@ class RunSetup:
     t0: float
     data_fingerprint: str
     facts: RunFacts
+    memory_budget_mb: float
+    """``memory.budget``, or the planner's safe share of the device's memory."""
 
     def save_final(self) -> Path:
         """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer."""
@@ -94,6 +96,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     from transformers.utils import logging as hf_logging
 
     from doctune.modeling import count_parameters, pad_token_id
+    from doctune.plan import default_budget_mb
 
     t0 = time.perf_counter()
     if cfg.data.path is None:
@@ -138,7 +141,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
                     model=model, train=train, val=val, pad_id=pad_token_id(tokenizer),
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, monitor=monitor,
                     total_steps=plan.total_steps, prompts=prompts, t0=t0,
-                    data_fingerprint=fingerprint, facts=facts)
+                    data_fingerprint=fingerprint, facts=facts,
+                    memory_budget_mb=default_budget_mb(cfg, device.type))
 
 
 # ---- device ------------------------------------------------------------------------------
