@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from doctune.errors import DataError
+from doctune.errors import ConfigError, DataError
 from doctune.knowledge.synth import format_summary, synthesize
 from doctune.knowledge.teacher import TeacherConfig
 from fake_openai import fake_openai
@@ -82,7 +82,7 @@ def test_writes_consistent_files_deterministically(docs: Path, tmp_path: Path) -
 def test_refuses_out_dir_in_or_around_the_docs(docs: Path, where: str) -> None:
     out = {"same": docs, "inside": docs / "synth", "contains": docs.parent}[where]
     before = _tree_hash(docs)
-    with pytest.raises(DataError, match="never writes into your docs"):
+    with pytest.raises(ConfigError, match="never writes into your docs"):
         synthesize(docs, out, seed=0)
     assert _tree_hash(docs) == before
 

@@ -254,7 +254,7 @@ class RunDir:
         p = self.facts_file
         if not p.is_file():
             return RunFacts()
-        data = _read_json(p)
+        data = read_json_object(p)
         version = data.get("format", 0)
         if not isinstance(version, int) or version > RUN_FORMAT:
             raise CheckpointError(f"{p} has format {version!r}, written by a newer doctune than "
@@ -278,7 +278,7 @@ class RunDir:
     def data_summary(self) -> dict[str, Any]:
         """``data_summary.json`` (empty when absent or unreadable: it is informative only)."""
         try:
-            data = _read_json(self.data_summary_file) if self.data_summary_file.is_file() else {}
+            data = read_json_object(self.data_summary_file) if self.data_summary_file.is_file() else {}
         except CheckpointError:
             return {}
         return data
@@ -405,7 +405,8 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(_existing(path)).free
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; a :class:`CheckpointError` that says so otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

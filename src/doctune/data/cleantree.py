@@ -318,13 +318,19 @@ def format_summary(summary: CleanSummary, max_lines: int = 20) -> str:
     if summary.dropped:
         lines.append("removed: " + ", ".join(f"{k} {v}" for k, v in
                                              sorted(summary.dropped.items(), key=lambda x: -x[1])))
-    for title, items in (
-        (f"skipped {len(summary.skipped)} files", [f"{s.rel}: {s.reason}" for s in summary.skipped]),
-        (f"warnings ({len(summary.warnings)})", summary.warnings),
-    ):
+    lines += format_issues(summary.skipped, summary.warnings, max_lines=max_lines)
+    return "\n".join(lines)
+
+
+def format_issues(skipped: Sequence[Skipped], warnings: Sequence[str], *, max_lines: int) -> list[str]:
+    """Summary lines listing the skipped files and the cleaning warnings, at most ``max_lines``
+    of each (the rest are in ``--json``)."""
+    lines: list[str] = []
+    for title, items in ((f"skipped {len(skipped)} files", [f"{s.rel}: {s.reason}" for s in skipped]),
+                         (f"warnings ({len(warnings)})", list(warnings))):
         if items:
             lines.append(title + ":")
             lines.extend(f"  {x}" for x in items[:max_lines])
             if len(items) > max_lines:
                 lines.append(f"  ... {len(items) - max_lines} more (see --json)")
-    return "\n".join(lines)
+    return lines

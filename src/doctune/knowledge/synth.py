@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from doctune.data.cleantree import format_issues
 from doctune.data.corpus import Skipped
 from doctune.errors import DataError
 from doctune.knowledge.facts import Fact, extract_facts
@@ -89,13 +90,12 @@ class SynthSummary:
 
 
 def check_out_dir(docs_dir: Path, out_dir: Path) -> Path:
-    """``out_dir`` resolved; :class:`DataError` when it is, holds or lies inside the docs."""
-    docs, out = Path(docs_dir).resolve(), Path(out_dir).resolve()
-    if out == docs or out.is_relative_to(docs) or docs.is_relative_to(out):
-        where = ("is the docs folder" if out == docs else "lies inside the docs folder"
-                 if out.is_relative_to(docs) else "contains the docs folder")
-        raise DataError(f"--out `{out_dir}` {where} `{docs_dir}`; doctune never writes "
-                        "into your docs. Pass a folder outside them, e.g. `--out synth/`.")
+    """``out_dir`` resolved; an error when it is, holds or lies inside the docs, or is a file."""
+    from doctune.paths import check_apart
+
+    check_apart(Path(docs_dir), Path(out_dir), what="--out",
+                fix="Pass a folder outside them, e.g. `--out synth/`.")
+    out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise DataError(f"--out `{out_dir}` is a file; pass a folder to write the data into.")
     return out
@@ -105,27 +105,10 @@ def _cleaned_docs(docs_dir: Path, include: Sequence[str], exclude: Sequence[str]
                   dialect: str) -> tuple[list[tuple[str, str]], list[Skipped], list[str]]:
     """(rel, cleaned text) of each readable doc, the skipped files and cleaning warnings:
     the same reading and cleaning as training."""
-    from doctune.data.clean import clean_markdown
-    from doctune.data.cleantree import tree_dialects
-    from doctune.data.corpus import find_docs, read_doc
+    from doctune.data.cleantree import clean_docs
 
-    root = docs_dir if docs_dir.is_dir() else docs_dir.parent
-    found, skipped = find_docs(docs_dir, include, exclude)
-    read = []
-    for d in found:
-        text = read_doc(d)
-        if isinstance(text, Skipped):
-            skipped.append(text)
-        else:
-            read.append((d, text))
-    dialects = (tree_dialects([d for d, _ in read], [t for _, t in read], root)
-                if dialect == "auto" else [dialect] * len(read))
-    out, warnings = [], []
-    for (doc, raw), dia in zip(read, dialects, strict=True):
-        result = clean_markdown(raw, dialect=dia, path=doc.rel)
-        out.append((doc.rel, result.text))
-        warnings.extend(result.warnings)
-    return out, skipped, warnings
+    cleaned = clean_docs(docs_dir, include=include, exclude=exclude, dialect=dialect)
+    return [(d.rel, d.text) for d in cleaned], cleaned.skipped, cleaned.warnings
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -288,12 +271,5 @@ def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
         lines.append(f"teacher {t['model']}: {t['sections']} sections, {t['asked']} asked, "
                      f"{t['cached']} from cache, {t['failed']} failed, {t['dropped_qa']} "
                      "answers dropped (not in the section)")
-    for title, items in ((f"skipped {len(summary.skipped)} files",
-                          [f"{s.rel}: {s.reason}" for s in summary.skipped]),
-                         (f"warnings ({len(summary.warnings)})", summary.warnings)):
-        if items:
-            lines.append(title + ":")
-            lines.extend(f"  {x}" for x in items[:max_lines])
-            if len(items) > max_lines:
-                lines.append(f"  ... {len(items) - max_lines} more (see --json)")
+    lines += format_issues(summary.skipped, summary.warnings, max_lines=max_lines)
     return "\n".join(lines)
