@@ -361,50 +361,6 @@ class RunDir:
         return self.facts.base_model or self.config().model.name
 
 
-def save_failed(error: OSError, *, what: str, folder: Path, needed_bytes: int,
-                run: RunDir) -> CheckpointError:
-    """The error for a save of ``what`` into ``folder`` that the system refused: what happened,
-    the space needed and free, what is still intact, and what to do."""
-    import errno
-    import shutil
-
-    try:
-        free = shutil.disk_usage(_existing(folder)).free
-    except OSError:
-        free = -1
-    space = f"~{needed_bytes / 1e6:,.0f} MB needed, {free / 1e6:,.0f} MB free" if free >= 0 else \
-        f"~{needed_bytes / 1e6:,.0f} MB needed"
-    ckpts = run.checkpoints()
-    intact = (f"The last good checkpoint, {ckpts[-1].path}, is intact." if ckpts
-              else "No earlier checkpoint was saved.")
-    resume = f"then continue with `doctune train --resume {run.path}`"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        cause = f"the disk is full ({space})"
-        fix = f"Free some space, or move the run folder to a disk with room, {resume}."
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        cause = f"{folder} is not writable ({error.strerror}; {space})"
-        fix = f"Make the folder writable (or choose another `train.output_dir`), {resume}."
-    else:
-        cause = f"{error.strerror or error} ({space})"
-        fix = f"Check the disk, {resume}."
-    return CheckpointError(f"Could not save {what} in {folder}: {cause}. Its partial files were "
-                           f"removed. {intact} {fix}")
-
-
-def _existing(path: Path) -> Path:
-    """``path`` or its nearest existing parent (for disk usage)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def free_bytes(path: Path) -> int:
-    """Free space on the disk that holds ``path`` (or would hold it)."""
-    import shutil
-
-    return shutil.disk_usage(_existing(path)).free
-
-
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object; a :class:`CheckpointError` that says so otherwise."""
     try:

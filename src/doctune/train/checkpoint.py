@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import CheckpointError
-from doctune.rundir import CheckpointDir, RunDir, save_failed
+from doctune.paths import save_failed
+from doctune.rundir import CheckpointDir, RunDir
 
 if TYPE_CHECKING:
     import torch

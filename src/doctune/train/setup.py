@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from doctune.config import Config, Schedule, cache_dir, is_scratch, resolve, schedule
 from doctune.errors import ConfigError, DataError
-from doctune.rundir import RunDir, RunFacts, free_bytes, save_failed
+from doctune.paths import free_bytes, save_failed
+from doctune.rundir import RunDir, RunFacts
 
 if TYPE_CHECKING:
     import torch
