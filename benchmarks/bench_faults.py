@@ -11,7 +11,8 @@ the uninterrupted run (bitwise on CPU in fp32).
     python benchmarks/bench_faults.py --kills 20          # ~5-10 minutes on 2 CPU cores
 
 Prints: kills (and how many landed inside a save), failed resumes, corrupt checkpoints found,
-and max |difference| of the final weights. Goal: 0, 0, 0.
+max |difference| of the final weights, and what interrupted saves left behind at the end.
+Goal: 0, 0, 0, nothing.
 """
 
 from __future__ import annotations
@@ -160,9 +161,10 @@ def main() -> None:
         if proc.returncode != 0:
             failed.append(out[-2000:])
         diff = max_abs_diff(ref, run) if run.has_final() else float("nan")
+        litter = [p.name for p in run.checkpoint_leftovers()]
     results = {"kills": kills, "inside_a_save": mid_save, "restarts_before_first_checkpoint": restarts,
                "failed_resumes": len(failed), "corrupt_checkpoints": len(corrupt),
-               "max_abs_diff": diff, "steps": steps}
+               "max_abs_diff": diff, "leftovers_at_the_end": litter, "steps": steps}
     print(json.dumps(results, indent=1))
     for log in failed:
         print("failed resume:\n" + log)
@@ -170,7 +172,7 @@ def main() -> None:
         print("corrupt: " + c)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    sys.exit(0 if not failed and not corrupt and diff == 0 else 1)
+    sys.exit(0 if not failed and not corrupt and not litter and diff == 0 else 1)
 
 
 def max_abs_diff(a: RunDir, b: RunDir) -> float:

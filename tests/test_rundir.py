@@ -32,7 +32,8 @@ def test_checkpoints_are_listed_by_step_and_incomplete_ones_ignored(tmp_path: Pa
     assert run.latest_checkpoint() == run.checkpoint(10)
     assert CheckpointDir.is_checkpoint(run.checkpoint(10).path)
     assert not CheckpointDir.is_checkpoint(run.checkpoint(12).path)
-    assert [p.name for p in run.checkpoint_leftovers()] == [".tmp-step-14"]
+    run.checkpoint_dropped(1).mkdir()  # pruned, deletion cut short
+    assert [p.name for p in run.checkpoint_leftovers()] == [".drop-step-1", ".tmp-step-14", "step-12"]
 
 
 def test_no_checkpoint_and_no_final_say_what_to_do(tmp_path: Path) -> None:

@@ -309,10 +309,21 @@ class RunDir:
             if step.isdigit() and not self.checkpoint(int(step)).path.exists() and CheckpointDir(old).state.is_file():
                 old.rename(self.checkpoint(int(step)).path)
 
+    def checkpoint_dropped(self, step: int) -> Path:
+        """Where an old checkpoint is moved (atomically) before it is deleted, so that a kill
+        during the deletion never leaves a half-deleted ``step-N`` behind."""
+        return self.checkpoints_dir / f".drop-step-{step}"
+
     def checkpoint_leftovers(self) -> list[Path]:
-        """Staging folders of saves a crash interrupted."""
+        """What interrupted saves and deletions left: staging folders, checkpoints moved aside,
+        and ``step-N`` folders without their state file (a copy or deletion cut short)."""
         root = self.checkpoints_dir
-        return [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")] if root.is_dir() else []
+        if not root.is_dir():
+            return []
+        incomplete = [d for d in root.glob("step-*") if d.is_dir() and d.name[5:].isdigit()
+                      and not CheckpointDir(d).state.is_file()]
+        return sorted([*root.glob(".tmp-step-*"), *root.glob(".old-step-*"), *root.glob(".drop-step-*"),
+                       *incomplete])
 
     def checkpoints(self) -> list[CheckpointDir]:
         """Complete checkpoints (those with their state file), oldest first."""

@@ -181,7 +181,9 @@ def save_checkpoint(
         raise save_failed(e, what=f"checkpoint step-{state.step}", folder=run.checkpoints_dir,
                           needed_bytes=checkpoint_bytes(weights, optimizer), run=run) from None
     for old_ckpt in run.checkpoints()[:-keep]:
-        shutil.rmtree(old_ckpt.path, ignore_errors=True)
+        dropped = run.checkpoint_dropped(old_ckpt.step)
+        old_ckpt.path.rename(dropped)  # atomic: whole and listed, or out of the list
+        shutil.rmtree(dropped, ignore_errors=True)
     return final
 
 
