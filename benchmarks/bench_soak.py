@@ -2,9 +2,11 @@
 
 Trains for ``--minutes`` (evaluating, sampling and checkpointing on the way, as a real run
 does), then stops it with SIGTERM (it saves and exits). From the run's ``metrics.jsonl`` it
-fits a line to the resident memory (RSS) over time, leaving out the first 10% of the steps
-(warm-up: allocator pools, lazy imports, the first evaluation), and prints the slope in MB
-per hour and per 1,000 steps, with the RSS at the start and the end of that window.
+takes the resident memory (RSS) of every step, leaves out the first 10% (warm-up: allocator
+pools, lazy imports, the first evaluation), cuts the rest into 10 equal stretches and fits a
+line to their medians (so that the short peaks of evaluation and sampling do not tilt it). It
+prints that slope in MB per hour and per 1,000 steps, the plain least-squares slope over every
+step beside it, and the median RSS of the first and last stretch.
 
     python benchmarks/bench_soak.py --minutes 30          # the figure in the closing notes
     python benchmarks/bench_soak.py --minutes 3           # a quick look
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import yaml
 
@@ -72,11 +75,18 @@ def main() -> None:
     hours = [e / 3600 for e in elapsed[skip:]]
     steps = [float(r["step"]) for r in rows[skip:]]
     rss = [float(r["mem_rss_mb"]) for r in rows[skip:]]
+    n = len(rss) // 10
+    cuts = [slice(i * n, (i + 1) * n) for i in range(10)]
+    mid_h = [median(hours[c]) for c in cuts]
+    mid_s = [median(steps[c]) for c in cuts]
+    mid_rss = [median(rss[c]) for c in cuts]
     results = {"minutes": round(elapsed[-1] / 60, 1), "steps": int(rows[-1]["step"]),
-               "rss_start_mb": round(rss[0], 1), "rss_end_mb": round(rss[-1], 1),
+               "rss_first_stretch_mb": round(mid_rss[0], 1), "rss_last_stretch_mb": round(mid_rss[-1], 1),
                "rss_max_mb": round(max(rss), 1),
-               "slope_mb_per_hour": round(slope(hours, rss), 2),
-               "slope_mb_per_1000_steps": round(1000 * slope(steps, rss), 2)}
+               "slope_mb_per_hour": round(slope(mid_h, mid_rss), 2),
+               "slope_mb_per_1000_steps": round(1000 * slope(mid_s, mid_rss), 2),
+               "every_step_slope_mb_per_hour": round(slope(hours, rss), 2),
+               "stretch_medians_mb": [round(x, 1) for x in mid_rss]}
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
