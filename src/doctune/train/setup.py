@@ -151,7 +151,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = N
                if env.is_main else dist.SilentMonitor())
     lora_note = f", LoRA r={cfg.lora.r}" if cfg.lora.enabled else ""
     t = cfg.train
-    batch = f"{t.micro_batch_size}x{t.grad_accum}" + (f"x{env.world} processes" if env.active else "")
+    each = f" on each of {env.world} processes" if env.active else ""
     monitor.header([
         *notes, *fit_notes, *par_notes, *plan.notes,
         f"run folder: {run.path}",
@@ -159,7 +159,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = N
         f"model: {cfg.model.name} ({total / 1e6:.1f}M parameters; training {trainable:,} = "
         f"{100 * trainable / total:.2f}%{lora_note})",
         f"data: {len(train)} training windows, {len(val) if val else 0} validation windows of "
-        f"{cfg.data.block_size} tokens; {plan.total_steps} steps of {batch} windows",
+        f"{cfg.data.block_size} tokens; {plan.total_steps} steps of "
+        f"{t.micro_batch_size}x{t.grad_accum} windows{each}",
     ])
     prompts = t.sample_prompts if t.sample_prompts is not None else _default_prompts(val or train, tokenizer)
     return RunSetup(cfg=cfg, rundir=run, device=device, precision=precision, tokenizer=tokenizer,
