@@ -4,7 +4,8 @@
 ``{"docs", "model", "out", "overrides": [...], "resume": bool}``. The process group is
 joined once here (as Ray Train does before calling doctune), so that several runs share it.
 For each run, rank 0 writes ``<out>.probe.json``: what the wrapped module looked like and,
-under DDP, how many gradient all-reduces ran (a communication hook counts them).
+under DDP, how many gradient all-reduces ran (a communication hook counts them); a run that
+fails with a doctune error leaves ``<out>.error-<rank>.txt`` from each rank.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.distributed as td
 
 import doctune.train.dist as dist
 import doctune.train.loop as loop
+from doctune.errors import DoctuneError
 from test_train import make_cfg
 
 torch.set_num_threads(1)
@@ -75,7 +77,11 @@ def main(jobs_file: str) -> int:
         dist.wrap = probing_wrap(probe)  # type: ignore[assignment]
         dump_first_gradients(job["out"] + ".grads.safetensors")
         cfg = make_cfg(Path(job["docs"]), Path(job["model"]), Path(job["out"]), *job["overrides"])
-        result = loop.train(cfg, resume=job.get("resume", False), quiet=job.get("quiet", True))
+        try:
+            result = loop.train(cfg, resume=job.get("resume", False), quiet=job.get("quiet", True))
+        except DoctuneError as e:  # recorded by each rank: none may be left waiting
+            Path(f"{job['out']}.error-{td.get_rank()}.txt").write_text(str(e))
+            continue
         if result.stopped_early:
             code = 130
         if td.get_rank() == 0:

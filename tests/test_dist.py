@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import doctune.train.dist as dist
-from doctune.errors import ConfigError, DataError
+from doctune.errors import ConfigError
 from doctune.rundir import RunDir
 from doctune.train.loop import train
 from test_train import final_weights, make_cfg, metrics
@@ -32,7 +32,7 @@ ONE = ("train.grad_accum=4",)  # one process: the global batch of two processes 
 LORA = ("lora.enabled=true", "lora.dropout=0.0")
 RESUME_STEPS = 16
 RESUME = (f"train.max_steps={RESUME_STEPS}", "train.save_every=1000", "train.eval_every=0",
-          "train.sample_max_new_tokens=2", "train.parallel=ddp")
+          "train.sample_prompts=[]", "train.parallel=ddp")
 
 
 def torchrun(jobs: list[dict[str, Any]], tmp: Path, **popen: Any) -> subprocess.Popen[str]:
@@ -115,6 +115,8 @@ def two_process_runs(docs: Path, model_dir: Path, tmp_path_factory: pytest.TempP
     jobs = [job(docs, model_dir, tmp / f"{mode}-{kind}", f"train.max_steps={STEPS}",
                 f"train.parallel={mode}", *(LORA if kind == "lora" else ()))
             for mode in ("ddp", "fsdp") for kind in ("full", "lora")]
+    (tmp / "a-file").write_text("not a run folder")  # rank 0 refuses it: every rank must stop
+    jobs.append(job(docs, model_dir, tmp / "a-file"))
     proc = torchrun(jobs, tmp)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
@@ -170,6 +172,12 @@ def test_one_gradient_all_reduce_per_step_and_tied_weights_in_one_group(two_proc
     assert ddp["grad_syncs"] == STEPS and ddp["buckets"] % STEPS == 0
     fsdp = json.loads((two_process_runs / "fsdp-full.probe.json").read_text())
     assert fsdp["sharded"] and fsdp["tied"]  # one sharded parameter for embedding and output
+
+
+def test_an_error_on_rank_0_stops_every_rank(two_process_runs: Path) -> None:
+    errors = {rank: (two_process_runs / f"a-file.error-{rank}.txt").read_text() for rank in (0, 1)}
+    assert "is a file" in errors[0]
+    assert errors[1].startswith("(rank 0 failed)") and "is a file" in errors[1]
 
 
 # ---- stop and resume ---------------------------------------------------------------------
@@ -270,14 +278,6 @@ def test_parallel_auto_asks_the_memory_planner() -> None:
     assert dist.choose_parallel("auto", fits_one_device=lambda: True) == "ddp"
     assert dist.choose_parallel("auto", fits_one_device=lambda: False) == "fsdp"
     assert dist.choose_parallel("ddp", fits_one_device=lambda: False) == "ddp"
-
-
-def test_a_rank_0_failure_is_raised_on_every_rank() -> None:
-    def fail() -> None:
-        raise DataError("no docs")
-
-    with pytest.raises(DataError, match="no docs"):
-        dist.main_first(dist.DistEnv(), fail)
 
 
 @pytest.fixture
