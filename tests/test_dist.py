@@ -313,3 +313,25 @@ def test_fsdp_gets_one_dtype_for_mixed_dtype_parameters(model_dir: Path, one_ran
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     module(ids, ids).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_resume_on_more_processes_keeps_the_global_batch_or_says_why_not(
+        docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from doctune.train.checkpoint import TrainState
+    from doctune.train.setup import _resume_accum
+
+    run = RunDir(tmp_path / "run")
+    cfg = make_cfg(docs, model_dir, run.path, "train.grad_accum=6")
+    run.write_config(cfg)
+    run.checkpoint(2).path.mkdir(parents=True)
+    saved = TrainState(step=2, micro_step=12, tokens_seen=1, total_steps=4, micro_batch_size=2,
+                       grad_accum=6, world_size=1)
+    run.checkpoint(2).state.write_text(json.dumps(asdict(saved)))
+    notes: list[str] = []
+    two = _resume_accum(cfg, dist.DistEnv(rank=0, world=2), True, notes)
+    assert two.train.grad_accum == 3 and "train.grad_accum 6 -> 3" in notes[0]
+    assert _resume_accum(cfg, dist.DistEnv(), True, []) is cfg  # the same number of processes
+    with pytest.raises(ConfigError, match="4 processes cannot share them evenly"):
+        _resume_accum(cfg, dist.DistEnv(rank=0, world=4), True, [])
