@@ -60,7 +60,6 @@ class DistEnv:
 def detect() -> DistEnv:
     """The launch as the environment describes it: torchrun's variables, or a process group
     that a launcher (Ray Train) already initialised. One process when neither is there."""
-
     if td.is_available() and td.is_initialized():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         return DistEnv(rank=td.get_rank(), world=td.get_world_size(), local_rank=local)
@@ -79,7 +78,6 @@ def detect() -> DistEnv:
 def process_group(env: DistEnv, device: torch.device) -> Iterator[torch.device]:
     """Join the process group for ``env`` (NCCL on CUDA, gloo on CPU) and yield this rank's
     device; leave it afterwards if it was joined here. A no-op for one process."""
-
     if not env.active:
         yield device
         return
@@ -106,14 +104,12 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[torch.device]:
 
 def barrier(env: DistEnv) -> None:
     """Wait for every rank (a no-op for one process)."""
-
     if env.active:
         td.barrier()
 
 
 def broadcast(env: DistEnv, obj: T) -> T:
     """Rank 0's ``obj`` on every rank (pickled)."""
-
     if not env.active:
         return obj
     box = [obj]
@@ -216,10 +212,15 @@ def _fully_shard(module: torch.nn.Module, model: torch.nn.Module,
     as one group on the loss module: GPT-2's output layer *is* its input embedding, so
     the two must sit in one group."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     from doctune.modeling import transformer_blocks
 
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise ConfigError(f"`train.parallel: fsdp` needs FSDP2 (PyTorch 2.6 or newer); this is "
+                          f"PyTorch {torch.__version__}. Upgrade PyTorch, or use "
+                          "`--set train.parallel=ddp`.") from None
 
     _one_dtype(model)
     mesh = init_device_mesh(device.type, (td.get_world_size(),))
@@ -237,9 +238,11 @@ def _fully_shard(module: torch.nn.Module, model: torch.nn.Module,
 
 
 def _one_dtype(model: torch.nn.Module) -> None:
-    """FSDP2 gathers a group's parameters as one flat tensor, so they need one dtype. PEFT
-    keeps a LoRA adapter in fp32 on a bf16 base: such a model is made fp32 throughout
-    (doctune loads bases in fp32 anyway; autocast gives the bf16 speed)."""
+    """FSDP2 gathers a group's parameters as one flat tensor and reduces its gradients as
+    one: the trainable parameters of a group need one dtype (in older PyTorch, all of
+    them). PEFT keeps LoRA adapters in fp32 on a bf16 base, some models keep layers in
+    fp32: such a model is made fp32 throughout (doctune loads bases in fp32 anyway;
+    autocast gives the bf16 speed)."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if len(dtypes) > 1:
         model.to(torch.float32)
@@ -272,13 +275,20 @@ def whole_model(env: DistEnv, module: torch.nn.Module) -> Iterator[None]:
 # ---- full tensors for checkpoints and the final model ------------------------------------
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """True for a DTensor (a parameter, gradient or state sharded by FSDP2)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5: no public DTensor, and no FSDP2 either
+        return False
+    return isinstance(t, DTensor)
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A sharded tensor (DTensor) gathered whole onto the CPU; others as they are. A
     collective for a DTensor: every rank calls it, in the same order."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(t, DTensor):
-        return t.full_tensor().cpu()
+    if is_sharded(t):
+        return t.full_tensor().cpu()  # type: ignore[attr-defined]
     return t
 
 
@@ -300,9 +310,7 @@ def full_state(model: torch.nn.Module, *, trainable_only: bool) -> dict[str, tor
 def sharded_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
     """The 2-norm of all ``grads`` together when they are sharded (FSDP): the squares of
     each rank's shards, summed over the ranks. None for whole gradients."""
-    from torch.distributed.tensor import DTensor
-
-    if not grads or not isinstance(grads[0], DTensor):
+    if not grads or not is_sharded(grads[0]):
         return None
     local = [g.to_local() for g in grads]  # type: ignore[attr-defined]
     # float64: the shards are summed in another order than one process sums the whole
@@ -325,20 +333,18 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 def like_param(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """``full`` placed the way ``param`` is: this rank's shard for a sharded parameter."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    if not is_sharded(param):
+        return full
+    from torch.distributed.tensor import distribute_tensor
 
-    if isinstance(param, DTensor):
-        return distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements)
-    return full
+    return distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements)  # type: ignore[attr-defined]
 
 
 def optimizer_state_like(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """A saved (full) optimizer state dict with each parameter-shaped tensor sharded like its
     parameter, ready for ``optimizer.load_state_dict``. Unchanged without sharded parameters."""
-    from torch.distributed.tensor import DTensor
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not any(isinstance(p, DTensor) for p in params):
+    if not any(is_sharded(p) for p in params):
         return state
     ids = [i for group in state["param_groups"] for i in group["params"]]
     by_id = dict(zip(ids, params, strict=True))
