@@ -187,6 +187,17 @@ def test_plain_lines_when_not_a_terminal() -> None:
     ]
 
 
+def test_eta_after_a_laptop_slept_through_one_step() -> None:
+    out = io.StringIO()
+    times = [0.0, 2.0, 4.0, 4.0 + 8 * 3600, 8 * 3600 + 6.0]  # steps of 2 s; 8 hours asleep in step 3
+    clock = iter(times)
+    disp = ProgressDisplay(100, progress=False, stream=out, clock=lambda: next(clock))
+    for step in range(1, 6):
+        disp.update(step, {"train_loss": 1.0})
+    assert disp.eta(5) == 2.0 * 95  # the median step, not the average since the start
+    assert out.getvalue().splitlines()[-1].endswith("| eta 3:10")
+
+
 def test_progress_bar_on_a_terminal() -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:

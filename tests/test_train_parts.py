@@ -70,3 +70,16 @@ def test_device_and_precision_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="fp16"):
         resolve_precision("fp16", cpu)
     assert resolve_precision("fp32", cpu) == Precision("fp32", None, False, "fp32, as configured")
+
+
+def test_mps_cache_is_given_back_near_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from doctune.device import release_if_near_budget
+
+    held, emptied = [950 * 2**20], []
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: held[0])
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: emptied.append(True))
+    assert release_if_near_budget(torch.device("mps"), budget_mb=1000) is True  # 950 > 0.9 x 1000
+    held[0] = 850 * 2**20
+    assert release_if_near_budget(torch.device("mps"), budget_mb=1000) is False
+    assert release_if_near_budget(torch.device("cpu"), budget_mb=1) is False
+    assert emptied == [True]

@@ -158,3 +158,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+MPS_RELEASE_SHARE = 0.9
+"""Share of the memory budget above which the MPS allocator's cache is given back."""
+
+
+def release_if_near_budget(device: torch.device, budget_mb: float) -> bool:
+    """On MPS, empty the allocator's cache when Metal holds more than
+    :data:`MPS_RELEASE_SHARE` of ``budget_mb``: PyTorch's MPS allocator keeps what it
+    cached, and with varying shapes it grows until macOS swaps. True when it released."""
+    import torch
+
+    if device.type != "mps":
+        return False
+    if torch.mps.driver_allocated_memory() / 2**20 <= MPS_RELEASE_SHARE * budget_mb:
+        return False
+    torch.mps.empty_cache()
+    return True

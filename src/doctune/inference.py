@@ -17,7 +17,6 @@ check their input before the slow part.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from doctune.errors import CheckpointError, ModelError
-from doctune.rundir import CheckpointDir, RunDir
+from doctune.rundir import CheckpointDir, RunDir, read_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -70,16 +69,6 @@ class Loaded:
                 "device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} cannot be read as JSON ({e}). Is the folder complete?") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object.")
-    return data
-
-
 def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Source:
     """Say what ``source`` is (see the module docstring); ``base`` overrides an adapter's base.
 
@@ -112,7 +101,7 @@ def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Sou
         return Source("checkpoint", given, str(path), base_s or run.base_model(), run,
                       lora=run.config().lora.enabled)
     if (path / "adapter_config.json").is_file():
-        named = _read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        named = read_json_object(path / "adapter_config.json").get("base_model_name_or_path")
         found = base_s or (str(named) if named else None)
         if not found:
             raise ModelError(f"The adapter in {path} does not name its base model. Point to it "

@@ -175,15 +175,59 @@ class RunDir:
         run.facts  # noqa: B018 (a run from a newer doctune is refused here, before any work)
         return run
 
-    def check_new(self) -> None:
-        """Refuse to start a new run in a folder that is a file or already holds a run."""
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"The run folder {self.path} is a file. Choose another "
+    def check_new(self, *, overwrite: bool = False) -> None:
+        """Refuse to start a new run where it would mix with other files: a file, a folder
+        holding another run (unless ``overwrite``: then that run's files are removed), or a
+        folder holding files that are not a run's."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"The run folder {p} is a file. Choose another "
                               "`train.output_dir` (e.g. `--out runs/mydocs`).")
-        if self.checkpoints() or self.final_dir.exists():
-            raise ConfigError(f"{self.path} already holds a run. Continue it with `doctune train "
-                              f"--resume {self.path}`, or choose another `train.output_dir` "
-                              "(e.g. `--out runs/new`).")
+        if not p.is_dir():
+            return
+        ours = self.run_files()
+        if ours and overwrite:
+            self.clear()
+        elif self.checkpoints() or self.final_dir.exists():
+            raise ConfigError(f"{p} already holds a run. Continue it with `doctune train "
+                              f"--resume {p}`, start it anew with `--overwrite`, or choose "
+                              "another `train.output_dir` (e.g. `--out runs/new`).")
+        elif ours:
+            raise ConfigError(f"{p} holds the files of a run that saved no checkpoint "
+                              f"({', '.join(sorted(f.name for f in ours)[:4])}). Start it anew "
+                              "with `--overwrite`, or choose another `train.output_dir`.")
+        others = sorted(f.name for f in p.iterdir() if f not in self._layout())
+        if others:
+            raise ConfigError(f"The run folder {p} holds files that are not a doctune run's "
+                              f"({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}). "
+                              "A run goes into a new or empty folder: choose another "
+                              "`train.output_dir` (e.g. `--out runs/mydocs`).")
+
+    def _layout(self) -> set[Path]:
+        """Every top-level path a run writes (the token store included)."""
+        return {self.config_file, self.facts_file, self.data_summary_file, self.metrics_file,
+                self.samples_file, self.samples_md, self.report_file, self.plots_dir,
+                self.tensorboard_dir, self.data_dir, self.tokenizer_dir, self.base_dir,
+                self.checkpoints_dir, self.final_dir, self.final_staging,
+                self.path / "wandb",  # what W&B writes when given the run folder
+                *self.path.glob(".*.tmp")}
+
+    def run_files(self) -> list[Path]:
+        """The run's own files and folders present here (the reusable token store left out)."""
+        return [p for p in self._layout() if p.exists() and p != self.data_dir]
+
+    def clear(self) -> None:
+        """Remove the files of the run held here, and nothing else (the token store stays:
+        it is a cache that the next run reuses)."""
+        import shutil
+
+        for p in self.run_files():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        self.__dict__.pop("facts", None)
+        self.__dict__.pop("_config", None)
 
     # ---- config and facts ------------------------------------------------------------
     def config(self, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
@@ -214,7 +258,7 @@ class RunDir:
         p = self.facts_file
         if not p.is_file():
             return RunFacts()
-        data = _read_json(p)
+        data = read_json_object(p)
         version = data.get("format", 0)
         if not isinstance(version, int) or version > RUN_FORMAT:
             raise CheckpointError(f"{p} has format {version!r}, written by a newer doctune than "
@@ -238,7 +282,7 @@ class RunDir:
     def data_summary(self) -> dict[str, Any]:
         """``data_summary.json`` (empty when absent or unreadable: it is informative only)."""
         try:
-            data = _read_json(self.data_summary_file) if self.data_summary_file.is_file() else {}
+            data = read_json_object(self.data_summary_file) if self.data_summary_file.is_file() else {}
         except CheckpointError:
             return {}
         return data
@@ -258,6 +302,16 @@ class RunDir:
     def checkpoint_replaced(self, step: int) -> Path:
         """Where a checkpoint being re-saved for the same step waits until the new one is in place."""
         return self.checkpoints_dir / f".old-step-{step}"
+
+    def recover_interrupted_save(self) -> None:
+        """Put back a checkpoint whose re-save a crash cut between its two renames (the old
+        copy was moved aside and the new one not yet moved in)."""
+        if not self.checkpoints_dir.is_dir():
+            return
+        for old in self.checkpoints_dir.glob(".old-step-*"):
+            step = old.name.removeprefix(".old-step-")
+            if step.isdigit() and not self.checkpoint(int(step)).path.exists() and CheckpointDir(old).state.is_file():
+                old.rename(self.checkpoint(int(step)).path)
 
     def checkpoint_leftovers(self) -> list[Path]:
         """Staging folders of saves a crash interrupted."""
@@ -311,7 +365,8 @@ class RunDir:
         return self.facts.base_model or self.config().model.name
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; a :class:`CheckpointError` that says so otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

@@ -16,7 +16,7 @@ from doctune.errors import DoctuneError
 
 
 class _Group(typer.core.TyperGroup):
-    """Turns doctune's own errors into a one-line message and exit status 2, no traceback."""
+    """Turns doctune's own errors into a message and the error's exit status, no traceback."""
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:

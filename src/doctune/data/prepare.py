@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ import numpy as np
 
 from doctune.data.cache import Cache, Cleaned, ReadFile, cleaner_version, read_and_clean
 from doctune.data.chunk import check_sizes
+from doctune.data.dialect import DIALECTS as CLEAN_DIALECTS
 from doctune.data.store import FORMAT, MANIFEST, VERSION, TokenStore, write_store
 from doctune.data.tokenize import encode_batch, identity, load_tokenizer, token_dtype
 from doctune.errors import DataError
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerBase
 
-DIALECTS = ("auto", "mdx", "markdown", "mkdocs")
+DIALECTS = ("auto", *CLEAN_DIALECTS)
 
 
 @dataclass
@@ -104,7 +105,8 @@ def prepare(
     src: Path,
     out: Path,
     *,
-    tokenizer: str | Path | PreTrainedTokenizerBase | Tokenizer,
+    tokenizer: str | Path | PreTrainedTokenizerBase | Tokenizer | None = None,
+    make_tokenizer: Callable[[list[str]], PreTrainedTokenizerBase] | None = None,
     block_size: int = 512,
     overlap: int = 64,
     val_fraction: float = 0.05,
@@ -117,7 +119,9 @@ def prepare(
 ) -> PrepareSummary:
     """Turn the docs under ``src`` into a token store in ``out`` and say what was done.
 
-    ``tokenizer`` is a hub id, a local folder or an already loaded fast tokenizer.
+    ``tokenizer`` is a hub id, a local folder or an already loaded fast tokenizer; or,
+    instead, ``make_tokenizer`` trains one on the cleaned texts (a from-scratch model's), so
+    that the docs are cleaned once for both.
     ``workers`` is the number of processes that clean files (None: one per CPU core when
     there is enough text to repay starting them). Raises :class:`DataError` for bad
     settings or when no usable document is left.
@@ -125,14 +129,16 @@ def prepare(
     started = time.perf_counter()
     _check_settings(block_size, overlap, val_fraction, dialect)
     src, out = Path(src).expanduser(), Path(out).expanduser()
+    if (tokenizer is None) == (make_tokenizer is None):
+        raise ValueError("prepare() takes a tokenizer or make_tokenizer, not both or neither")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-    tok_id = identity(tok)
     settings = {"block_size": block_size, "overlap": overlap, "val_fraction": val_fraction,
                 "seed": seed, "include": list(include), "exclude": list(exclude),
                 "dialect": dialect, "title_heading": title_heading}
 
     previous = _open_previous(out)
-    cache = Cache(out / "cache", previous=previous, tokenizer_hash=tok_id["hash"])
+    # a tokenizer still to be trained needs every text: no cleaning result is reused then
+    cache = Cache(out / "cache", previous=previous, tokenizer_hash=identity(tok)["hash"] if tok else "")
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     files, skipped, n_found = read_and_clean(
@@ -150,6 +156,10 @@ def prepare(
         raise DataError(f"no usable document under `{src}` ({len(skipped)} skipped: "
                         f"{reasons}). Fix or remove these files, or point SRC elsewhere.")
     _split(docs, val_fraction=val_fraction, seed=seed)
+    if make_tokenizer is not None:
+        tok = make_tokenizer([d.clean.text or "" for d in docs])
+    assert tok is not None
+    tok_id = identity(tok)
 
     fingerprint = _fingerprint(settings, tok_id["hash"], docs)
     reused = previous is not None and previous.manifest.get("fingerprint") == fingerprint

@@ -4,13 +4,15 @@ lines anywhere else (a file, CI, a notebook cell), and nothing but warnings when
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 
 def format_mb(mb: float) -> str:
@@ -43,6 +45,10 @@ def step_stats(metrics: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+ETA_WINDOW = 20
+"""Steps whose times the estimate of the time left is taken from."""
+
+
 class ProgressDisplay:
     """Step progress for one run: bar, plain lines or quiet."""
 
@@ -53,32 +59,43 @@ class ProgressDisplay:
         self.quiet = quiet
         self._stream = stream if stream is not None else sys.stdout
         self._clock = clock
-        self._start: tuple[float, int] | None = None  # (time, step) of the first update
+        self._last: tuple[float, int] | None = None  # (time, step) of the last update
+        self._step_s: deque[float] = deque(maxlen=ETA_WINDOW)
         console = Console(file=self._stream)
         self.live = progress and not quiet and console.is_terminal
         self._bar: Progress | None = None
         if self.live:
             self._bar = Progress(
                 TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
-                TextColumn("{task.fields[stats]}"), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"), TextColumn("eta {task.fields[eta]}"),
                 console=console, transient=False,
             )
-            self._task = self._bar.add_task("train", total=total_steps, completed=resume_step, stats="")
+            self._task = self._bar.add_task("train", total=total_steps, completed=resume_step,
+                                            stats="", eta="-")
             self._bar.start()
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         """Show the numbers of optimizer step ``step``."""
         now = self._clock()
-        if self._start is None:
-            self._start = (now, step)
+        if self._last is not None and step > self._last[1]:
+            self._step_s.append((now - self._last[0]) / (step - self._last[1]))
+        self._last = (now, step)
+        eta = self.eta(step)
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, stats=step_stats(metrics))
+            self._bar.update(self._task, completed=step, stats=step_stats(metrics),
+                             eta=format_duration(eta) if eta is not None else "-")
         elif not self.quiet:
             line = f"step {step}/{self.total} | {step_stats(metrics)}"
-            t0, s0 = self._start
-            if step > s0:
-                line += f" | eta {format_duration((self.total - step) * (now - t0) / (step - s0))}"
+            if eta is not None:
+                line += f" | eta {format_duration(eta)}"
             self._print(line)
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left: the median time of the recent steps times the steps left. A median,
+        so that one long gap (a laptop asleep) does not stretch the estimate."""
+        if not self._step_s:
+            return None
+        return statistics.median(self._step_s) * (self.total - step)
 
     def message(self, text: str) -> None:
         """A line above the bar (dropped when quiet)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.config import Config
+from doctune.device import release_if_near_budget
 from doctune.errors import TrainingError
 from doctune.train import dist
 from doctune.train.batches import BatchOrder, collate, count_loss_tokens
@@ -80,15 +81,18 @@ def _catch_signals(flag: _StopFlag) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> RunResult:
-    """Run (or resume) the training described by ``cfg``; see the module docstring."""
+def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
+          overwrite: bool = False) -> RunResult:
+    """Run (or resume) the training described by ``cfg``; see the module docstring.
+    ``overwrite`` starts anew in a folder that holds an earlier run (its files are removed)."""
 
     from doctune.device import resolve_device
 
     # ---- set-up: processes, run folder, device, data, model, optimizer -----------------
     env = dist.detect()
     with dist.process_group(env, resolve_device(cfg.train.device)) as device:
-        run = build_run(cfg, resume=resume, quiet=quiet, env=env, device=device)
+        run = build_run(cfg, resume=resume, quiet=quiet, overwrite=overwrite, env=env,
+                        device=device)
         try:
             return _train(run, resume)
         finally:
@@ -178,6 +182,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                 opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            release_if_near_budget(device, run.memory_budget_mb)  # MPS: cache growth on long runs
             state.step += 1
             state.tokens_seen += step_tokens
 
@@ -301,16 +306,15 @@ def _sample(run: RunSetup, step: int) -> None:
 
 def _save_checkpoint(run: RunSetup, state: TrainState) -> None:
     """Every process gathers a sharded model's full tensors; rank 0 writes them, whole and
-    atomic, in the one-process format; the others wait until it has."""
+    atomic, in the one-process format; the others wait until it has (and fail with it)."""
     env, t = run.dist, run.cfg.train
     sharded = env.parallel == "fsdp"
     weights = dist.full_state(run.model, trainable_only=True) if sharded else None
     opt_state = dist.full_optimizer_state(run.optimizer) if sharded else None
-    if env.is_main:
-        save_checkpoint(run.rundir, state, model=run.model, optimizer=run.optimizer,
-                        scheduler=run.scheduler, scaler=run.scaler, device=run.device,
-                        keep=t.keep_checkpoints, weights=weights, optimizer_state=opt_state)
-    dist.barrier(env)
+    dist.main_first(env, lambda: save_checkpoint(
+        run.rundir, state, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+        scaler=run.scaler, device=run.device, keep=t.keep_checkpoints, weights=weights,
+        optimizer_state=opt_state))
 
 
 def _nan_message(step: int, value: float, run: RunSetup, what: str = "training loss") -> str:

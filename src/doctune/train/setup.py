@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from doctune.config import Config, Schedule, cache_dir, is_scratch, resolve, schedule
 from doctune.errors import ConfigError, DataError
+from doctune.paths import free_bytes, save_failed
 from doctune.rundir import RunDir, RunFacts
 from doctune.train import dist
 from doctune.train.dist import DistEnv
@@ -52,6 +53,8 @@ class RunSetup:
     t0: float
     data_fingerprint: str
     facts: RunFacts
+    memory_budget_mb: float
+    """``memory.budget``, or the planner's safe share of the device's memory."""
     dist: DistEnv = field(default_factory=DistEnv)
     """This process's rank among the run's processes, and ``ddp``/``fsdp`` when several."""
     module: Any = None
@@ -62,24 +65,29 @@ class RunSetup:
         """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer.
 
         Every rank calls it (a sharded model is gathered first); rank 0 writes."""
-        final, tmp = self.rundir.final_dir, self.rundir.final_staging
         # the whole state dict, gathered, when sharded (FSDP); the model holds it otherwise
         state = dist.full_state(self.model, trainable_only=False) if self.dist.parallel == "fsdp" else None
-        if not self.dist.is_main:
-            dist.barrier(self.dist)
-            return final
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        # PEFT saves the adapter; transformers the whole model
-        self.model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
-        self.tokenizer.save_pretrained(tmp)
-        if self.cfg.lora.enabled and self.facts.base_model:
-            _point_adapter_at_base(tmp, self.facts.base_model)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        dist.barrier(self.dist)
-        return final
+        dist.main_first(self.dist, lambda: self._write_final(state))
+        return self.rundir.final_dir
+
+    def _write_final(self, state: dict[str, Any] | None) -> None:
+        final, tmp = self.rundir.final_dir, self.rundir.final_staging
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            # PEFT saves the adapter; transformers the whole model
+            self.model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
+            self.tokenizer.save_pretrained(tmp)
+            if self.cfg.lora.enabled and self.facts.base_model:
+                _point_adapter_at_base(tmp, self.facts.base_model)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise save_failed(e, what="the final model", folder=self.rundir.path,
+                              needed_bytes=final_bytes(self.model, lora=self.cfg.lora.enabled),
+                              run=self.rundir) from None
 
     def write_facts(self) -> None:
         """``run.json``: what the run was and how it ended (rank 0 writes it)."""
@@ -99,9 +107,10 @@ class RunSetup:
             return None
 
 
-def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = None,
-              device: torch.device | None = None) -> RunSetup:
-    """Resolve and build everything for ``cfg``; see :class:`RunSetup`.
+def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False,
+              env: DistEnv | None = None, device: torch.device | None = None) -> RunSetup:
+    """Resolve and build everything for ``cfg``; see :class:`RunSetup`. ``overwrite`` lets a new
+    run replace the files of an earlier run in the same folder.
 
     Under several processes (``env``, ``device``: this rank's, see :mod:`doctune.train.dist`)
     rank 0 alone writes the run folder, tokenizer and data while the others wait, then read
@@ -109,6 +118,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = N
     from transformers.utils import logging as hf_logging
 
     from doctune.modeling import count_parameters, pad_token_id
+    from doctune.plan import default_budget_mb
 
     t0 = time.perf_counter()
     env = env or DistEnv()
@@ -121,16 +131,15 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = N
     env, par_notes = _parallel(cfg, env, device)
     cfg = resolve(cfg)  # after fitting: a LoRA the budget forced gets the LoRA learning rate
     cfg = _resume_accum(cfg, env, resume, par_notes)
-    run = dist.main_first(env, lambda: _run_folder(cfg, resume))
+    run = dist.main_first(env, lambda: _run_folder(cfg, resume, overwrite))
     if run is None:  # the other ranks open the folder rank 0 checked and wrote
         run = RunDir.open(cfg.train.output_dir) if resume else RunDir(cfg.train.output_dir)
 
     seed_everything(cfg.train.seed)
-    tokenizer = dist.main_first(env, lambda: _load_tokenizer(cfg, run, resume))
-    if tokenizer is None:  # the other ranks read the one rank 0 trained or loaded
-        tokenizer = _load_tokenizer(cfg, run, reuse=True)
-    dist.main_first(env, lambda: _prepare_data(cfg, run, tokenizer))
-    train, val, fingerprint = _open_data(cfg)
+    prepared = dist.main_first(env, lambda: _prepare_data(cfg, run, resume))
+    if prepared is None:  # the other ranks read the tokenizer and windows rank 0 made
+        prepared = _read_prepared(cfg, run)
+    tokenizer, train, val, fingerprint = prepared
 
     seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run, tokenizer, resume, attn, device, save_base=env.is_main)
@@ -150,10 +159,11 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = N
     monitor = (_monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
                if env.is_main else dist.SilentMonitor())
     lora_note = f", LoRA r={cfg.lora.r}" if cfg.lora.enabled else ""
+    space = _space_warning(cfg, run, model) if env.is_main else []
     t = cfg.train
     each = f" on each of {env.world} processes" if env.active else ""
     monitor.header([
-        *notes, *fit_notes, *par_notes, *plan.notes,
+        *notes, *fit_notes, *par_notes, *plan.notes, *space,
         f"run folder: {run.path}",
         f"device: {device.type}; precision: {precision.reason}",
         f"model: {cfg.model.name} ({total / 1e6:.1f}M parameters; training {trainable:,} = "
@@ -167,7 +177,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, env: DistEnv | None = N
                     model=model, train=train, val=val, pad_id=pad_token_id(tokenizer),
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, monitor=monitor,
                     total_steps=plan.total_steps, prompts=prompts, t0=t0,
-                    data_fingerprint=fingerprint, facts=facts, dist=env, module=module)
+                    data_fingerprint=fingerprint, facts=facts,
+                    memory_budget_mb=default_budget_mb(cfg, device.type), dist=env, module=module)
 
 
 # ---- processes ---------------------------------------------------------------------------
@@ -271,14 +282,24 @@ def _fit_memory(cfg: Config, device: torch.device) -> tuple[Config, list[str]]:
 # ---- run folder --------------------------------------------------------------------------
 
 
-def _run_folder(cfg: Config, resume: bool) -> RunDir:
-    """The run folder, checked (a new run never writes over another), with ``config.yaml``."""
+def _run_folder(cfg: Config, resume: bool, overwrite: bool) -> RunDir:
+    """The run folder, checked (apart from the docs; a new run never mixes with other files),
+    with ``config.yaml``."""
+    from doctune.paths import check_apart
+
+    assert cfg.data.path is not None
     run = RunDir(cfg.train.output_dir)
+    check_apart(Path(cfg.data.path), run.path, what="The run folder",
+                fix="Choose a folder outside it, e.g. `--out runs/mydocs`.")
+    if cfg.data.cache_dir is not None:
+        check_apart(Path(cfg.data.path), Path(cfg.data.cache_dir), what="`data.cache_dir`",
+                    fix="Choose a folder outside it, or leave `data.cache_dir` unset.")
     if resume:
         run = RunDir.open(run.path)
+        run.recover_interrupted_save()
         run.latest_checkpoint()  # fail before any slow work when there is nothing to resume
     else:
-        run.check_new()
+        run.check_new(overwrite=overwrite)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg)  # on resume too: it holds what this run now uses
     return run
@@ -297,54 +318,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_tokenizer(cfg: Config, run: RunDir, reuse: bool) -> Any:
-    """The model's tokenizer, or for a scratch preset one trained on the docs (kept in the run;
-    ``reuse``: the one the run kept)."""
+def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSet, WindowSet | None, str]:
+    """The tokenizer, the train and validation windows (prepared once, cached) and the store's
+    fingerprint. A from-scratch preset trains its tokenizer on the cleaned docs on the way
+    (kept in the run folder, and read back on resume)."""
+    from doctune.data.prepare import prepare
     from doctune.data.tokenize import load_tokenizer
     from doctune.modeling import preset, train_tokenizer
 
-    if not is_scratch(cfg.model.name) or cfg.model.tokenizer:
-        return load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    if reuse and run.tokenizer_dir.is_dir():
-        return load_tokenizer(str(run.tokenizer_dir))
-    texts = _clean_texts(cfg)
-    tok = train_tokenizer(texts, preset(cfg.model.name).vocab_size)
-    tok.save_pretrained(run.tokenizer_dir)
-    return tok
-
-
-def _clean_texts(cfg: Config) -> list[str]:
-    """The cleaned documents (what a from-scratch tokenizer is trained on)."""
-    from doctune.data.clean import clean_markdown
-    from doctune.data.cleantree import tree_dialects
-    from doctune.data.corpus import find_docs, read_doc
-
-    assert cfg.data.path is not None
-    src = Path(cfg.data.path)
-    root = src if src.is_dir() else src.parent
-    docs, _ = find_docs(src, cfg.data.include, cfg.data.exclude)
-    read = [(d, t) for d in docs if isinstance(t := read_doc(d), str)]
-    dialects = (tree_dialects([d for d, _ in read], [t for _, t in read], root)
-                if cfg.data.dialect == "auto" else [cfg.data.dialect] * len(read))
-    texts = [clean_markdown(raw, dialect=dialect, path=doc.rel, title_heading=cfg.data.title_heading).text
-             for (doc, raw), dialect in zip(read, dialects, strict=True)]
-    if not any(t.strip() for t in texts):
-        raise DataError(f"No documentation text found under {root}: it needs .md, .mdx or "
-                        ".markdown files with some prose in them.")
-    return texts
-
-
-def _prepare_data(cfg: Config, run: RunDir, tokenizer: Any) -> None:
-    """Prepare the token store (once; cached) and write the data summary."""
-    from doctune.data.prepare import prepare
-
-    d = cfg.data
+    d, m = cfg.data, cfg.model
     assert d.path is not None
-    summary = prepare(Path(d.path), cache_dir(cfg), tokenizer=tokenizer, block_size=d.block_size,
-                      overlap=d.overlap, val_fraction=d.val_fraction, seed=d.seed,
-                      include=tuple(d.include), exclude=tuple(d.exclude), dialect=d.dialect,
-                      title_heading=d.title_heading)
+    made: list[Any] = []
+
+    def make_tokenizer(texts: list[str]) -> Any:
+        made.append(train_tokenizer(texts, preset(m.name).vocab_size))
+        made[0].save_pretrained(run.tokenizer_dir)
+        return made[0]
+
+    tokenizer = None
+    if not is_scratch(m.name) or m.tokenizer:
+        tokenizer = load_tokenizer(m.tokenizer or m.name)
+    elif resume and run.tokenizer_dir.is_dir():
+        tokenizer = load_tokenizer(str(run.tokenizer_dir))
+    cache = cache_dir(cfg)
+    summary = prepare(Path(d.path), cache, tokenizer=tokenizer,
+                      make_tokenizer=make_tokenizer if tokenizer is None else None,
+                      block_size=d.block_size, overlap=d.overlap, val_fraction=d.val_fraction,
+                      seed=d.seed, include=tuple(d.include), exclude=tuple(d.exclude),
+                      dialect=d.dialect, title_heading=d.title_heading)
     run.write_data_summary(summary.to_dict())
+    return (tokenizer or made[0], *_open_data(cfg))
+
+
+def _read_prepared(cfg: Config, run: RunDir) -> tuple[Any, WindowSet, WindowSet | None, str]:
+    """What rank 0's :func:`_prepare_data` made, read back by the other processes: the
+    tokenizer (a scratch preset's from the run folder) and the windows."""
+    from doctune.data.tokenize import load_tokenizer
+
+    m = cfg.model
+    own = not is_scratch(m.name) or m.tokenizer
+    return (load_tokenizer((m.tokenizer or m.name) if own else str(run.tokenizer_dir)),
+            *_open_data(cfg))
 
 
 def _open_data(cfg: Config) -> tuple[WindowSet, WindowSet | None, str]:
@@ -441,6 +455,28 @@ def _monitor(cfg: Config, run: RunDir, device: torch.device, total_steps: int,
                       tensorboard=log.tensorboard, wandb=log.wandb, wandb_project=log.wandb_project,
                       wandb_mode=log.wandb_mode, progress=log.progress, quiet=quiet,
                       resume_step=resume_step, device=device)
+
+
+def final_bytes(model: Any, *, lora: bool) -> int:
+    """The size of ``final/``: the adapter for LoRA, else every weight."""
+    params = [p for p in model.parameters() if p.requires_grad or not lora]
+    return sum(p.numel() * p.element_size() for p in params) + 16 * 2**20  # + tokenizer files
+
+
+def _space_warning(cfg: Config, run: RunDir, model: Any) -> list[str]:
+    """A warning when the disk cannot hold the checkpoints kept at once plus the final model."""
+    from doctune.train.checkpoint import checkpoint_bytes
+
+    ckpt = checkpoint_bytes({n: p for n, p in model.named_parameters() if p.requires_grad}, None)
+    # one more checkpoint than kept: the newest is written before the oldest is removed
+    needed = ckpt * (cfg.train.keep_checkpoints + 1) + final_bytes(model, lora=cfg.lora.enabled)
+    free = free_bytes(run.path)
+    if free >= needed:
+        return []
+    return [f"warning: {run.path} is on a disk with {free / 1e6:,.0f} MB free, but this run "
+            f"needs ~{needed / 1e6:,.0f} MB ({cfg.train.keep_checkpoints} checkpoints kept + 1 "
+            f"being written, {ckpt / 1e6:,.0f} MB each, and the final model). Free some space, "
+            "lower `train.keep_checkpoints`, or choose another `train.output_dir`."]
 
 
 def _default_prompts(windows: WindowSet, tokenizer: Any, n: int = 3) -> list[str]:

@@ -1,0 +1,164 @@
+"""Knowledge scores of a loaded model: greedy answers (exact match, F1, stop rate) and
+multiple-choice log-likelihoods, every prompt rendered with the tokenizer's chat template
+exactly as :mod:`doctune.knowledge.chat` renders training examples.
+
+The model is used as given (device, dtype, eval mode are the caller's; gradients are off
+here). Prompts are batched with left padding for generation and right padding for
+scoring; a padded batch gives the same numbers as one prompt at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from doctune.knowledge.chat import IGNORE_INDEX, end_of_turn_id, render_prompt, render_qa
+from doctune.knowledge.metrics import (
+    Accuracy,
+    accuracy,
+    exact_match,
+    mc_choice,
+    stop_rate,
+    token_f1,
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One greedy answer."""
+
+    text: str
+    """Decoded without special tokens, white space stripped."""
+    ids: list[int]
+    """The generated ids, up to and including the stop token when one came."""
+    stopped: bool
+    """Whether generation ended with an end-of-turn/end-of-text token."""
+
+
+@dataclass(frozen=True)
+class QAScore:
+    """Exact match and F1 over a set of questions."""
+
+    exact_match: Accuracy
+    f1: float
+    """Mean token F1."""
+    stop_rate: float
+    generations: list[Generation]
+
+
+@dataclass(frozen=True)
+class MCScore:
+    """Multiple-choice accuracy, raw and per token."""
+
+    accuracy: Accuracy
+    accuracy_per_token: Accuracy
+    chance: float
+    """Mean of 1 / number of options: what guessing scores."""
+    logprobs: list[list[tuple[float, int]]]
+    """Per item, per option: (summed log-likelihood, token count)."""
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """Ids that end an answer: the template's end-of-turn token and end-of-text."""
+    ids = {end_of_turn_id(tokenizer)}
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
+                   max_new_tokens: int = 32, batch_size: int = 8,
+                   system: str | None = None) -> list[Generation]:
+    """The model's greedy answer to each question, stopping at end-of-turn/end-of-text."""
+    import torch
+
+    stops = stop_ids(tokenizer)
+    pad = _pad_id(tokenizer)
+    out: list[Generation] = []
+    for b in range(0, len(questions), batch_size):
+        prompts = [render_prompt(tokenizer, q, system=system) for q in questions[b:b + batch_size]]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids.to(_device(model)),
+                                 attention_mask=mask.to(_device(model)), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                 pad_token_id=pad)
+        for row in gen[:, width:].tolist():
+            cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+            row = row[:cut]
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            out.append(Generation(text=text, ids=row, stopped=bool(row) and row[-1] in stops))
+    return out
+
+
+def score_qa(model: Any, tokenizer: Any, questions: Sequence[str],
+             answers: Sequence[str | Sequence[str]], **kwargs: Any) -> QAScore:
+    """Exact match (with its Wilson interval), mean F1 and stop rate of greedy answers;
+    ``answers[k]`` is the gold answer (or answers) of ``questions[k]``."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    gens = greedy_answers(model, tokenizer, questions, **kwargs)
+    em = [exact_match(g.text, a) for g, a in zip(gens, answers, strict=True)]
+    f1 = [token_f1(g.text, a) for g, a in zip(gens, answers, strict=True)]
+    return QAScore(exact_match=accuracy([x == 1.0 for x in em]),
+                   f1=sum(f1) / len(f1) if f1 else 0.0,
+                   stop_rate=stop_rate([g.ids for g in gens], stop_ids(tokenizer)),
+                   generations=gens)
+
+
+def option_logprobs(model: Any, tokenizer: Any, question: str, options: Sequence[str], *,
+                    system: str | None = None) -> list[tuple[float, int]]:
+    """(sum of log p(option tokens | question prompt), option token count) per option.
+
+    Each option is rendered as the assistant's answer (:func:`render_qa`); the end-of-turn
+    token after it is not scored, so an option is not rewarded for ending."""
+    import torch
+
+    examples = [render_qa(tokenizer, question, o, system=system) for o in options]
+    width = max(len(e.input_ids) for e in examples)
+    pad = _pad_id(tokenizer)
+    ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in examples])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids))
+                         for e in examples])
+    # score the answer tokens only: labels without the final end-of-turn token
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for k, e in enumerate(examples):
+        labels[k, :len(e.labels) - 1] = torch.tensor(e.labels[:-1])
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(_device(model)),
+                       attention_mask=mask.to(_device(model))).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): position t predicts t+1
+    target = labels[:, 1:].to(logp.device)
+    keep = target != IGNORE_INDEX
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+    return [(float(picked[k].sum()), int(keep[k].sum())) for k in range(len(examples))]
+
+
+def score_mc(model: Any, tokenizer: Any, questions: Sequence[str],
+             options: Sequence[Sequence[str]], answer_index: Sequence[int], *,
+             system: str | None = None) -> MCScore:
+    """Multiple-choice accuracy (raw and per token) from option log-likelihoods."""
+    if not len(questions) == len(options) == len(answer_index):
+        raise ValueError(f"{len(questions)} questions, {len(options)} option lists and "
+                         f"{len(answer_index)} answers: one each per item")
+    scored = [option_logprobs(model, tokenizer, q, o, system=system)
+              for q, o in zip(questions, options, strict=True)]
+    raw = [mc_choice([lp for lp, _ in s]) == a for s, a in zip(scored, answer_index, strict=True)]
+    per_token = [mc_choice([lp for lp, _ in s], [n for _, n in s]) == a
+                 for s, a in zip(scored, answer_index, strict=True)]
+    chance = sum(1 / len(o) for o in options) / len(options) if options else 0.0
+    return MCScore(accuracy(raw), accuracy(per_token), chance, scored)

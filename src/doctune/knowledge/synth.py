@@ -1,0 +1,275 @@
+"""A docs folder to knowledge training and evaluation data: the library side of
+``doctune synth``.
+
+:func:`synthesize` reads and cleans the docs with the data layer, extracts facts per
+document (:mod:`~doctune.knowledge.facts`), splits them (:mod:`~doctune.knowledge.split`),
+makes template questions, rephrasings and multiple-choice items
+(:mod:`~doctune.knowledge.templates`) and, with a teacher, the teacher's checked pairs and
+rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``out_dir``:
+
+- ``facts.jsonl``: one fact per line (fields: :mod:`doctune.knowledge.facts`) plus
+  ``split``;
+- ``qa.jsonl``, ``rephrasings.jsonl``, ``mc.jsonl`` (fields:
+  :mod:`doctune.knowledge.templates`);
+- ``manifest.json``: ``version``, ``seed``, ``heldout_fraction``, ``control_fraction``,
+  ``docs`` (documents read), ``control_docs`` (documents the lead's training must leave
+  out), ``counts`` (lines per file, and facts per split and per kind), ``teacher``
+  (``null``, or ``{"model", "sections", "asked", "cached", "failed", "dropped_qa"}`` —
+  never a key or a URL);
+- ``cache/teacher/``: the teacher's answers per section (see
+  :mod:`~doctune.knowledge.teacher`), so a re-run after a docs change asks only about
+  sections whose text changed. Sections under 20 words are not sent to the teacher. Template synthesis takes milliseconds per document and is
+  simply done again.
+
+A question whose text came out with two different answers (two facts phrased alike) is
+dropped from ``qa.jsonl`` and ``mc.jsonl``: it cannot be scored. The docs folder is never
+written to.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from doctune.data.cleantree import format_issues
+from doctune.data.corpus import Skipped
+from doctune.errors import DataError
+from doctune.knowledge.facts import Fact, extract_facts
+from doctune.knowledge.metrics import normalize_answer
+from doctune.knowledge.sections import split_sections
+from doctune.knowledge.split import split_facts, unit_hash
+from doctune.knowledge.teacher import SectionResult, Teacher, TeacherConfig
+from doctune.knowledge.templates import (
+    MCItem,
+    QAPair,
+    Rephrasing,
+    mc_items,
+    questions_for,
+    rephrasings_for,
+)
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class SynthSummary:
+    """What one :func:`synthesize` run read and wrote; ``to_dict()`` is ``manifest.json``
+    plus the paths and timings."""
+
+    docs_dir: str
+    out_dir: str
+    seed: int
+    heldout_fraction: float
+    control_fraction: float
+    docs: list[str] = field(default_factory=list)
+    control_docs: list[str] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def manifest(self) -> dict[str, Any]:
+        """The ``manifest.json`` content."""
+        return {"version": MANIFEST_VERSION, "seed": self.seed,
+                "heldout_fraction": self.heldout_fraction,
+                "control_fraction": self.control_fraction, "docs": self.docs,
+                "control_docs": self.control_docs, "counts": self.counts,
+                "teacher": self.teacher}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (the CLI's ``--json``)."""
+        return {**self.manifest(), "docs_dir": self.docs_dir, "out_dir": self.out_dir,
+                "skipped": [asdict(s) for s in self.skipped], "warnings": self.warnings,
+                "seconds": round(self.seconds, 3)}
+
+
+def check_out_dir(docs_dir: Path, out_dir: Path) -> Path:
+    """``out_dir`` resolved; an error when it is, holds or lies inside the docs, or is a file."""
+    from doctune.paths import check_apart
+
+    check_apart(Path(docs_dir), Path(out_dir), what="--out",
+                fix="Pass a folder outside them, e.g. `--out synth/`.")
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out `{out_dir}` is a file; pass a folder to write the data into.")
+    return out
+
+
+def _cleaned_docs(docs_dir: Path, include: Sequence[str], exclude: Sequence[str],
+                  dialect: str) -> tuple[list[tuple[str, str]], list[Skipped], list[str]]:
+    """(rel, cleaned text) of each readable doc, the skipped files and cleaning warnings:
+    the same reading and cleaning as training."""
+    from doctune.data.cleantree import clean_docs
+
+    cleaned = clean_docs(docs_dir, include=include, exclude=exclude, dialect=dialect)
+    return [(d.rel, d.text) for d in cleaned], cleaned.skipped, cleaned.warnings
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def _unambiguous_questions(qa: Sequence[QAPair]) -> set[str]:
+    answers: dict[str, set[str]] = {}
+    for p in qa:
+        answers.setdefault(p.question, set()).add(normalize_answer(p.answer))
+    return {q for q, a in answers.items() if len(a) == 1}
+
+
+def _teacher_rows(results: Sequence[SectionResult], controls: set[str], model: str, *,
+                  seed: int, heldout_fraction: float) -> tuple[list[QAPair], list[Rephrasing]]:
+    """The teacher's pairs and rephrasings with their splits: control for a control
+    document; else a pair is held out by the same seeded hash rule as facts."""
+    qa, reph = [], []
+    for r in results:
+        sec = r.section
+        control = sec.doc in controls
+        for p in r.qa:
+            pair = QAPair(p["question"], p["answer"], "", "control" if control else "trained",
+                          sec.doc, sec.path, "teacher", model)
+            if not control and unit_hash("qa:" + pair.id, seed) < heldout_fraction:
+                pair = replace(pair, split="heldout")  # the id does not depend on the split
+            qa.append(pair)
+        reph += [Rephrasing(t, "", "control" if control else "trained", sec.doc, sec.path,
+                            "teacher", model) for t in r.rephrasings]
+    return qa, reph
+
+
+def _run_teacher(config: TeacherConfig, texts: Sequence[tuple[str, str]], cache: Path,
+                 progress: Callable[[int, int], None] | None,
+                 sleep: Callable[[float], None] | None,
+                 ) -> tuple[list[SectionResult], dict[str, Any], list[str]]:
+    sections = [s for rel, text in texts for s in split_sections(text, rel) if s.words >= 20]
+    teacher = Teacher(config, cache, sleep=sleep) if sleep else Teacher(config, cache)
+    results = teacher.run(sections, progress)
+    failed = [r for r in results if r.error]
+    info = {"model": config.model, "sections": len(sections),
+            "asked": sum(1 for r in results if not r.cached), "cached": sum(r.cached for r in results),
+            "failed": len(failed), "dropped_qa": sum(len(r.dropped) for r in results)}
+    errors = [f"teacher gave nothing for a section of {r.error}" for r in failed if r.error]
+    return [r for r in results if not r.error], info, errors
+
+
+def synthesize(
+    docs_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    teacher: TeacherConfig | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    dialect: str = "auto",
+    heldout_fraction: float = 0.2,
+    control_fraction: float = 0.1,
+    questions_per_fact: int = 2,
+    rephrasings_per_fact: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    teacher_sleep: Callable[[float], None] | None = None,
+) -> SynthSummary:
+    """Write facts, questions, rephrasings and multiple-choice items for ``docs_dir`` into
+    ``out_dir`` (see the module docstring for the files).
+
+    ``teacher`` adds a teacher model's pairs and rephrasings per section (``progress(done,
+    total)`` follows its sections; ``teacher_sleep`` replaces the wait between retries).
+    Raises :class:`DataError` for missing docs or an ``out_dir`` that is, holds or lies
+    inside ``docs_dir``.
+    """
+    started = time.perf_counter()
+    docs_dir = Path(docs_dir)
+    if not docs_dir.exists():
+        raise DataError(f"docs folder `{docs_dir}` does not exist; pass the folder of "
+                        "Markdown/MDX docs to synthesize from.")
+    out = check_out_dir(docs_dir, Path(out_dir))
+    texts, skipped, warnings = _cleaned_docs(docs_dir, include, exclude, dialect)
+    facts = [f for rel, text in texts for f in extract_facts(text, rel)]
+    plan = split_facts(facts, seed=seed, heldout_fraction=heldout_fraction,
+                       control_fraction=control_fraction, docs=[rel for rel, _ in texts])
+    controls = set(plan.control_docs)
+    qa = [q for f in facts
+          for q in questions_for(f, plan.splits[f.id], seed=seed, per_fact=questions_per_fact)]
+    reph = [r for f in facts for r in rephrasings_for(f, plan.splits[f.id], seed=seed,
+                                                       per_fact=rephrasings_per_fact)]
+    summary = SynthSummary(str(docs_dir), str(out_dir), seed, heldout_fraction,
+                           control_fraction, docs=[rel for rel, _ in texts],
+                           control_docs=sorted(controls), skipped=skipped, warnings=warnings)
+    if teacher is not None:
+        results, summary.teacher, errors = _run_teacher(
+            teacher, texts, out / "cache" / "teacher", progress, teacher_sleep)
+        summary.warnings.extend(errors)
+        t_qa, t_reph = _teacher_rows(results, controls, teacher.model, seed=seed,
+                                     heldout_fraction=heldout_fraction)
+        qa, reph = qa + t_qa, reph + t_reph
+    keep = _unambiguous_questions(qa)
+    qa = [q for q in qa if q.question in keep]
+    mc: list[MCItem] = [m for m in mc_items(facts, plan.splits, seed=seed) if m.question in keep]
+    summary.counts = _write_all(out, facts, plan.splits, qa, reph, mc)
+    summary.seconds = time.perf_counter() - started
+    _write_json(out / "manifest.json", summary.manifest())
+    return summary
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write_all(out: Path, facts: Sequence[Fact], splits: dict[str, str],
+               qa: Sequence[QAPair], reph: Sequence[Rephrasing],
+               mc: Sequence[MCItem]) -> dict[str, Any]:
+    """Write the four JSONL files; return the counts for the manifest."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, Any] = {
+            "facts": _write_jsonl(out / "facts.jsonl",
+                                  ({**f.to_dict(), "split": splits[f.id]} for f in facts)),
+            "qa": _write_jsonl(out / "qa.jsonl", (q.to_dict() for q in qa)),
+            "rephrasings": _write_jsonl(out / "rephrasings.jsonl", (r.to_dict() for r in reph)),
+            "mc": _write_jsonl(out / "mc.jsonl", (m.to_dict() for m in mc)),
+        }
+    except OSError as e:
+        raise DataError(f"cannot write into `{out}` ({e.strerror}); pass a folder you can "
+                        "write to with --out.") from e
+    counts["facts_by_split"] = dict(sorted(Counter(splits[f.id] for f in facts).items()))
+    counts["facts_by_kind"] = dict(sorted(Counter(f.kind for f in facts).items()))
+    counts["qa_by_split"] = dict(sorted(Counter(q.split for q in qa).items()))
+    counts["qa_by_source"] = dict(sorted(Counter(q.source for q in qa).items()))
+    return counts
+
+
+def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
+    """The human summary printed by ``doctune synth``."""
+    c = summary.counts
+    lines = [f"synthesized from {len(summary.docs)} docs into {summary.out_dir} in "
+             f"{summary.seconds:.1f} s: {c.get('facts', 0):,} facts, {c.get('qa', 0):,} "
+             f"questions, {c.get('mc', 0):,} multiple-choice items, "
+             f"{c.get('rephrasings', 0):,} rephrasings"]
+    if c.get("facts_by_kind"):
+        lines.append("facts: " + ", ".join(f"{k} {v}" for k, v in c["facts_by_kind"].items()))
+    if c.get("facts_by_split"):
+        lines.append("split: " + ", ".join(f"{k} {v}" for k, v in c["facts_by_split"].items()))
+    if summary.control_docs:
+        shown = ", ".join(summary.control_docs[:max_lines])
+        more = len(summary.control_docs) - max_lines
+        lines.append(f"control docs (leave out of training): {shown}"
+                     + (f" and {more} more" if more > 0 else ""))
+    t = summary.teacher
+    if t:
+        lines.append(f"teacher {t['model']}: {t['sections']} sections, {t['asked']} asked, "
+                     f"{t['cached']} from cache, {t['failed']} failed, {t['dropped_qa']} "
+                     "answers dropped (not in the section)")
+    lines += format_issues(summary.skipped, summary.warnings, max_lines=max_lines)
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Knowledge scores of tiny random models: the numbers equal manual forward passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from chat_templates import build_chat_tokenizer
+from doctune.knowledge.chat import IGNORE_INDEX, prepare_chat_tokenizer, render_prompt, render_qa
+from doctune.knowledge.metrics import mc_choice
+from doctune.knowledge.score import (
+    greedy_answers,
+    option_logprobs,
+    score_mc,
+    score_qa,
+    stop_ids,
+)
+
+QUESTIONS = ["What is the default port?", "Which flag sets the host?", "Name the option."]
+
+
+@pytest.fixture(scope="module", params=["llama3.2", "base"])
+def model_and_tokenizer(request: pytest.FixtureRequest, gpt2_tokenizer_dir: Path,
+                        tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """A 2-layer random Llama with the Llama 3.2 chat tokenizer, or a GPT-2 with ChatML."""
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    folder = build_chat_tokenizer(request.param, gpt2_tokenizer_dir,
+                                  tmp_path_factory.mktemp(request.param))
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    if request.param == "llama3.2":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=256,
+                                           vocab_size=50257))
+        prepare_chat_tokenizer(tok)
+        model.resize_token_embeddings(len(tok))
+    return model.eval(), tok
+
+
+def _manual_logprob(model: Any, ids: list[int], labels: list[int]) -> tuple[float, int]:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    total, n = 0.0, 0
+    for t in range(1, len(ids) - 1):  # the final end-of-turn token is not scored
+        if labels[t] != IGNORE_INDEX:
+            total += float(logp[t - 1, ids[t]])
+            n += 1
+    return total, n
+
+
+def test_option_logprobs_equal_a_manual_forward_pass(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tok = model_and_tokenizer
+    options = ["5173", "a much longer wrong answer", "8080", "`server.port`"]
+    got = option_logprobs(model, tok, QUESTIONS[0], options)
+    for option, (lp, n) in zip(options, got, strict=True):
+        ex = render_qa(tok, QUESTIONS[0], option)
+        want, want_n = _manual_logprob(model, ex.input_ids, ex.labels)
+        assert n == want_n == len(tok(option, add_special_tokens=False)["input_ids"])
+        assert abs(lp - want) < 1e-4 and lp < 0
+
+
+def test_score_mc_matches_the_choices(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tok = model_and_tokenizer
+    opts = [["5173", "8080", "3000"], ["--host", "--port"], ["retries", "timeout", "a b c d"]]
+    result = score_mc(model, tok, QUESTIONS, opts, [0, 1, 2])
+    raw = [mc_choice([lp for lp, _ in s]) for s in result.logprobs]
+    per_tok = [mc_choice([lp for lp, _ in s], [n for _, n in s]) for s in result.logprobs]
+    assert result.accuracy.correct == sum(r == a for r, a in zip(raw, [0, 1, 2], strict=True))
+    assert result.accuracy_per_token.correct == sum(
+        r == a for r, a in zip(per_tok, [0, 1, 2], strict=True))
+    assert result.accuracy.total == 3 and abs(result.chance - (1 / 3 + 1 / 2 + 1 / 3) / 3) < 1e-12
+    assert result.logprobs[0] == option_logprobs(model, tok, QUESTIONS[0], opts[0])
+
+
+def _manual_greedy(model: Any, prompt: list[int], stops: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(n):
+        with torch.no_grad():
+            nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        ids.append(nxt)
+        if nxt in stops:
+            break
+    return ids[len(prompt):]
+
+
+def test_greedy_answers_batched_equal_manual_greedy(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tok = model_and_tokenizer
+    stops = stop_ids(tok)
+    gens = greedy_answers(model, tok, QUESTIONS, max_new_tokens=6, batch_size=2)
+    for q, g in zip(QUESTIONS, gens, strict=True):
+        assert g.ids == _manual_greedy(model, render_prompt(tok, q), stops, 6)
+        assert g.stopped == (g.ids[-1] in stops)
+        assert g.text == tok.decode(g.ids, skip_special_tokens=True).strip()
+
+
+def test_score_qa_against_its_own_answers(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tok = model_and_tokenizer
+    gens = greedy_answers(model, tok, QUESTIONS, max_new_tokens=6)
+    golds = [g.text or "x" for g in gens]
+    result = score_qa(model, tok, QUESTIONS, golds, max_new_tokens=6)
+    expected = sum(1 for g in gens if g.text)  # an empty answer does not match "x"
+    assert result.exact_match.correct == expected and result.exact_match.total == 3
+    assert result.stop_rate == sum(g.stopped for g in gens) / 3
+    wrong = score_qa(model, tok, QUESTIONS, [["zzz qqq"]] * 3, max_new_tokens=6)
+    assert wrong.exact_match.correct == 0 and 0.0 <= wrong.f1 < 1.0
