@@ -152,6 +152,8 @@ class TrainConfig(_Section):
     """torch.compile the transformer blocks; auto compiles only where the measured step time says it pays for itself."""
     num_threads: int | None = Field(None, ge=1, le=4096)
     """CPU threads for PyTorch (null: PyTorch's default)."""
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Under torchrun (several processes): ddp replicates the model on each device, fsdp shards it (FSDP2); auto takes ddp unless the memory planner says the model does not fit one device."""
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -259,10 +261,11 @@ class Schedule:
     """Sentences saying what was changed from the configuration, and why."""
 
 
-def schedule(t: TrainConfig, train_windows: int) -> Schedule:
+def schedule(t: TrainConfig, train_windows: int, world: int = 1) -> Schedule:
     """``train.max_steps`` (or ``train.epochs`` over ``train_windows``) and the warm-up,
-    shortened to a tenth of a short run."""
-    batch = t.micro_batch_size * t.grad_accum
+    shortened to a tenth of a short run. ``world`` processes each take a micro-batch, so a
+    step takes ``micro_batch_size x grad_accum x world`` windows."""
+    batch = t.micro_batch_size * t.grad_accum * world
     total = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(train_windows / batch)))
     notes = []
     if batch > train_windows:

@@ -228,6 +228,15 @@ def unwrap_peft(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def transformer_blocks(model: Any) -> list[Any]:
+    """The repeated transformer blocks of ``model`` (e.g. every ``GPT2Block``): the modules
+    transformers never splits across devices (``_no_split_modules``). Empty when the model
+    names none."""
+    base = unwrap_peft(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    return [m for m in base.modules() if type(m).__name__ in names]
+
+
 def enable_grad_checkpointing(model: Any) -> None:
     """Turn on activation recomputation (non-reentrant, so it works with frozen LoRA bases)."""
     base = unwrap_peft(model)

@@ -70,6 +70,10 @@ class RunFacts(BaseModel):
     tokens_seen: int | None = None
     time_to_first_step_s: float | None = None
     train_time_s: float | None = None
+    processes: int | None = None
+    """Processes that trained together (``torchrun``); 1 without it."""
+    parallel: str | None = None
+    """``ddp`` or ``fsdp`` with several processes, ``none`` with one."""
     compile: str | None = None
     """``train.compile`` setting; ``compiled`` says whether the blocks were compiled."""
     compiled: bool | None = None

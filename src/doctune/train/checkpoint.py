@@ -46,11 +46,14 @@ class TrainState:
     micro_batch_size: int = 0
     """Windows per micro-batch: with the seed and the windows it fixes the data position."""
     grad_accum: int = 0
+    """Micro-batches per optimizer step, over all processes (``train.grad_accum x world``)."""
     seed: int = 0
     data_fingerprint: str = ""
     """Identity of the token store trained on (a resume over other data is refused)."""
     device: str = ""
     """Device type the run trained on (an exact resume needs the same kind of device)."""
+    world_size: int = 1
+    """Processes that trained together (a resume on another number is close, not exact)."""
 
 
 RESUME_KEYS = ("micro_batch_size", "grad_accum", "seed", "data_fingerprint")
@@ -77,6 +80,11 @@ def check_resumable(saved: TrainState, now: TrainState) -> list[str]:
     if saved.device and saved.device != now.device:
         notes.append(f"the checkpoint was trained on {saved.device}, this resume runs on "
                      f"{now.device}: the result will be close to, not identical with, an "
+                     "uninterrupted run")
+    if saved.world_size != now.world_size:
+        notes.append(f"the checkpoint was trained by {saved.world_size} process(es), this resume "
+                     f"runs {now.world_size}: the same global batch, but gradients summed in "
+                     "another order, so the result will be close to, not identical with, an "
                      "uninterrupted run")
     return notes
 
@@ -144,14 +152,19 @@ def save_checkpoint(
     scaler: Any,
     device: torch.device,
     keep: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> CheckpointDir:
-    """Write ``checkpoints/step-N`` of ``run`` atomically, then drop all but the ``keep`` newest."""
+    """Write ``checkpoints/step-N`` of ``run`` atomically, then drop all but the ``keep`` newest.
+
+    ``weights`` and ``optimizer_state`` replace what ``model`` and ``optimizer`` hold when the
+    caller gathered them already (sharded training: :mod:`doctune.train.dist`)."""
     import torch
     from safetensors.torch import save_file
 
     final = run.checkpoint(state.step)
     tmp = CheckpointDir(run.checkpoint_staging(state.step))
-    weights = trainable_state(model)
+    weights = weights if weights is not None else trainable_state(model)
     try:
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         run.recover_interrupted_save()
@@ -159,7 +172,8 @@ def save_checkpoint(
             shutil.rmtree(leftover, ignore_errors=True)  # from a save a crash interrupted
         tmp.path.mkdir()
         save_file(weights, str(tmp.weights))
-        torch.save(optimizer.state_dict(), tmp.optimizer)
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                   tmp.optimizer)
         torch.save({"scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": rng_states(device)}, tmp.trainer)
@@ -214,6 +228,8 @@ def load_checkpoint(
     import torch
     from safetensors.torch import load_file
 
+    from doctune.train.dist import like_param, optimizer_state_like
+
     try:
         state = TrainState(**json.loads(ckpt.state.read_text(encoding="utf-8")))
         weights = load_file(str(ckpt.weights))
@@ -231,8 +247,8 @@ def load_checkpoint(
             "Resume with the run's own config.yaml (model and LoRA settings unchanged).")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(opt_state)
+            p.copy_(like_param(weights[name].to(p.device, p.dtype), p))  # a shard when sharded
+    optimizer.load_state_dict(optimizer_state_like(opt_state, optimizer))
     scheduler.load_state_dict(trainer["scheduler"])
     if scaler is not None and trainer.get("scaler"):
         scaler.load_state_dict(trainer["scaler"])

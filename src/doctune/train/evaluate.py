@@ -30,6 +30,29 @@ def evaluate_loss(
     Each token is counted once: the overlap a window shares with the previous window of
     its document is context only. Returns ``(nan, 0)`` for an empty set.
     """
+    total, count = evaluate_sums(model, windows, batch_size=batch_size, device=device,
+                                 precision=precision, pad_id=pad_id, max_batches=max_batches,
+                                 fused=fused)
+    return (total / count if count else float("nan")), count
+
+
+def evaluate_sums(
+    model: torch.nn.Module,
+    windows: WindowsLike,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    pad_id: int,
+    max_batches: int | None = None,
+    fused: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[float, int]:
+    """The summed token loss and the token count of :func:`evaluate_loss`, over this
+    ``rank``'s share of the batches: batch ``b`` belongs to rank ``b % world``. Every rank
+    runs the same number of forward passes (a sharded model gathers its layers in each):
+    one without a batch of its own repeats batch 0 and does not count it."""
     import torch
 
     was_training = model.training
@@ -40,16 +63,18 @@ def evaluate_loss(
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     with torch.no_grad():
-        for b in range(n_batches):
-            batch = [windows[i] for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
+        for b in range(rank, math.ceil(n_batches / world) * world, world):
+            first = b * batch_size if b < n_batches else 0
+            batch = [windows[i] for i in range(first, min(n, first + batch_size))]
             input_ids, labels = collate(batch, pad_id)
             with precision.autocast(device):
                 loss_sum, n_tok = causal_lm_loss(model, input_ids.to(device), labels.to(device),
                                                  fused=fused)
-            total += float(loss_sum)
-            count += int(n_tok)
+            if b < n_batches:
+                total += float(loss_sum)
+                count += int(n_tok)
     model.train(was_training)
-    return (total / count if count else float("nan")), count
+    return total, count
 
 
 def perplexity(loss: float) -> float:

@@ -3,7 +3,10 @@
 ``train(cfg)`` reads top to bottom: set-up (run folder, device, data, model, optimizer),
 then one loop over optimizer steps with commented sections (micro-steps, clip/step, log,
 evaluate/sample, checkpoint), then the final save. ``step`` counts optimizer updates,
-``micro_step`` forward/backward passes (and is the data position).
+``micro_step`` forward/backward passes over all processes (and is the data position).
+
+Under ``torchrun`` every process runs this same loop on its share of each step
+(:mod:`doctune.train.dist`); rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from doctune.config import Config
 from doctune.device import release_if_near_budget
 from doctune.errors import TrainingError
+from doctune.train import dist
 from doctune.train.batches import BatchOrder, collate, count_loss_tokens
 from doctune.train.checkpoint import (
     TrainState,
@@ -28,8 +32,7 @@ from doctune.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from doctune.train.evaluate import evaluate_loss, perplexity
-from doctune.train.loss import causal_lm_loss
+from doctune.train.evaluate import evaluate_sums, perplexity
 from doctune.train.setup import RunSetup, build_run
 from doctune.train.speed import CompileTracker, eager
 
@@ -83,12 +86,17 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
     """Run (or resume) the training described by ``cfg``; see the module docstring.
     ``overwrite`` starts anew in a folder that holds an earlier run (its files are removed)."""
 
-    # ---- set-up: run folder, device, data, model, optimizer ---------------------------
-    run = build_run(cfg, resume=resume, quiet=quiet, overwrite=overwrite)
-    try:
-        return _train(run, resume)
-    finally:
-        run.monitor.close()
+    from doctune.device import resolve_device
+
+    # ---- set-up: processes, run folder, device, data, model, optimizer -----------------
+    env = dist.detect()
+    with dist.process_group(env, resolve_device(cfg.train.device)) as device:
+        run = build_run(cfg, resume=resume, quiet=quiet, overwrite=overwrite, env=env,
+                        device=device)
+        try:
+            return _train(run, resume)
+        finally:
+            run.monitor.close()
 
 
 def _train(run: RunSetup, resume: bool) -> RunResult:
@@ -96,12 +104,13 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
 
     cfg = run.cfg
     model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
-    device, prec, mon = run.device, run.precision, run.monitor
+    device, prec, mon, env, module = run.device, run.precision, run.monitor, run.dist, run.module
     t = cfg.train
     order = BatchOrder(len(run.train), t.micro_batch_size, t.seed)
     state = TrainState(step=0, micro_step=0, tokens_seen=0, total_steps=run.total_steps,
-                       micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum, seed=t.seed,
-                       data_fingerprint=run.data_fingerprint, device=device.type)
+                       micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum * env.world,
+                       seed=t.seed, data_fingerprint=run.data_fingerprint, device=device.type,
+                       world_size=env.world)
     val_before: float | None = None
 
     if resume:
@@ -124,33 +133,40 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
 
     # ---- the loop ------------------------------------------------------------------
     flag = _StopFlag()
-    model.train()
+    stop_signal = 0  # the signal one of the processes received (all stop at the same step)
+    module.train()
     compiler = CompileTracker(t.compile, device.type, prec.name)
     if (said := compiler.start(model)) is not None:
         mon.message(said)
     t_start = time.perf_counter()
     with _catch_signals(flag):
-        while state.step < run.total_steps and flag.signal is None:
+        while state.step < run.total_steps and not stop_signal:
             t_step = time.perf_counter()
-            # micro-batches of this step, collated up front: the loss is weighted by the
-            # real tokens of the whole step, so 4 micro-batches of 1 == 1 micro-batch of 4
-            micro = [collate([run.train[i] for i in order.indices(state.micro_step + k)], run.pad_id)
-                     for k in range(t.grad_accum)]
-            step_tokens = sum(count_loss_tokens(labels) for _, labels in micro)
+            # the micro-batches of this step over all processes, collated up front (token ids
+            # only): the loss is weighted by the real tokens of the whole step, so 4
+            # micro-batches of 1 == 1 micro-batch of 4 == 2 processes x 2 micro-batches of 1.
+            # This process trains on micro-batches rank, rank + world, rank + 2 world, ...
+            step_micro = [collate([run.train[i] for i in order.indices(state.micro_step + k)],
+                                  run.pad_id) for k in range(t.grad_accum * env.world)]
+            step_tokens = sum(count_loss_tokens(labels) for _, labels in step_micro)
+            micro = step_micro[env.rank::env.world]
             loss_total = torch.zeros((), device=device)
             input_tokens = 0
-            for input_ids, labels in micro:
+            for k, (input_ids, labels) in enumerate(micro):
                 input_ids, labels = input_ids.to(device), labels.to(device)
-                with prec.autocast(device):
-                    loss_sum, _ = causal_lm_loss(model, input_ids, labels, fused=t.fused_loss)
-                loss = loss_sum / max(step_tokens, 1)
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_total += loss.detach()
+                # gradients are averaged over the processes once, after the last micro-step;
+                # `* world` undoes the average: the sum is the one-process gradient
+                with dist.grad_sync(env, module, last=k == len(micro) - 1):
+                    with prec.autocast(device):
+                        loss_sum = module(input_ids, labels)
+                    loss = loss_sum * env.world / max(step_tokens, 1)
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_total += loss_sum.detach() / max(step_tokens, 1)
                 input_tokens += int(input_ids.numel())
-                state.micro_step += 1
+            state.micro_step += len(step_micro)
 
             # ---- clip, step ----------------------------------------------------------
-            train_loss = float(loss_total)
+            train_loss, step_input_tokens = dist.sum_over_ranks(env, float(loss_total), input_tokens)
             if not math.isfinite(train_loss):
                 raise TrainingError(_nan_message(state.step + 1, train_loss, run))
             if scaler is not None:
@@ -171,7 +187,10 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             state.tokens_seen += step_tokens
 
             # ---- log -----------------------------------------------------------------
-            step_s = time.perf_counter() - t_step
+            # the slowest process's time (every process decides to compile alike) and any
+            # process's stop signal (every process stops after this step)
+            step_s, stop = dist.max_over_ranks(env, time.perf_counter() - t_step, flag.signal or 0)
+            stop_signal = int(stop)
             if state.step == 1:
                 run.facts.time_to_first_step_s = round(time.perf_counter() - run.t0, 3)
             if (said := compiler.after_step(model, step_s, run.total_steps - state.step)) is not None:
@@ -179,7 +198,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             if state.step % t.log_every == 0 or state.step == run.total_steps:
                 mon.log_step(state.step, {
                     "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_sec": input_tokens / step_s, "step_time_s": step_s,
+                    "tokens_per_sec": step_input_tokens / step_s, "step_time_s": step_s,
                     "tokens_seen": float(state.tokens_seen),
                     "epoch": order.epoch_of(state.micro_step)})
 
@@ -190,16 +209,14 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                     _evaluate(run, state.step)
                 if t.sample_every and state.step % t.sample_every == 0 and not last:
                     _sample(run, state.step)
-            if (t.save_every and state.step % t.save_every == 0) or last or flag.signal is not None:
-                save_checkpoint(run.rundir, state, model=model, optimizer=opt,
-                                scheduler=sched, scaler=scaler, device=device,
-                                keep=t.keep_checkpoints)
+            if (t.save_every and state.step % t.save_every == 0) or last or stop_signal:
+                _save_checkpoint(run, state)
     train_s = time.perf_counter() - t_start
     run.facts.update(compiler.facts())
 
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
-    if flag.signal is not None:
-        name = signal.Signals(flag.signal).name
+    if stop_signal:
+        name = signal.Signals(stop_signal).name
         mon.summary(f"{name} received: saved checkpoint {run.rundir.checkpoint(state.step).path}; "
                     f"continue with `doctune train --resume {run.rundir.path}`")
         return RunResult(run_dir=run.rundir.path, final_dir=None, steps=state.step,
@@ -234,11 +251,17 @@ def _ppl(loss: float | None) -> float | None:
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
+    """The gradient norm, after clipping the gradients to ``max_norm`` (None: no clipping)."""
     import torch
 
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0
+    norm = dist.sharded_grad_norm([p.grad for p in params if p.grad is not None])
+    if norm is not None:  # FSDP: the norm over every rank's shards
+        if max_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return float(norm)
     if max_norm is None:
         norms = torch.stack([p.grad.detach().norm(2) for p in params if p.grad is not None])
         return float(norms.norm(2))
@@ -251,10 +274,14 @@ def _evaluate(run: RunSetup, step: int) -> float | None:
 
     if run.val is None or len(run.val) == 0:
         return None
-    t = run.cfg.train
-    loss, n_tok = evaluate_loss(run.model, run.val, batch_size=t.micro_batch_size, device=run.device,
-                                precision=run.precision, pad_id=run.pad_id, max_batches=t.eval_batches,
-                                fused=t.fused_loss)
+    t, env = run.cfg.train, run.dist
+    with dist.whole_model(env, run.module):  # each process takes every world-th batch
+        total, count = evaluate_sums(run.model, run.val, batch_size=t.micro_batch_size,
+                                     device=run.device, precision=run.precision, pad_id=run.pad_id,
+                                     max_batches=t.eval_batches, fused=t.fused_loss,
+                                     rank=env.rank, world=env.world)
+    summed, tokens = dist.sum_over_ranks(env, total, count)
+    loss, n_tok = (summed / tokens if tokens else float("nan")), int(tokens)
     empty_cache(run.device)
     run.monitor.log_eval(step, {"val_loss": loss, "val_ppl": perplexity(loss), "val_tokens": n_tok})
     return loss
@@ -263,15 +290,31 @@ def _evaluate(run: RunSetup, step: int) -> float | None:
 def _sample(run: RunSetup, step: int) -> None:
     """Generate the fixed-seed samples at ``step`` without disturbing the training RNG."""
 
-    if not run.prompts:
+    env = run.dist
+    # a sharded model generates on every process (each gathers the layers); otherwise rank 0
+    if not run.prompts or (env.parallel != "fsdp" and not env.is_main):
         return
     from doctune.monitor.samples import generate_samples
 
     # generate_samples forks the RNG itself: training's random stream is left as it was
-    samples = generate_samples(run.model, run.tokenizer, run.prompts, device=run.device,
-                               max_new_tokens=run.cfg.train.sample_max_new_tokens,
-                               seed=run.cfg.train.seed)
+    with dist.whole_model(env, run.module):
+        samples = generate_samples(run.model, run.tokenizer, run.prompts, device=run.device,
+                                   max_new_tokens=run.cfg.train.sample_max_new_tokens,
+                                   seed=run.cfg.train.seed)
     run.monitor.log_samples(step, samples)
+
+
+def _save_checkpoint(run: RunSetup, state: TrainState) -> None:
+    """Every process gathers a sharded model's full tensors; rank 0 writes them, whole and
+    atomic, in the one-process format; the others wait until it has (and fail with it)."""
+    env, t = run.dist, run.cfg.train
+    sharded = env.parallel == "fsdp"
+    weights = dist.full_state(run.model, trainable_only=True) if sharded else None
+    opt_state = dist.full_optimizer_state(run.optimizer) if sharded else None
+    dist.main_first(env, lambda: save_checkpoint(
+        run.rundir, state, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+        scaler=run.scaler, device=run.device, keep=t.keep_checkpoints, weights=weights,
+        optimizer_state=opt_state))
 
 
 def _nan_message(step: int, value: float, run: RunSetup, what: str = "training loss") -> str:

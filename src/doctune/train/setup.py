@@ -11,7 +11,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ from doctune.config import Config, Schedule, cache_dir, is_scratch, resolve, sch
 from doctune.errors import ConfigError, DataError
 from doctune.paths import free_bytes, save_failed
 from doctune.rundir import RunDir, RunFacts
+from doctune.train import dist
+from doctune.train.dist import DistEnv
 
 if TYPE_CHECKING:
     import torch
@@ -53,14 +55,28 @@ class RunSetup:
     facts: RunFacts
     memory_budget_mb: float
     """``memory.budget``, or the planner's safe share of the device's memory."""
+    dist: DistEnv = field(default_factory=DistEnv)
+    """This process's rank among the run's processes, and ``ddp``/``fsdp`` when several."""
+    module: Any = None
+    """What the loop trains: the model and its loss as one module, wrapped by DDP or FSDP
+    when several processes train (see :mod:`doctune.train.dist`)."""
 
     def save_final(self) -> Path:
-        """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer."""
+        """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer.
+
+        Every rank calls it (a sharded model is gathered first); rank 0 writes."""
+        # the whole state dict, gathered, when sharded (FSDP); the model holds it otherwise
+        state = dist.full_state(self.model, trainable_only=False) if self.dist.parallel == "fsdp" else None
+        dist.main_first(self.dist, lambda: self._write_final(state))
+        return self.rundir.final_dir
+
+    def _write_final(self, state: dict[str, Any] | None) -> None:
         final, tmp = self.rundir.final_dir, self.rundir.final_staging
         try:
             if tmp.exists():
                 shutil.rmtree(tmp)
-            self.model.save_pretrained(tmp)  # PEFT saves the adapter; transformers the whole model
+            # PEFT saves the adapter; transformers the whole model
+            self.model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
             self.tokenizer.save_pretrained(tmp)
             if self.cfg.lora.enabled and self.facts.base_model:
                 _point_adapter_at_base(tmp, self.facts.base_model)
@@ -72,17 +88,17 @@ class RunSetup:
             raise save_failed(e, what="the final model", folder=self.rundir.path,
                               needed_bytes=final_bytes(self.model, lora=self.cfg.lora.enabled),
                               run=self.rundir) from None
-        return final
 
     def write_facts(self) -> None:
-        """``run.json``: what the run was and how it ended."""
-        self.rundir.write_facts(self.facts)
+        """``run.json``: what the run was and how it ended (rank 0 writes it)."""
+        if self.dist.is_main:
+            self.rundir.write_facts(self.facts)
 
     def write_report(self) -> Path | None:
         """The HTML report with plots (None if it could not be written; the run is still fine)."""
         from doctune.monitor.report import write_report
 
-        if not self.cfg.log.report:
+        if not self.cfg.log.report or not self.dist.is_main:
             return None
         try:
             return write_report(self.rundir)
@@ -91,66 +107,142 @@ class RunSetup:
             return None
 
 
-def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False) -> RunSetup:
+def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False,
+              env: DistEnv | None = None, device: torch.device | None = None) -> RunSetup:
     """Resolve and build everything for ``cfg``; see :class:`RunSetup`. ``overwrite`` lets a new
-    run replace the files of an earlier run in the same folder."""
+    run replace the files of an earlier run in the same folder.
+
+    Under several processes (``env``, ``device``: this rank's, see :mod:`doctune.train.dist`)
+    rank 0 alone writes the run folder, tokenizer and data while the others wait, then read
+    them; every decision (memory fitting, DDP or FSDP) is rank 0's."""
     from transformers.utils import logging as hf_logging
 
     from doctune.modeling import count_parameters, pad_token_id
     from doctune.plan import default_budget_mb
 
     t0 = time.perf_counter()
+    env = env or DistEnv()
     if cfg.data.path is None:
         raise ConfigError("No docs folder given: pass it as `doctune train DOCS` or set `data.path`.")
-    device, precision, attn, notes = _device(cfg)
-    cfg, fit_notes = _fit_memory(cfg, device)
+    device, precision, attn, notes = _device(cfg, device)
+    fitted = dist.broadcast(env, dist.main_first(env, lambda: _fit_memory(cfg, device)))
+    assert fitted is not None
+    cfg, fit_notes = fitted
+    env, par_notes = _parallel(cfg, env, device)
     cfg = resolve(cfg)  # after fitting: a LoRA the budget forced gets the LoRA learning rate
-    run = _run_folder(cfg, resume, overwrite)
+    cfg = _resume_accum(cfg, env, resume, par_notes)
+    run = dist.main_first(env, lambda: _run_folder(cfg, resume, overwrite))
+    if run is None:  # the other ranks open the folder rank 0 checked and wrote
+        run = RunDir.open(cfg.train.output_dir) if resume else RunDir(cfg.train.output_dir)
 
     seed_everything(cfg.train.seed)
-    tokenizer, train, val, fingerprint = _prepare_data(cfg, run, resume)
+    prepared = dist.main_first(env, lambda: _prepare_data(cfg, run, resume))
+    if prepared is None:  # the other ranks read the tokenizer and windows rank 0 made
+        prepared = _read_prepared(cfg, run)
+    tokenizer, train, val, fingerprint = prepared
 
     seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
-    model, base = _build_model(cfg, run, tokenizer, resume, attn, device)
+    model, base = _build_model(cfg, run, tokenizer, resume, attn, device, save_base=env.is_main)
     hf_logging.disable_progress_bar()  # after loading, so hub downloads kept their bars
-    plan = schedule(cfg.train, len(train))
+    trainable, total = count_parameters(model)  # before sharding: whole sizes
+    module = dist.wrap(env, model, fused=cfg.train.fused_loss, device=device)
+    plan = schedule(cfg.train, len(train), env.world)
     optimizer, scheduler, scaler = _optimizer(cfg, model, device, precision, plan)
-    trainable, total = count_parameters(model)
 
     facts = run.facts if resume else RunFacts()
     facts.update({"model_name": cfg.model.name, "base_model": base, "lora": cfg.lora.enabled,
                   "device": device.type, "precision": precision.name, "params_total": total,
                   "params_trainable": trainable, "total_steps": plan.total_steps,
-                  "train_windows": len(train), "val_windows": len(val) if val else 0})
+                  "train_windows": len(train), "val_windows": len(val) if val else 0,
+                  "processes": env.world, "parallel": env.parallel})
     resume_step = run.latest_checkpoint().step if resume else 0
-    monitor = _monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
+    monitor = (_monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
+               if env.is_main else dist.SilentMonitor())
     lora_note = f", LoRA r={cfg.lora.r}" if cfg.lora.enabled else ""
-    space = _space_warning(cfg, run, model)
+    space = _space_warning(cfg, run, model) if env.is_main else []
+    t = cfg.train
+    each = f" on each of {env.world} processes" if env.active else ""
     monitor.header([
-        *notes, *fit_notes, *plan.notes, *space,
+        *notes, *fit_notes, *par_notes, *plan.notes, *space,
         f"run folder: {run.path}",
         f"device: {device.type}; precision: {precision.reason}",
         f"model: {cfg.model.name} ({total / 1e6:.1f}M parameters; training {trainable:,} = "
         f"{100 * trainable / total:.2f}%{lora_note})",
         f"data: {len(train)} training windows, {len(val) if val else 0} validation windows of "
         f"{cfg.data.block_size} tokens; {plan.total_steps} steps of "
-        f"{cfg.train.micro_batch_size}x{cfg.train.grad_accum} windows",
+        f"{t.micro_batch_size}x{t.grad_accum} windows{each}",
     ])
-    t = cfg.train
     prompts = t.sample_prompts if t.sample_prompts is not None else _default_prompts(val or train, tokenizer)
     return RunSetup(cfg=cfg, rundir=run, device=device, precision=precision, tokenizer=tokenizer,
                     model=model, train=train, val=val, pad_id=pad_token_id(tokenizer),
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, monitor=monitor,
                     total_steps=plan.total_steps, prompts=prompts, t0=t0,
                     data_fingerprint=fingerprint, facts=facts,
-                    memory_budget_mb=default_budget_mb(cfg, device.type))
+                    memory_budget_mb=default_budget_mb(cfg, device.type), dist=env, module=module)
+
+
+# ---- processes ---------------------------------------------------------------------------
+
+
+def _parallel(cfg: Config, env: DistEnv, device: torch.device) -> tuple[DistEnv, list[str]]:
+    """``train.parallel`` decided (by rank 0, for all), with the line saying so."""
+    if not env.active:
+        return env, []
+
+    def fits() -> bool:
+        from doctune.plan import estimate_memory
+
+        return estimate_memory(cfg, device=device.type).fits
+
+    mode = dist.broadcast(env, dist.main_first(
+        env, lambda: dist.choose_parallel(cfg.train.parallel, fits_one_device=fits)))
+    assert mode is not None
+    why = "as configured" if cfg.train.parallel != "auto" else (
+        "the model fits one device" if mode == "ddp" else "the model does not fit one device")
+    return replace(env, parallel=mode), [f"{env.world} processes, {mode.upper()} ({why})"]
+
+
+def _resume_accum(cfg: Config, env: DistEnv, resume: bool, notes: list[str]) -> Config:
+    """On a resume by another number of processes, the accumulation that keeps the
+    checkpoint's global batch (``micro_batch_size x grad_accum x world``)."""
+    if not resume or not RunDir.is_run(cfg.train.output_dir):
+        return cfg
+    saved = _saved_counters(RunDir(cfg.train.output_dir))
+    if saved is None or saved.world_size == env.world or saved.grad_accum == 0:
+        return cfg
+    if saved.grad_accum % env.world:
+        raise ConfigError(f"The checkpoint took {saved.grad_accum} micro-batches per step over "
+                          f"{saved.world_size} process(es); {env.world} processes cannot share "
+                          "them evenly. Resume with a number of processes that divides "
+                          f"{saved.grad_accum}.")
+    accum = saved.grad_accum // env.world
+    if accum != cfg.train.grad_accum:
+        notes.append(f"train.grad_accum {cfg.train.grad_accum} -> {accum}: the checkpoint's "
+                     f"global batch over {env.world} process(es) instead of {saved.world_size}")
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.grad_accum = accum
+    return cfg
+
+
+def _saved_counters(run: RunDir) -> Any:
+    from doctune.train.checkpoint import TrainState
+
+    ckpts = run.checkpoints()
+    if not ckpts:
+        return None
+    try:
+        return TrainState(**json.loads(ckpts[-1].state.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None  # load_checkpoint says what is wrong with it
 
 
 # ---- device ------------------------------------------------------------------------------
 
 
-def _device(cfg: Config) -> tuple[torch.device, Precision, str | None, list[str]]:
-    """Device, precision, attention kernel and the notes to print (CPU contention)."""
+def _device(cfg: Config, device: torch.device | None = None,
+            ) -> tuple[torch.device, Precision, str | None, list[str]]:
+    """Device (``device`` when the caller resolved it), precision, attention kernel and the
+    notes to print (CPU contention)."""
     import torch
 
     from doctune.device import resolve_device, resolve_precision
@@ -158,7 +250,7 @@ def _device(cfg: Config) -> tuple[torch.device, Precision, str | None, list[str]
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    device = resolve_device(t.device)
+    device = device or resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     notes: list[str] = []
     attn = cfg.model.attn_implementation
@@ -231,7 +323,6 @@ def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSe
     fingerprint. A from-scratch preset trains its tokenizer on the cleaned docs on the way
     (kept in the run folder, and read back on resume)."""
     from doctune.data.prepare import prepare
-    from doctune.data.store import TokenStore
     from doctune.data.tokenize import load_tokenizer
     from doctune.modeling import preset, train_tokenizer
 
@@ -256,22 +347,40 @@ def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSe
                       seed=d.seed, include=tuple(d.include), exclude=tuple(d.exclude),
                       dialect=d.dialect, title_heading=d.title_heading)
     run.write_data_summary(summary.to_dict())
-    store = TokenStore.open(cache)
+    return (tokenizer or made[0], *_open_data(cfg))
+
+
+def _read_prepared(cfg: Config, run: RunDir) -> tuple[Any, WindowSet, WindowSet | None, str]:
+    """What rank 0's :func:`_prepare_data` made, read back by the other processes: the
+    tokenizer (a scratch preset's from the run folder) and the windows."""
+    from doctune.data.tokenize import load_tokenizer
+
+    m = cfg.model
+    own = not is_scratch(m.name) or m.tokenizer
+    return (load_tokenizer((m.tokenizer or m.name) if own else str(run.tokenizer_dir)),
+            *_open_data(cfg))
+
+
+def _open_data(cfg: Config) -> tuple[WindowSet, WindowSet | None, str]:
+    """Train and validation windows of the prepared store and the store's fingerprint."""
+    from doctune.data.store import TokenStore
+
+    d = cfg.data
+    store = TokenStore.open(cache_dir(cfg))
     train, val = store.split("train"), store.split("val")
     if len(train) == 0:
         raise DataError(f"The docs under {d.path} gave no training windows. Add documents, or "
                         "lower `data.val_fraction` so that some go to training.")
-    return (tokenizer or made[0], train, (val if len(val) else None),
-            str(store.manifest.get("fingerprint", "")))
+    return train, (val if len(val) else None), str(store.manifest.get("fingerprint", ""))
 
 
 # ---- model -------------------------------------------------------------------------------
 
 
 def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: str | None,
-                 device: torch.device) -> tuple[Any, str]:
+                 device: torch.device, save_base: bool = True) -> tuple[Any, str]:
     """The model to train, on ``device`` (checkpointing and LoRA applied), and the name of its
-    base (hub id or absolute folder)."""
+    base (hub id or absolute folder). ``save_base``: this process writes a scratch LoRA base."""
     from doctune.modeling import (
         apply_lora,
         build_scratch_model,
@@ -287,7 +396,7 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
         else:
             model = build_scratch_model(m.name, tokenizer, block_size=cfg.data.block_size,
                                         attn_implementation=attn)
-            if cfg.lora.enabled:  # the adapter needs its (random) base saved beside it
+            if cfg.lora.enabled and save_base:  # the adapter needs its (random) base saved beside it
                 model.save_pretrained(run.base_dir)
         base = str(run.base_dir.resolve()) if cfg.lora.enabled else m.name
     else:

@@ -125,15 +125,13 @@ def compile_blocks(model: torch.nn.Module) -> int:
     Inductor compiles in this process (no pool of worker processes) except on CUDA: on a
     laptop the workers' memory would count against the run.
     """
-    from doctune.modeling import unwrap_peft
+    from doctune.modeling import transformer_blocks
 
-    base = unwrap_peft(model)
     if next(model.parameters()).device.type != "cuda":
         import torch._inductor.config as inductor_config
 
         inductor_config.compile_threads = 1
-    names = set(getattr(base, "_no_split_modules", None) or ())
-    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    blocks = transformer_blocks(model)
     for block in blocks or [model]:
         block.compile()
     return max(len(blocks), 1)
