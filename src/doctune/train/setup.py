@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 from doctune.config import Config, Schedule, cache_dir, is_scratch, resolve, schedule
 from doctune.errors import ConfigError, DataError
 from doctune.rundir import RunDir, RunFacts, free_bytes, save_failed
+from doctune.train.knowledge import KnowledgeSetup, load_knowledge, mix_training_set
 
 if TYPE_CHECKING:
     import torch
 
     from doctune.data.store import WindowSet
     from doctune.device import Precision
+    from doctune.knowledge.mix import MixedWindows
     from doctune.monitor import RunMonitor
 
 
@@ -38,7 +40,7 @@ class RunSetup:
     precision: Precision
     tokenizer: Any
     model: Any
-    train: WindowSet
+    train: WindowSet | MixedWindows
     val: WindowSet | None
     pad_id: int
     optimizer: torch.optim.Optimizer
@@ -50,6 +52,8 @@ class RunSetup:
     t0: float
     data_fingerprint: str
     facts: RunFacts
+    knowledge: KnowledgeSetup | None = None
+    """The knowledge mix (``knowledge:`` in the config), or None when nothing is mixed in."""
 
     def save_final(self) -> Path:
         """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer."""
@@ -82,6 +86,10 @@ class RunSetup:
         if not self.cfg.log.report:
             return None
         try:
+            if self.knowledge is not None and self.knowledge.trains_qa:
+                from doctune.knowledge.evaluate import evaluate_run
+
+                self.rundir.write_knowledge_eval(evaluate_run(self.rundir.path, device=self.device.type))
             return write_report(self.rundir)
         except Exception as e:  # a report failure must never lose a finished run
             self.monitor.warn(f"could not write the report: {e}")
@@ -104,7 +112,10 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     run = _run_folder(cfg, resume, overwrite)
 
     seed_everything(cfg.train.seed)
-    tokenizer, train, val, fingerprint = _prepare_data(cfg, run, resume)
+    knowledge = load_knowledge(cfg, run)  # synth data; control docs are kept out of the store
+    tokenizer, docs, val, fingerprint = _prepare_data(cfg, run, resume,
+                                                      knowledge.exclude if knowledge else [])
+    train = mix_training_set(cfg, knowledge, tokenizer, docs) if knowledge else docs
 
     seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run, tokenizer, resume, attn, device)
@@ -117,7 +128,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     facts.update({"model_name": cfg.model.name, "base_model": base, "lora": cfg.lora.enabled,
                   "device": device.type, "precision": precision.name, "params_total": total,
                   "params_trainable": trainable, "total_steps": plan.total_steps,
-                  "train_windows": len(train), "val_windows": len(val) if val else 0})
+                  "train_windows": len(train), "val_windows": len(val) if val else 0,
+                  "knowledge": knowledge.summary if knowledge else None})
     resume_step = run.latest_checkpoint().step if resume else 0
     monitor = _monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
     lora_note = f", LoRA r={cfg.lora.r}" if cfg.lora.enabled else ""
@@ -125,6 +137,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     monitor.header([
         *notes, *fit_notes, *plan.notes, *space,
         f"run folder: {run.path}",
+        *([knowledge.header()] if knowledge else []),
         f"device: {device.type}; precision: {precision.reason}",
         f"model: {cfg.model.name} ({total / 1e6:.1f}M parameters; training {trainable:,} = "
         f"{100 * trainable / total:.2f}%{lora_note})",
@@ -138,7 +151,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
                     model=model, train=train, val=val, pad_id=pad_token_id(tokenizer),
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, monitor=monitor,
                     total_steps=plan.total_steps, prompts=prompts, t0=t0,
-                    data_fingerprint=fingerprint, facts=facts)
+                    data_fingerprint=fingerprint, facts=facts, knowledge=knowledge)
 
 
 # ---- device ------------------------------------------------------------------------------
@@ -221,10 +234,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSet, WindowSet | None, str]:
+def _prepare_data(cfg: Config, run: RunDir, resume: bool, exclude: list[str]
+                  ) -> tuple[Any, WindowSet, WindowSet | None, str]:
     """The tokenizer, the train and validation windows (prepared once, cached) and the store's
     fingerprint. A from-scratch preset trains its tokenizer on the cleaned docs on the way
-    (kept in the run folder, and read back on resume)."""
+    (kept in the run folder, and read back on resume). ``exclude`` adds globs to
+    ``data.exclude`` (the knowledge step's control documents)."""
     from doctune.data.prepare import prepare
     from doctune.data.store import TokenStore
     from doctune.data.tokenize import load_tokenizer
@@ -248,7 +263,7 @@ def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSe
     summary = prepare(Path(d.path), cache, tokenizer=tokenizer,
                       make_tokenizer=make_tokenizer if tokenizer is None else None,
                       block_size=d.block_size, overlap=d.overlap, val_fraction=d.val_fraction,
-                      seed=d.seed, include=tuple(d.include), exclude=tuple(d.exclude),
+                      seed=d.seed, include=tuple(d.include), exclude=(*d.exclude, *exclude),
                       dialect=d.dialect, title_heading=d.title_heading)
     run.write_data_summary(summary.to_dict())
     store = TokenStore.open(cache)
@@ -267,6 +282,7 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
                  device: torch.device) -> tuple[Any, str]:
     """The model to train, on ``device`` (checkpointing and LoRA applied), and the name of its
     base (hub id or absolute folder)."""
+    from doctune.knowledge.chat import added_chat_tokens
     from doctune.modeling import (
         apply_lora,
         build_scratch_model,
@@ -295,6 +311,9 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
         raise ConfigError(f"`data.block_size` is {cfg.data.block_size}, but {m.name} reads at "
                           f"most {n_pos} tokens. Use `--set data.block_size={n_pos}` or less.")
     n_vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_vocab and added_chat_tokens(tokenizer, n_vocab):
+        model.resize_token_embeddings(len(tokenizer))  # ChatML added for trained questions
+        n_vocab = len(tokenizer)
     if len(tokenizer) > n_vocab:
         raise ConfigError(f"The tokenizer has {len(tokenizer):,} tokens but {m.name} has "
                           f"embeddings for {n_vocab:,}. Use the model's own tokenizer "
@@ -365,7 +384,7 @@ def _space_warning(cfg: Config, run: RunDir, model: Any) -> list[str]:
             "lower `train.keep_checkpoints`, or choose another `train.output_dir`."]
 
 
-def _default_prompts(windows: WindowSet, tokenizer: Any, n: int = 3) -> list[str]:
+def _default_prompts(windows: WindowSet | MixedWindows, tokenizer: Any, n: int = 3) -> list[str]:
     """The first words of a few documents (first windows of distinct documents)."""
     from doctune.monitor.samples import default_prompts
 
