@@ -38,14 +38,15 @@ KEYS = ("heldout_mc_acc", "heldout_em", "trained_em", "heldout_doc_ppl", "genera
 
 
 def text_perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, block_size: int,
-                    batch_size: int = 4) -> float | None:
+                    batch_size: int = 4, max_tokens: int | None = None) -> float | None:
     """Perplexity of ``texts``, each cut into consecutive windows of ``block_size`` tokens
-    (every token predicted once; the first of each window without context). None for no text."""
+    (every token predicted once; the first of each window without context), over the first
+    ``max_tokens`` tokens of each text when given. None for no text."""
     import torch
 
     windows: list[list[int]] = []
     for text in texts:
-        ids = render_document(tokenizer, text).input_ids
+        ids = render_document(tokenizer, text).input_ids[:max_tokens]
         windows += [ids[k:k + block_size] for k in range(0, len(ids), block_size)
                     if len(ids[k:k + block_size]) > 1]
     if not windows:
@@ -72,8 +73,10 @@ def _acc(prefix: str, acc: Accuracy) -> dict[str, Any]:
 
 def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: Sequence[str],
                 block_size: int, max_questions: int = MAX_QUESTIONS,
-                system: str | None = None, max_new_tokens: int = 32) -> dict[str, Any]:
-    """The knowledge numbers of one model (see the module docstring for the keys)."""
+                system: str | None = None, max_new_tokens: int = 32,
+                max_text_tokens: int | None = None) -> dict[str, Any]:
+    """The knowledge numbers of one model (see the module docstring for the keys);
+    ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look)."""
     out: dict[str, Any] = {}
     generations = []
     for split in ("trained", "heldout"):
@@ -99,9 +102,9 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
         else:
             out.update({f"{split}_mc_acc": None, f"{split}_mc_n": 0})
     out["heldout_doc_ppl"] = text_perplexity(model, tokenizer, control_texts,
-                                             block_size=block_size)
+                                             block_size=block_size, max_tokens=max_text_tokens)
     out["general_ppl"] = text_perplexity(model, tokenizer, [general_text("eval")],
-                                         block_size=block_size)
+                                         block_size=block_size, max_tokens=max_text_tokens)
     out["stop_rate"] = (sum(s for s, _ in generations) / len(generations)
                         if generations else None)
     return out
@@ -189,3 +192,60 @@ def _base_model(run: Any, tuned: Any) -> Any:
         model.resize_token_embeddings(len(tuned.tokenizer), mean_resizing=False)
     model.to(device=tuned.device, dtype=tuned.dtype)
     return model.eval()
+
+
+ROWS = (
+    ("held-out questions, exact match", "heldout_em", "acc"),
+    ("held-out questions, token F1", "heldout_f1", "acc"),
+    ("held-out multiple choice", "heldout_mc_acc", "acc"),
+    ("control-doc multiple choice", "control_mc_acc", "acc"),
+    ("trained questions, exact match", "trained_em", "acc"),
+    ("trained questions, token F1", "trained_f1", "acc"),
+    ("answers that stop (end of turn)", "stop_rate", "acc"),
+    ("held-out document perplexity", "heldout_doc_ppl", "ppl"),
+    ("general English perplexity", "general_ppl", "ppl"),
+)
+"""(label, key, kind) of each line of the comparison, in order."""
+
+
+def _cell(scores: dict[str, Any], key: str, kind: str) -> str:
+    value = scores.get(key)
+    if value is None:
+        return "-"
+    if kind == "ppl":
+        return f"{value:,.2f}"
+    ci = scores.get(f"{key}_ci")
+    n = scores.get(f"{key}_n")
+    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}] n={n}" if ci else "")
+
+
+def comparison_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(what, base, tuned, change) per line: accuracies with their 95% Wilson interval."""
+    rows = []
+    for label, key, kind in ROWS:
+        b, t = result["base"].get(key), result["tuned"].get(key)
+        if b is None and t is None:
+            continue
+        if b is None or t is None:
+            change = "-"
+        elif kind == "ppl":
+            change = f"{100 * (t / b - 1):+.1f}%"
+        else:
+            change = f"{100 * (t - b):+.1f} pts"
+        if key.endswith("mc_acc") and result["base"].get(key.replace("_acc", "_chance")):
+            label += f" (chance {100 * result['base'][key.replace('_acc', '_chance')]:.0f}%)"
+        rows.append((label, _cell(result["base"], key, kind), _cell(result["tuned"], key, kind),
+                     change))
+    return rows
+
+
+def knowledge_table(result: dict[str, Any]) -> Any:
+    """A rich table of :func:`comparison_rows`."""
+    from rich.table import Table
+
+    table = Table(title=f"knowledge: {result['run']}")
+    for col in ("", "base", "tuned", "change"):
+        table.add_column(col, justify="left" if not col else "right")
+    for row in comparison_rows(result):
+        table.add_row(*row)
+    return table

@@ -48,7 +48,9 @@ class KnowledgeSetup:
         left = (f"; {len(self.synth.control_docs)} control docs and "
                 f"{self.summary['heldout_questions']} held-out questions left out"
                 if self.synth else "")
-        return f"knowledge mix per pass: {mixed}{left}"
+        long = self.summary.get("qa_too_long", 0)
+        cut = (f"; {long} trained questions longer than data.block_size left out" if long else "")
+        return f"knowledge mix per pass: {mixed}{left}{cut}"
 
 
 def load_knowledge(cfg: Config, run: RunDir) -> KnowledgeSetup | None:
