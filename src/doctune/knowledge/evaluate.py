@@ -78,7 +78,7 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
     """The knowledge numbers of one model (see the module docstring for the keys);
     ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look)."""
     out: dict[str, Any] = {}
-    generations = []
+    stopped: list[bool] = []
     for split in ("trained", "heldout"):
         qa = sorted(synth.questions(split), key=lambda q: q["id"])[:max_questions]
         if qa:
@@ -87,7 +87,7 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
                          max_new_tokens=max_new_tokens)
             out.update(_acc(f"{split}_em", s.exact_match))
             out[f"{split}_f1"] = s.f1
-            generations += [(g.stopped, 1) for g in s.generations]
+            stopped += [g.stopped for g in s.generations]
         else:
             out.update({f"{split}_em": None, f"{split}_f1": None, f"{split}_em_n": 0})
     for split in ("heldout", "control"):
@@ -105,8 +105,7 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
                                              block_size=block_size, max_tokens=max_text_tokens)
     out["general_ppl"] = text_perplexity(model, tokenizer, [general_text("eval")],
                                          block_size=block_size, max_tokens=max_text_tokens)
-    out["stop_rate"] = (sum(s for s, _ in generations) / len(generations)
-                        if generations else None)
+    out["stop_rate"] = sum(stopped) / len(stopped) if stopped else None
     return out
 
 
