@@ -191,6 +191,48 @@ class LogConfig(_Section):
     """Write report.html with plots at the end of the run."""
 
 
+class KnowledgeConfig(_Section):
+    synth_dir: Path | None = None
+    """Folder written by `doctune synth` (facts, questions, rephrasings, manifest); null = none, unless knowledge.auto."""
+    auto: bool = False
+    """Make the template questions and rephrasings from data.path into the run folder (knowledge/) before training."""
+    qa_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of training windows that are trained questions with their answers (chat template, loss on the answer)."""
+    rephrase_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of training windows that are rephrasings of the docs' facts (loss on every token)."""
+    replay_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of training windows of general English text (shipped with doctune), replayed against forgetting."""
+    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """knowledge.auto: share of facts whose questions are never trained (the test of what reading taught)."""
+    control_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """knowledge.auto: share of documents left out of training entirely (controls)."""
+    system_prompt: str | None = None
+    """System turn put before each trained question (and each evaluated one); null = none."""
+
+    @model_validator(mode="after")
+    def _shares_leave_room_for_docs(self) -> KnowledgeConfig:
+        total = self.qa_share + self.rephrase_share + self.replay_share
+        if total >= 1.0:
+            raise ValueError(
+                f"`knowledge.qa_share` + `knowledge.rephrase_share` + `knowledge.replay_share` "
+                f"must be below 1 (the rest is the docs), got {total:g}.")
+        if (self.qa_share or self.rephrase_share) and self.synth_dir is None and not self.auto:
+            raise ValueError(
+                "`knowledge.qa_share` and `knowledge.rephrase_share` need questions and "
+                "rephrasings: set `knowledge.synth_dir` to a `doctune synth` folder, or "
+                f"`knowledge.auto=true` (got qa_share={self.qa_share:g}, "
+                f"rephrase_share={self.rephrase_share:g}, no synth_dir).")
+        if self.synth_dir is not None and self.auto:
+            raise ValueError("set `knowledge.synth_dir` or `knowledge.auto`, not both "
+                             f"(got synth_dir={str(self.synth_dir)!r} and auto=true).")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when training mixes anything into the docs (or leaves control docs out)."""
+        return bool(self.synth_dir or self.auto or self.replay_share)
+
+
 class Config(_Section):
     """A whole doctune run."""
 
@@ -200,6 +242,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +280,8 @@ def resolve(cfg: Config) -> Config:
         cfg.data.path = Path(cfg.data.path).expanduser().resolve()
     if cfg.data.cache_dir is not None:
         cfg.data.cache_dir = Path(cfg.data.cache_dir).expanduser().resolve()
+    if cfg.knowledge.synth_dir is not None:
+        cfg.knowledge.synth_dir = Path(cfg.knowledge.synth_dir).expanduser().resolve()
     cfg.train.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
     local = Path(cfg.model.name).expanduser()
     if not is_scratch(cfg.model.name) and local.is_dir():

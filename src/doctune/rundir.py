@@ -10,6 +10,8 @@ A run folder holds::
     report.html, plots/  the report and its PNG plots
     tensorboard/         TensorBoard event files
     data/                the token store (unless ``data.cache_dir`` puts it elsewhere)
+    knowledge/           questions, rephrasings and facts made from the docs (``knowledge.auto``)
+    knowledge_eval.json  base vs tuned knowledge scores (``doctune eval --knowledge``, the report)
     tokenizer/           the tokenizer trained for a from-scratch preset
     base/                the random base of a from-scratch LoRA run
     checkpoints/step-N/  weights.safetensors, optimizer.pt, trainer.pt, state.json (last)
@@ -81,6 +83,8 @@ class RunFacts(BaseModel):
     compile_s: float | None = None
     compiled_step_s: float | None = None
     eager_step_s: float | None = None
+    knowledge: dict[str, Any] | None = None
+    """The knowledge mix: shares, examples per pass, distinct examples, what was left out."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Set several facts at once (each one checked against its type)."""
@@ -144,6 +148,10 @@ class RunDir:
         self.tensorboard_dir = p / "tensorboard"
         self.data_dir = p / "data"
         """The token store's default place (``data.cache_dir`` unset)."""
+        self.knowledge_dir = p / "knowledge"
+        """``doctune synth`` output made for this run (``knowledge.auto``)."""
+        self.knowledge_eval_file = p / "knowledge_eval.json"
+        """Base vs tuned knowledge scores, as ``doctune eval --knowledge --json`` prints them."""
         self.tokenizer_dir = p / "tokenizer"
         """The tokenizer trained for a from-scratch preset."""
         self.base_dir = p / "base"
@@ -207,7 +215,8 @@ class RunDir:
         """Every top-level path a run writes (the token store included)."""
         return {self.config_file, self.facts_file, self.data_summary_file, self.metrics_file,
                 self.samples_file, self.samples_md, self.report_file, self.plots_dir,
-                self.tensorboard_dir, self.data_dir, self.tokenizer_dir, self.base_dir,
+                self.tensorboard_dir, self.data_dir, self.knowledge_dir,
+                self.knowledge_eval_file, self.tokenizer_dir, self.base_dir,
                 self.checkpoints_dir, self.final_dir, self.final_staging,
                 self.path / "wandb",  # what W&B writes when given the run folder
                 *self.path.glob(".*.tmp")}
@@ -278,6 +287,16 @@ class RunDir:
         if facts is not None:
             self.__dict__["facts"] = facts
         _write_atomic(self.facts_file, json.dumps(self.facts.to_json(), indent=1))
+
+    def knowledge_eval(self) -> dict[str, Any] | None:
+        """``knowledge_eval.json``, or None when the run has none (or it cannot be read)."""
+        try:
+            return read_json_object(self.knowledge_eval_file) if self.knowledge_eval_file.is_file() else None
+        except CheckpointError:
+            return None
+
+    def write_knowledge_eval(self, result: dict[str, Any]) -> None:
+        _write_atomic(self.knowledge_eval_file, json.dumps(result, indent=1))
 
     def data_summary(self) -> dict[str, Any]:
         """``data_summary.json`` (empty when absent or unreadable: it is informative only)."""

@@ -76,7 +76,7 @@ def generate(
 @app.command("eval")
 def eval_(
     model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", "-d", help="Docs folder (or file) to score.", exists=True)],
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Docs folder (or file) to score.", exists=True)] = None,
     compare: Annotated[str | None, typer.Option("--compare", help="Also score this model (`base` = the run's base) and show both.")] = None,
     block_size: Annotated[int | None, typer.Option(help="Window size (default: the run's `data.block_size`).")] = None,
     overlap: Annotated[int | None, typer.Option(help="Window overlap (default: the run's `data.overlap`).")] = None,
@@ -84,13 +84,27 @@ def eval_(
     precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's).")] = None,
     base: BaseOpt = None,
     device: DeviceOpt = "auto",
+    knowledge: Annotated[bool, typer.Option("--knowledge", help="Base vs tuned: questions (exact match, F1), multiple choice, held-out and general perplexity, stop rate.")] = False,
+    synth_dir: Annotated[Path | None, typer.Option("--synth", help="With --knowledge: a `doctune synth` folder (default: the run's).", exists=True, file_okay=False)] = None,
+    max_questions: Annotated[int | None, typer.Option(help="With --knowledge: questions scored per split at most (default 200).", min=1)] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Perplexity per document and overall, with the same cleaning and windows as training.
+    """Perplexity per document and overall, with the same cleaning and windows as training;
+    with `--knowledge`, what a run knows of its docs compared with its base.
 
-    Example: `doctune eval runs/mydocs --data docs/ --compare base`
+    Example: `doctune eval runs/mydocs --data docs/ --compare base`, or
+    `doctune eval runs/mydocs --knowledge`
     """
     import json
+
+    if knowledge:
+        from doctune.cli.knowledge import knowledge_eval
+
+        knowledge_eval(model, synth_dir=synth_dir, device=device, max_questions=max_questions,
+                       json_=json_)
+        return
+    if data is None:
+        raise ConfigError("give the docs to score with `--data DOCS` (or use --knowledge).")
 
     from rich.console import Console
 

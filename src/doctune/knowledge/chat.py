@@ -79,6 +79,14 @@ def prepare_chat_tokenizer(tokenizer: Any) -> int:
     return int(added)
 
 
+def added_chat_tokens(tokenizer: Any, n_vocab: int) -> bool:
+    """True when every id of ``tokenizer`` at or above ``n_vocab`` (a model's embedding
+    count) is a token :func:`prepare_chat_tokenizer` adds: the model may be resized to it."""
+    extra = range(n_vocab, len(tokenizer))
+    chat = {tokenizer.convert_tokens_to_ids(t) for t in CHATML_TOKENS}
+    return len(extra) > 0 and all(i in chat for i in extra)
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

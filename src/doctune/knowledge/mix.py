@@ -1,0 +1,214 @@
+"""Mixed training data: the docs' token windows plus questions with answers, rephrasings
+and replayed general text, in fixed proportions, as one set of windows for the loop.
+
+Every example is a :class:`~doctune.data.store.Window` (``ids``, ``loss_start``, ``doc``),
+so ``collate`` and the loop take them as they take the docs' windows:
+
+- ``docs``: the token store's training windows (control documents were left out of the
+  store: see :func:`control_excludes`);
+- ``qa``: a *trained* question and its answer rendered with the chat template
+  (:func:`doctune.knowledge.chat.render_qa`). The loss falls on the answer and the
+  end-of-turn token only: the prompt is exactly the part before ``loss_start``. Held-out
+  and control questions are never rendered;
+- ``rephrasings``: a restatement of a trained or held-out fact (never a control one), one
+  window each, loss on every token;
+- ``replay``: the first 80% of the shipped general English text (:func:`general_text`),
+  in windows of ``block_size`` tokens, loss on every token.
+
+:func:`mix_counts` fixes how many of each one pass over the mixed set holds: the smallest
+pass in which every docs window, every question and every rephrasing comes at least once,
+each source taking its share. :class:`MixedWindows` draws them with a seeded sampler
+(whole shuffled rounds of a source, then part of one), so a seed gives the same set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from doctune.data.store import Window, WindowSet
+from doctune.errors import DataError
+from doctune.knowledge.chat import render_document, render_qa
+
+SOURCES = ("docs", "qa", "rephrasings", "replay")
+EXTRA_DOC = -1
+"""``Window.doc`` of an example that is not a window of a docs document."""
+GENERAL_TEXT = "alice.txt"
+REPLAY_PART = 0.8
+"""Share of the general text's paragraphs that may be replayed; the rest measures forgetting."""
+
+
+def general_text(part: Literal["replay", "eval"]) -> str:
+    """The shipped public-domain English text (see ``knowledge/general/SOURCES.md``):
+    its first 80% of paragraphs (``"replay"``) or the remaining 20% (``"eval"``)."""
+    text = resources.files("doctune.knowledge") / "general" / GENERAL_TEXT
+    paras = text.read_text(encoding="utf-8").split("\n\n")
+    cut = int(len(paras) * REPLAY_PART)
+    return "\n\n".join(paras[:cut] if part == "replay" else paras[cut:])
+
+
+# ---- the synth folder ----------------------------------------------------------------------
+
+
+@dataclass
+class SynthData:
+    """A ``doctune synth`` output folder, read."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    qa: list[dict[str, Any]] = field(default_factory=list)
+    rephrasings: list[dict[str, Any]] = field(default_factory=list)
+    mc: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def control_docs(self) -> list[str]:
+        """Documents that training must leave out entirely."""
+        return list(self.manifest.get("control_docs", []))
+
+    def questions(self, split: str) -> list[dict[str, Any]]:
+        """The question/answer pairs of one split (``trained``, ``heldout``, ``control``)."""
+        return [q for q in self.qa if q["split"] == split]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_synth(folder: Path) -> SynthData:
+    """Read a ``doctune synth`` folder; :class:`DataError` when it is missing or incomplete."""
+    folder = Path(folder)
+    redo = f"Write it with `doctune synth DOCS --out {folder}`."
+    if not (folder / "manifest.json").is_file():
+        raise DataError(f"`{folder}` is not a synth folder (no manifest.json). {redo}")
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        files = {name: _read_jsonl(folder / f"{name}.jsonl")
+                 for name in ("qa", "rephrasings", "mc")}
+    except (OSError, ValueError) as e:
+        raise DataError(f"`{folder}` cannot be read ({e}). {redo}") from None
+    return SynthData(folder, manifest, files["qa"], files["rephrasings"], files["mc"])
+
+
+def control_excludes(control_docs: Sequence[str]) -> list[str]:
+    """Exclude globs that match exactly the given document paths (glob characters quoted)."""
+    return ["".join(f"[{c}]" if c in "*?[" else c for c in rel) for rel in control_docs]
+
+
+# ---- examples as windows -------------------------------------------------------------------
+
+
+def _window(ids: Sequence[int], loss_start: int) -> Window:
+    return Window(ids=np.asarray(ids, dtype=np.int64), loss_start=loss_start, doc=EXTRA_DOC)
+
+
+def qa_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_size: int,
+               system: str | None = None) -> tuple[list[Window], int]:
+    """The *trained* pairs as windows whose loss starts at the answer, and how many were
+    too long for ``block_size`` (left out). Held-out and control pairs are refused."""
+    out, too_long = [], 0
+    for p in pairs:
+        if p["split"] != "trained":
+            raise ValueError(f"question {p.get('id')} is {p['split']!r}: only trained "
+                             "questions may be trained on")
+        ex = render_qa(tokenizer, p["question"], p["answer"], system=system)
+        if len(ex.input_ids) > block_size:
+            too_long += 1
+            continue
+        start = next(k for k, x in enumerate(ex.labels) if x != -100)
+        assert all(x != -100 for x in ex.labels[start:])  # one answer span, at the end
+        out.append(_window(ex.input_ids, start))
+    return out, too_long
+
+
+def text_windows(tokenizer: Any, texts: Sequence[str], *, block_size: int) -> list[Window]:
+    """Each text as one window with the loss on every token, cut to ``block_size``."""
+    out = []
+    for text in texts:
+        ex = render_document(tokenizer, text)
+        out.append(_window(ex.input_ids[:block_size], 0))
+    return out
+
+
+def replay_windows(tokenizer: Any, text: str, *, block_size: int) -> list[Window]:
+    """``text`` in consecutive windows of ``block_size`` tokens (the last one shorter)."""
+    ids = render_document(tokenizer, text).input_ids
+    return [_window(ids[k:k + block_size], 0) for k in range(0, len(ids), block_size)
+            if len(ids[k:k + block_size]) > 1]
+
+
+# ---- proportions ---------------------------------------------------------------------------
+
+
+def mix_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dict[str, int]:
+    """How many examples of each source one pass over the mixed set holds.
+
+    ``shares`` gives ``qa``, ``rephrasings`` and ``replay`` (the docs take the rest). The
+    pass is the smallest in which every docs window, question and rephrasing comes at
+    least once; each other source gets ``round(n * share)``. Raises :class:`DataError` for
+    a share above 0 with nothing to draw from.
+    """
+    share = {"docs": 1.0 - sum(shares.get(s, 0.0) for s in SOURCES[1:]),
+             **{s: shares.get(s, 0.0) for s in SOURCES[1:]}}
+    for s in SOURCES[1:]:
+        if share[s] > 0 and available.get(s, 0) == 0:
+            raise DataError(f"a {s} share of {share[s]:g} was asked for, but there are no {s} "
+                            "examples to train on. Check the synth folder (`doctune synth`), "
+                            "or set that share to 0.")
+    n = max(math.ceil(available.get(s, 0) / share[s] - 1e-9)
+            for s in SOURCES[:3] if share[s] > 0)
+    counts = {s: round(n * share[s]) for s in SOURCES[1:]}
+    counts = {"docs": n - sum(counts.values()), **counts}
+    if available.get("docs", 0) == 0 or counts["docs"] <= 0:
+        raise DataError("the docs gave no training windows to mix with; add documents.")
+    return counts
+
+
+def _draw(n_available: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` indices below ``n_available``: whole shuffled rounds, then part of one."""
+    rounds = [rng.permutation(n_available) for _ in range(math.ceil(count / n_available))]
+    return np.concatenate(rounds)[:count] if rounds else np.zeros(0, dtype=np.int64)
+
+
+class MixedWindows:
+    """The docs' windows and the extra examples, in the proportions of :func:`mix_counts`.
+
+    Behaves like a :class:`~doctune.data.store.WindowSet` for the loop (``len`` and
+    indexing); entry ``i`` is ``(source, index in that source)``, docs first."""
+
+    def __init__(self, docs: WindowSet, extra: Mapping[str, Sequence[Window]],
+                 counts: Mapping[str, int], *, seed: int) -> None:
+        self.docs = docs
+        self.extra = {s: list(extra.get(s, ())) for s in SOURCES[1:]}
+        self.counts = dict(counts)
+        rng = np.random.default_rng(seed)
+        parts = []
+        for k, s in enumerate(SOURCES):
+            n_avail = len(docs) if s == "docs" else len(self.extra[s])
+            picks = _draw(n_avail, self.counts.get(s, 0), rng) if self.counts.get(s) else None
+            parts.append(np.stack([np.full(len(picks), k), picks], 1) if picks is not None
+                         else np.zeros((0, 2), dtype=np.int64))
+        self.entries = np.concatenate(parts).astype(np.int64)
+        """int64 (n, 2): source number (index into :data:`SOURCES`), index in that source."""
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> Window:
+        source, j = (int(v) for v in self.entries[i])
+        return self.docs[j] if source == 0 else self.extra[SOURCES[source]][j]
+
+    def source_of(self, i: int) -> str:
+        """Which source entry ``i`` comes from."""
+        return SOURCES[int(self.entries[i, 0])]
+
+    def available(self) -> dict[str, int]:
+        """How many distinct examples each source has."""
+        return {"docs": len(self.docs), **{s: len(v) for s, v in self.extra.items()}}

@@ -1,0 +1,113 @@
+"""The knowledge step of a run's set-up (``knowledge:`` in the config): find or make the
+synth data, leave control documents out of the docs, and mix questions, rephrasings and
+replayed general text into the training windows (:mod:`doctune.knowledge.mix`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from doctune.config import Config
+from doctune.data.store import WindowSet
+from doctune.errors import ConfigError
+from doctune.knowledge.mix import (
+    MixedWindows,
+    SynthData,
+    control_excludes,
+    general_text,
+    load_synth,
+    mix_counts,
+    qa_windows,
+    replay_windows,
+    text_windows,
+)
+from doctune.rundir import RunDir
+
+
+@dataclass
+class KnowledgeSetup:
+    """What the knowledge step decided, for the header, ``run.json`` and the report."""
+
+    synth: SynthData | None
+    summary: dict[str, Any]
+
+    @property
+    def exclude(self) -> list[str]:
+        """Globs that keep the control documents out of the token store."""
+        return control_excludes(self.synth.control_docs) if self.synth else []
+
+    @property
+    def trains_qa(self) -> bool:
+        return bool(self.summary.get("counts", {}).get("qa"))
+
+    def header(self) -> str:
+        c, a = self.summary["counts"], self.summary["available"]
+        mixed = ", ".join(f"{c[s]} {s} ({a[s]} distinct)" for s in c if c[s])
+        left = (f"; {len(self.synth.control_docs)} control docs and "
+                f"{self.summary['heldout_questions']} held-out questions left out"
+                if self.synth else "")
+        long = self.summary.get("qa_too_long", 0)
+        cut = (f"; {long} trained questions longer than data.block_size left out" if long else "")
+        return f"knowledge mix per pass: {mixed}{left}{cut}"
+
+
+def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeSetup | None:
+    """The synth data of this run (made into ``knowledge/`` for ``knowledge.auto``, unless
+    ``make`` is False: then read from there, as another process made it), or None when the
+    config mixes nothing in."""
+    k, d = cfg.knowledge, cfg.data
+    if not k.enabled:
+        return None
+    synth = None
+    if k.auto and not make:
+        synth = load_synth(run.knowledge_dir)
+    elif k.auto:
+        from doctune.knowledge.synth import synthesize
+
+        assert d.path is not None
+        synthesize(Path(d.path), run.knowledge_dir, seed=d.seed, include=d.include,
+                   exclude=d.exclude, dialect=d.dialect, heldout_fraction=k.heldout_fraction,
+                   control_fraction=k.control_fraction)
+        synth = load_synth(run.knowledge_dir)
+    elif k.synth_dir is not None:
+        synth = load_synth(Path(k.synth_dir))
+    return KnowledgeSetup(synth, {"synth_dir": str(synth.folder) if synth else None})
+
+
+def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
+                     docs: WindowSet) -> MixedWindows:
+    """The docs' training windows with the configured shares of the other sources mixed in.
+    Questions need a chat template: a tokenizer without one gets ChatML (see
+    :func:`doctune.knowledge.chat.prepare_chat_tokenizer`; the model is resized to it)."""
+    from doctune.knowledge.chat import prepare_chat_tokenizer
+
+    k, size, synth = cfg.knowledge, cfg.data.block_size, knowledge.synth
+    extra: dict[str, Any] = {}
+    too_long = 0
+    if k.qa_share and synth is not None:
+        if cfg.lora.enabled and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"`knowledge.qa_share` with LoRA needs a model whose tokenizer has a chat "
+                f"template, and {cfg.model.name} has none: the ChatML tokens doctune would add "
+                "are new embeddings a LoRA adapter does not train or save. Train all weights "
+                "(`--set lora.enabled=false`) or start from an instruct model.")
+        prepare_chat_tokenizer(tokenizer)
+        extra["qa"], too_long = qa_windows(tokenizer, synth.questions("trained"),
+                                           block_size=size, system=k.system_prompt)
+    if k.rephrase_share and synth is not None:
+        texts = [r["text"] for r in synth.rephrasings if r["split"] != "control"]
+        extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size)
+    if k.replay_share:
+        extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
+    available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
+    shares = {"qa": k.qa_share, "rephrasings": k.rephrase_share, "replay": k.replay_share}
+    counts = mix_counts(available, shares)
+    mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
+    knowledge.summary.update({
+        "shares": {"docs": round(1 - sum(shares.values()), 6), **shares},
+        "counts": counts, "available": mixed.available(), "qa_too_long": too_long,
+        "control_docs": synth.control_docs if synth else [],
+        "heldout_questions": len(synth.questions("heldout")) if synth else 0})
+    return mixed
