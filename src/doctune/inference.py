@@ -216,7 +216,7 @@ def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
     if src.lora:
         lo = cfg.lora
         model = apply_lora(_load_base(src), r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
-                           target_modules=lo.target_modules)
+                           target_modules=lo.target_modules, dora=lo.dora)
     elif is_scratch(cfg.model.name):  # every weight is in the checkpoint: the init does not matter
         model = build_scratch_model(cfg.model.name, tokenizer, block_size=cfg.data.block_size)
     else:

@@ -27,7 +27,7 @@ per-token objects the Rust encoder builds stay well under a few hundred MB."""
 
 
 def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
-    """Load a fast tokenizer from a local folder or a Hugging Face hub id.
+    """Load a fast tokenizer from a local folder, a Hugging Face hub id, or a GGUF model.
 
     A folder is one written by ``save_pretrained``, or GPT-2's original ``vocab.json`` +
     ``merges.txt`` alone (byte-level BPE with ``<|endoftext|>``).
@@ -39,6 +39,13 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
 
     name = str(name_or_dir)
     local = Path(name).expanduser()
+    if name.startswith("ollama:") or local.is_file() or name.lower().endswith(".gguf"):
+        # the tokenizer inside a GGUF file (a model source, resolved where models are)
+        from doctune.modeling import load_gguf_tokenizer, resolve_model_source
+
+        src = resolve_model_source(name)
+        assert src.gguf_file is not None
+        return load_gguf_tokenizer(src.gguf_file)
     looks_local = name.startswith((".", "/", "~")) or local.exists()
     if looks_local and not local.is_dir():
         raise ModelError(f"tokenizer folder `{local}` does not exist; pass a folder saved with "
