@@ -2,6 +2,8 @@
 
 ``generate_text`` runs transformers' ``generate`` with a streamer that hands each finished
 piece of text to a callback (no thread needed). Temperature 0 means greedy decoding.
+With ``chat=True`` the prompt is a user message, rendered through the model's chat template
+(:func:`chat_prompt`), and generation stops at end-of-text or the template's end of turn.
 """
 
 from __future__ import annotations
@@ -73,16 +75,41 @@ def _streamer(tokenizer: Any, on_text: Callable[[str], None]) -> Any:
     return _CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
+def chat_prompt(tokenizer: Any, message: str, *, system: str | None = None) -> str:
+    """``message`` as a user turn rendered by the tokenizer's chat template, ready for the reply.
+
+    Raises :class:`ConfigError` when the model has no chat template (a base model).
+    """
+    from doctune.modeling import chat_template
+
+    template = chat_template(tokenizer)
+    if template is None:
+        raise ConfigError("This model has no chat template (it is a base, completion model), so "
+                          "--chat cannot format a conversation. Generate without --chat, or use an "
+                          "instruct model or one trained on chat data.")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
 def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None, *,
-                  on_text: Callable[[str], None] | None = None) -> Generation:
-    """Complete ``prompt``; each finished piece of text goes to ``on_text`` as it comes."""
+                  on_text: Callable[[str], None] | None = None, chat: bool = False,
+                  system: str | None = None) -> Generation:
+    """Complete ``prompt``; each finished piece of text goes to ``on_text`` as it comes.
+
+    ``chat=True``: ``prompt`` is a user message (``system`` an optional system message),
+    rendered by :func:`chat_prompt`; the reply stops at end-of-text or end of turn.
+    """
     import torch
 
     from doctune.inference import context_length
+    from doctune.modeling import stop_token_ids
 
     s = (sampling or Sampling()).check()
     model, tok = loaded.model, loaded.tokenizer
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    text_in = chat_prompt(tok, prompt, system=system) if chat else prompt
+    # a chat template writes its own BOS where the model wants one
+    ids = tok(text_in, return_tensors="pt", add_special_tokens=False)["input_ids"]
     if ids.shape[1] == 0:  # an empty prompt starts a new document, as in training
         eos = tok.eos_token_id if tok.eos_token_id is not None else 0
         ids = torch.tensor([[eos]])
@@ -97,7 +124,7 @@ def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None,
     kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens,
                               "repetition_penalty": s.repetition_penalty,
                               "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                              "eos_token_id": tok.eos_token_id}
+                              "eos_token_id": (stop_token_ids(tok) or tok.eos_token_id) if chat else tok.eos_token_id}
     if s.temperature == 0:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
@@ -115,10 +142,12 @@ def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None,
 
 
 def interactive(loaded: Loaded, sampling: Sampling, *, prompts: Iterable[str],
-                write: Callable[[str], None], ask: Callable[[], None] | None = None) -> int:
+                write: Callable[[str], None], ask: Callable[[], None] | None = None,
+                chat: bool = False) -> int:
     """Answer each prompt from ``prompts`` (e.g. lines of stdin) until it ends or says ``exit``.
 
     With a seed, the n-th prompt uses ``seed + n`` so that answers differ yet replay exactly.
+    ``chat=True`` treats each line as a user message (see :func:`generate_text`).
     Returns how many prompts were answered.
     """
     n = 0
@@ -130,7 +159,7 @@ def interactive(loaded: Loaded, sampling: Sampling, *, prompts: Iterable[str],
             break
         if prompt.strip():
             seed = None if sampling.seed is None else sampling.seed + n
-            generate_text(loaded, prompt, replace(sampling, seed=seed), on_text=write)
+            generate_text(loaded, prompt, replace(sampling, seed=seed), on_text=write, chat=chat)
             write("\n")
             n += 1
         if ask:

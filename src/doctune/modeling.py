@@ -378,7 +378,13 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
     try:
         if src.gguf_file is not None:
             where = str(src.gguf_file.parent)
-            kwargs.update(gguf_file=src.gguf_file.name, config=gguf_config(src.gguf_file))
+            from transformers.utils.quantization_config import GgufConfig
+
+            # dequantize=True: plain fp32 Linear layers to train (transformers would otherwise
+            # keep quantised blocks where a GGUF kernel exists, as a model that cannot train
+            # nor be saved)
+            kwargs.update(gguf_file=src.gguf_file.name, config=gguf_config(src.gguf_file),
+                          quantization_config=GgufConfig(dequantize=True))
         with _quiet_gguf():
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as e:
@@ -395,6 +401,10 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
                              f"{str(e).splitlines()[0]} Start from the model's transformers folder "
                              "or hub id instead.") from None
         raise
+    if src.gguf_file is not None:
+        # PEFT looks for config.json beside `name_or_path` (the GGUF's folder) when it saves an
+        # adapter, and warns when it finds none; the run records the GGUF file itself instead.
+        model.name_or_path = ""
     _use_fused_gelu(model)
     return model
 

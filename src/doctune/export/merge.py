@@ -1,7 +1,8 @@
 """Merge a LoRA run into its base and write a standard Hugging Face model folder.
 
 The folder holds ``model.safetensors``, ``config.json``, ``generation_config.json``, the
-tokenizer files and a model card ``README.md``; ``from_pretrained`` (and the hub) read it
+tokenizer files (with the chat template, if the model has one; ``generation_config`` then
+stops at its end-of-turn token too) and a model card ``README.md``; ``from_pretrained`` (and the hub) read it
 with no doctune and no PEFT. A full fine-tune is re-saved the same way, with the card.
 """
 
@@ -97,6 +98,7 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
     """
     from doctune.export.card import model_card
     from doctune.inference import resolve_source
+    from doctune.modeling import stop_token_ids
 
     src = resolve_source(source, base=base)
     out = check_out_dir(out, src, force=force)
@@ -105,6 +107,9 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
     try:
         model = loaded.model
         model.config.use_cache = True  # training may have turned it off (checkpointing)
+        stops = stop_token_ids(loaded.tokenizer)
+        if len(stops) > 1:  # a chat model: `generate` stops at the end of a turn too
+            model.generation_config.eos_token_id = stops
         model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         if not (tmp / "generation_config.json").is_file():

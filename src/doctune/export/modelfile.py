@@ -46,7 +46,7 @@ CHAT_FORMATS = (
                "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
                "<start_of_turn>model\n{{ .Response }}<end_of_turn>\n",
                ("<end_of_turn>",)),
-    ChatFormat("phi3", ("<|user|>", "<|assistant|>"),
+    ChatFormat("phi3", ("<|assistant|>", "<|end|>"),
                "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
                "{{ if .Prompt }}<|user|>\n{{ .Prompt }}<|end|>\n{{ end }}"
                "<|assistant|>\n{{ .Response }}<|end|>\n",
