@@ -62,6 +62,7 @@ def test_merged_folder_keeps_template_and_stops_at_end_of_turn(chat_dir: Path, t
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == DEFAULT_CHAT_TEMPLATE and tok.eos_token == "<|endoftext|>"
     assert GenerationConfig.from_pretrained(out).eos_token_id == [0, 301]
+    assert "talk to it as a chat model" in (out / "README.md").read_text()
 
 
 def test_gguf_and_modelfile_carry_the_chat_format(chat_dir: Path, tmp_path: Path) -> None:
@@ -75,6 +76,7 @@ def test_gguf_and_modelfile_carry_the_chat_format(chat_dir: Path, tmp_path: Path
     assert ('TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
             "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
             '<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"""') in text
+    assert "talk to it as a chat model" in (out / "README.md").read_text()
     stops = [line for line in text.splitlines() if line.startswith("PARAMETER stop")]
     assert stops == ['PARAMETER stop "<|endoftext|>"', 'PARAMETER stop "<|im_end|>"',
                      'PARAMETER stop "<|im_start|>"']

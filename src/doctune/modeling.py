@@ -336,13 +336,21 @@ def load_gguf_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 @contextlib.contextmanager
 def _quiet_gguf() -> Iterator[None]:
     """No tqdm bar per tensor while transformers dequantises a GGUF file."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    bar = getattr(gguf_utils, "tqdm", None)  # a plain tqdm there, deaf to the setting above
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         if was:
             hf_logging.enable_progress_bar()
 

@@ -206,7 +206,8 @@ def export_gguf(source: str | Path, out: Path, *, quant: str = "f16", base: str 
                          chat_template=chat_template(tok))
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
         card = model_card(src, out=out, title=f"{name} (doctune, GGUF {quant})",
-                          usage=_gguf_usage(file_name, out) + [f"- {n}" for n in notes])
+                          usage=_gguf_usage(file_name, out) + [f"- {n}" for n in notes],
+                          chat=chat_template(tok) is not None)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = publish(tmp, out)
     except BaseException:

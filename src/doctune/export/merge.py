@@ -98,7 +98,7 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
     """
     from doctune.export.card import model_card
     from doctune.inference import resolve_source
-    from doctune.modeling import stop_token_ids
+    from doctune.modeling import chat_template, stop_token_ids
 
     src = resolve_source(source, base=base)
     out = check_out_dir(out, src, force=force)
@@ -115,7 +115,8 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
         if not (tmp / "generation_config.json").is_file():
             model.generation_config.save_pretrained(tmp)
         title = f"{export_name(src)} (doctune)"
-        (tmp / "README.md").write_text(model_card(src, out=out, title=title), encoding="utf-8")
+        card = model_card(src, out=out, title=title, chat=chat_template(loaded.tokenizer) is not None)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         files = publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
