@@ -100,6 +100,12 @@ def test_train_lora_from_a_gguf_file(gguf_files: dict[str, Path], tmp_path: Path
                          "train.sample_every=0"), quiet=True)
     assert res.steps == 4 and res.val_loss_after is not None and res.val_loss_before is not None
     assert res.val_loss_after < res.val_loss_before
+    from doctune.plan import model_shape
+
+    shape = model_shape(make_cfg(docs, gguf_files["q8_0"], tmp_path / "plan", "lora.enabled=true", "lora.r=8"))
+    # the memory planner reads the GGUF's config: 2 layers x 8 x (q 64+64, k 64+32, v 64+32,
+    # o 64+64, gate 64+96, up 64+96, down 96+64)
+    assert shape.n_layer == 2 and shape.lora_params == 2 * 8 * 928
     adapter = json.loads((run / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(gguf_files["q8_0"].resolve())
     unmerged = load_for_inference(run, device="cpu", dtype="fp32")  # the base re-read from the GGUF

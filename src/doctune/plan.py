@@ -171,11 +171,14 @@ def plan_precision(choice: str, device: str) -> str:
 
 
 def _model_config(cfg: Config) -> Any:
-    from doctune.modeling import is_scratch, preset_config
+    from doctune.modeling import gguf_config, is_scratch, preset_config, resolve_model_source
 
     name = cfg.model.name
     if is_scratch(name):
         return preset_config(name, n_positions=cfg.data.block_size)
+    src = resolve_model_source(name)
+    if src.gguf_file is not None:
+        return gguf_config(src.gguf_file)
     from transformers import AutoConfig
 
     try:
