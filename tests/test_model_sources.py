@@ -18,13 +18,8 @@ import torch
 
 from doctune.errors import ModelError
 from doctune.export.gguf import write_gguf
-from doctune.modeling import (
-    DEFAULT_CHAT_TEMPLATE,
-    gguf_facts,
-    load_pretrained,
-    ollama_blob,
-    resolve_model_source,
-)
+from doctune.modeling import DEFAULT_CHAT_TEMPLATE, load_pretrained, resolve_model_source
+from doctune.sources import gguf_facts, ollama_blob
 from test_chat import chatml_tokenizer
 from test_gguf_llama import TEXT, llama_model
 

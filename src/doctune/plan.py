@@ -171,7 +171,8 @@ def plan_precision(choice: str, device: str) -> str:
 
 
 def _model_config(cfg: Config) -> Any:
-    from doctune.modeling import gguf_config, is_scratch, preset_config, resolve_model_source
+    from doctune.modeling import is_scratch, preset_config, resolve_model_source
+    from doctune.sources import gguf_config
 
     name = cfg.model.name
     if is_scratch(name):

@@ -39,13 +39,11 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
 
     name = str(name_or_dir)
     local = Path(name).expanduser()
-    if name.startswith("ollama:") or local.is_file() or name.lower().endswith(".gguf"):
-        # the tokenizer inside a GGUF file (a model source, resolved where models are)
-        from doctune.modeling import load_gguf_tokenizer, resolve_model_source
+    from doctune.sources import gguf_file_of, load_gguf_tokenizer
 
-        src = resolve_model_source(name)
-        assert src.gguf_file is not None
-        return load_gguf_tokenizer(src.gguf_file)
+    gguf = gguf_file_of(name)
+    if gguf is not None:  # a .gguf file or ollama:NAME: the tokenizer stored in it
+        return load_gguf_tokenizer(gguf)
     looks_local = name.startswith((".", "/", "~")) or local.exists()
     if looks_local and not local.is_dir():
         raise ModelError(f"tokenizer folder `{local}` does not exist; pass a folder saved with "
