@@ -152,3 +152,19 @@ def test_sources_and_their_errors(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ModelError, match="is a file but not a GGUF model"):
         load_pretrained(str(tmp_path / "notes.txt"))
+
+
+def test_generate_chat_and_export_from_a_gguf_file(gguf_files: dict[str, Path], original: tuple[Any, Any],
+                                                   tmp_path: Path) -> None:
+    from doctune.export.merge import merge_to_folder
+    from doctune.generate import Sampling, chat_prompt, generate_text
+    from doctune.inference import load_for_inference
+
+    loaded = load_for_inference(gguf_files["f32"], device="cpu", dtype="fp32")
+    assert loaded.source.kind == "model" and loaded.tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
+    torch.testing.assert_close(logits(loaded.model), logits(original[0]), rtol=0, atol=1e-4)
+    reply = generate_text(loaded, "How do I install it?", Sampling(temperature=0, max_new_tokens=4), chat=True)
+    turn = loaded.tokenizer(chat_prompt(original[1], "How do I install it?"), add_special_tokens=False)["input_ids"]
+    assert reply.new_tokens == 4 and reply.prompt_tokens == len(turn) == 31  # the ChatML turn, rendered
+    out = merge_to_folder(gguf_files["f32"], tmp_path / "hf").out  # GGUF -> a transformers folder
+    assert (out / "model.safetensors").is_file() and "tiny-f32 (doctune)" in (out / "README.md").read_text()

@@ -8,6 +8,7 @@
   and the checkpoint's weights loaded into it;
 * a bare PEFT adapter folder (``adapter_config.json``): loaded onto the base it names;
 * a transformers model folder (a merged or exported one, or any local model);
+* a GGUF file or ``ollama:NAME[:TAG]`` (see :mod:`doctune.sources`);
 * a Hugging Face hub id.
 
 ``resolve_source`` answers what a source is without importing torch, so commands can
@@ -135,7 +136,11 @@ def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Sou
                              "adapter folder or a Hugging Face hub id (e.g. `distilgpt2`).")
         return Source("hub", given, given)
     if not path.is_dir():
-        raise ModelError(f"{path} is a file; pass the folder that holds the model.")
+        from doctune.sources import is_gguf_file
+
+        if is_gguf_file(path):  # a GGUF file: loaded dequantised, with the tokenizer inside it
+            return Source("model", given, str(path.resolve()))
+        raise ModelError(f"{path} is a file; pass the folder that holds the model (or a .gguf file).")
     path = path.resolve()
     if is_run_dir(path):
         final = path / "final"

@@ -84,7 +84,7 @@ def load_merged(source: str | Path, *, base: str | Path | None = None) -> Loaded
 
 def export_name(src: Source) -> str:
     """A short name for exported files: the run's folder name, else the model's."""
-    name = src.run_dir.name if src.run_dir else Path(src.model.rstrip("/")).name
+    name = src.run_dir.name if src.run_dir else Path(src.model.rstrip("/")).name.removesuffix(".gguf")
     if name in {"final", ""}:
         name = Path(src.model).parent.name or "model"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
