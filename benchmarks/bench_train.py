@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from doctune.rundir import RunDir
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     REPO,
@@ -133,7 +135,7 @@ def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str
     """``python -m doctune train`` on ``job``; per-step times from its ``metrics.jsonl``."""
     cfg_path = work / "doctune.yaml"
     cfg_path.write_text(yaml.safe_dump(doctune_config(job, work), sort_keys=False))
-    metrics = work / "run" / "metrics.jsonl"
+    metrics = RunDir(work / "run").metrics_file
     cmd = [sys.executable, "-m", "doctune", "train", "--config", str(cfg_path)]
     for item in overrides:
         cmd += ["--set", item]
@@ -155,8 +157,7 @@ def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str
     rows = [r for r in read_jsonl(metrics) if "step_time_s" in r]
     if run.returncode != 0 or not rows:
         raise RuntimeError("doctune failed:\n" + "\n".join(run.log[-30:]))
-    facts_path = work / "run" / "run.json"
-    facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+    facts = RunDir(work / "run").facts.to_json()
     tokens = [r["tokens_per_sec"] * r["step_time_s"] for r in rows]
     steps = [r["step_time_s"] for r in rows[job["warmup"]:]]
     side = _side(job, steps, run, tokens_per_step=round(median(tokens)),

@@ -199,8 +199,9 @@ def check_source(source: Path, work: Path, quants: list[str], prompts: list[str]
     from doctune.export.gguf import export_gguf
     from doctune.export.gguf_vocab import pre_tokenizer_name
     from doctune.export.merge import load_merged
+    from doctune.inference import resolve_source
 
-    hf = load_merged(source)
+    hf = load_merged(resolve_source(source))
     out: dict[str, Any] = {"source": str(source), "lora": hf.source.lora, "arch": hf.model.config.model_type,
                            "pre": pre_tokenizer_name(hf.tokenizer), "quants": {}}
     for quant in quants:

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from doctune.config import Config, save_config
+from doctune.config import Config
+from doctune.rundir import RunDir
 
 FACTS = {"val_loss_before": 10.8, "val_ppl_before": 49020.8, "val_loss_after": 3.2,
          "val_ppl_after": 24.53, "steps": 30, "tokens_seen": 12345, "precision": "fp32",
@@ -17,7 +18,7 @@ SUMMARY = {"files": 3, "documents": 3, "tokens": 1234, "train_windows": 20, "val
 
 def _write_common(run: Path, cfg: Config, facts: dict[str, Any]) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    RunDir(run).write_config(cfg)
     (run / "run.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
     (run / "data_summary.json").write_text(json.dumps(SUMMARY, indent=1), encoding="utf-8")
     (run / "metrics.jsonl").write_text("", encoding="utf-8")

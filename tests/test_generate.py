@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from doctune.cli import app
 from doctune.errors import ConfigError
-from doctune.generate import Sampling, generate_text, interactive
+from doctune.generate import generate_text, interactive
 from doctune.inference import Loaded, load_for_inference
+from doctune.sampling import Sampling
 from runfolders import shared_run
 
 

@@ -37,7 +37,7 @@ def test_resolve_kinds(lora_run: Path, full_run: Path, tiny_gpt2_dir: Path) -> N
     assert src.model == str(lora_run.resolve() / "final")
     assert (resolve_source(full_run).kind, resolve_source(full_run).base) == ("run", None)
     adapter = resolve_source(lora_run / "final")
-    assert (adapter.kind, adapter.base, adapter.run_dir) == ("adapter", str(tiny_gpt2_dir), None)
+    assert (adapter.kind, adapter.base, adapter.run) == ("adapter", str(tiny_gpt2_dir), None)
     assert resolve_source(tiny_gpt2_dir).kind == "model"
     assert resolve_source("distilgpt2").kind == "hub"
     assert resolve_source("openai-community/gpt2").kind == "hub"

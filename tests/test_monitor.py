@@ -13,6 +13,7 @@ import pytest
 from doctune.errors import ConfigError
 from doctune.monitor import MemoryTracker, RunMonitor, low_memory_warning
 from doctune.monitor.progress import ProgressDisplay, format_duration, format_mb, step_stats
+from doctune.rundir import RunDir
 
 MEM_KEYS = {"mem_rss_mb", "mem_peak_rss_mb", "mem_system_available_mb"}
 
@@ -22,7 +23,7 @@ def make_monitor(run_dir: Path, **kw: Any) -> RunMonitor:
                                 wandb=False, wandb_project="doctune", wandb_mode="offline",
                                 progress=False, quiet=True)
     args.update(kw)
-    return RunMonitor(run_dir, **args)
+    return RunMonitor(RunDir(run_dir), **args)
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

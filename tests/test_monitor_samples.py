@@ -55,3 +55,31 @@ def test_an_empty_prompt_starts_from_end_of_text(tiny: tuple[Any, Any]) -> None:
     [(prompt, completion)] = generate_samples(model, tok, [""], device="cpu", max_new_tokens=4, seed=0)
     assert prompt == "" and completion
     assert not model.training
+
+
+def test_a_training_sample_is_what_doctune_generate_writes_with_that_seed(tiny: tuple[Any, Any]) -> None:
+    import torch
+
+    from doctune.generate import generate_text
+    from doctune.inference import Loaded, Source
+    from doctune.sampling import Sampling
+
+    model, tok = tiny
+    [(_, sampled)] = generate_samples(model, tok, ["Install the"], device="cpu", max_new_tokens=8, seed=5)
+    loaded = Loaded(model.eval(), tok, Source("model", "tiny", "tiny"), torch.device("cpu"), torch.float32)
+    assert generate_text(loaded, "Install the", Sampling(max_new_tokens=8, seed=5)).text == sampled
+
+
+def test_prompts_are_tokenised_as_training_tokenised_the_docs(gpt2_tokenizer_dir: Path) -> None:
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from doctune.sampling import prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
+    # a tokenizer that adds a start token by default, as Llama's does
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 50256)])
+    assert tok("Hello world")["input_ids"] == [50256, 15496, 995]
+    assert prompt_ids(tok, "Hello world").tolist() == [[15496, 995]]  # no special tokens, as in prepare
+    assert prompt_ids(tok, "").tolist() == [[50256]]  # an empty prompt starts a new document

@@ -222,11 +222,34 @@ def test_cli_prepare(docs: Path, tmp_path: Path, gpt2_tokenizer_dir: Path) -> No
     res = runner.invoke(app, ["prepare", str(docs), "--tokenizer", str(gpt2_tokenizer_dir),
                               "--out", str(out), "--overlap", "600"])
     assert res.exit_code == 2
-    assert "`overlap` must be at least 0 and smaller than `block_size`" in res.stderr
+    assert ("`data.overlap` must be smaller than `data.block_size`, got overlap=600, "
+            "block_size=512." in res.stderr)
 
     res = runner.invoke(app, ["prepare", str(tmp_path / "missing"), "--tokenizer",
                               str(tmp_path / "no-tokenizer"), "--out", str(out)])
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_cli_prepare_reads_config_and_set_like_train(docs: Path, tmp_path: Path,
+                                                     gpt2_tokenizer_dir: Path) -> None:
+    from doctune.cli import app
+
+    cfg = tmp_path / "doctune.yaml"
+    cfg.write_text(f"data:\n  path: {docs}\n  block_size: 96\n  exclude: [versioned]\n"
+                   f"model:\n  tokenizer: {gpt2_tokenizer_dir}\n", encoding="utf-8")
+    runner = CliRunner()
+    out = tmp_path / "store"
+    res = runner.invoke(app, ["prepare", "--config", str(cfg), "--set", "data.overlap=4",
+                              "--block-size", "40", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    settings = TokenStore.open(out).manifest["settings"]
+    assert (settings["block_size"], settings["overlap"]) == (40, 4)  # option > --set > YAML
+
+    res = runner.invoke(app, ["prepare", str(docs), "--out", str(out)])
+    assert res.exit_code == 2
+    assert "scratch:tiny trains its own tokenizer during `doctune train`" in res.stderr
+    res = runner.invoke(app, ["prepare", "--config", str(cfg)])
+    assert res.exit_code == 2 and "Pass `--out FOLDER` or set `data.cache_dir`" in res.stderr
 
 
 def test_cli_help_defaults_match_the_config_schema() -> None:

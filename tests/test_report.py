@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from doctune.monitor import write_report
+from doctune.rundir import RunDir
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_report_files_and_numbers(run_dir: Path) -> None:
-    out = write_report(run_dir)
+    out = write_report(RunDir(run_dir))
     assert out == run_dir / "report.html"
     for name in ("loss", "lr", "throughput", "memory"):
         png = run_dir / "plots" / f"{name}.png"
@@ -61,16 +62,16 @@ def test_report_files_and_numbers(run_dir: Path) -> None:
 
 def test_before_after_from_metrics_when_run_json_lacks_them(run_dir: Path) -> None:
     (run_dir / "run.json").unlink()
-    page = write_report(run_dir).read_text()
+    page = write_report(RunDir(run_dir)).read_text()
     assert "665.1 → 2.5" in page
 
 
 def test_report_of_an_empty_folder(tmp_path: Path) -> None:
-    page = write_report(tmp_path).read_text()
+    page = write_report(RunDir(tmp_path)).read_text()
     assert page.startswith("<!doctype html>") and "Curves" not in page
     assert not (tmp_path / "plots" / "loss.png").exists()
 
 
 def test_samples_md_fallback(tmp_path: Path) -> None:
     (tmp_path / "samples.md").write_text("## Step 0\n\n<x>\n")
-    assert "&lt;x&gt;" in write_report(tmp_path).read_text()
+    assert "&lt;x&gt;" in write_report(RunDir(tmp_path)).read_text()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from doctune.config import dump_config
-from doctune.train.checkpoint import list_checkpoints
+from doctune.rundir import RunDir
 from doctune.train.loop import train
 from test_train import final_weights, make_cfg, metrics, write_docs
 
@@ -69,7 +69,7 @@ def test_sigterm_saves_then_resume_matches(docs: Path, tiny_gpt2_dir: Path, tmp_
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 130, done.stdout
     assert "SIGTERM received: saved checkpoint" in done.stdout and "--resume" in done.stdout
-    stopped_at = int(list_checkpoints(run / "checkpoints")[-1].name.removeprefix("step-"))
+    stopped_at = RunDir(run).checkpoints()[-1].step
     assert 7 <= stopped_at < STEPS
     assert not (run / "final").exists()
 
@@ -79,7 +79,7 @@ def test_sigterm_saves_then_resume_matches(docs: Path, tiny_gpt2_dir: Path, tmp_
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "final model:" in resumed.stdout
     assert_same_weights(run, uninterrupted)
-    kept = [p.name for p in list_checkpoints(run / "checkpoints")]
+    kept = [c.path.name for c in RunDir(run).checkpoints()]
     assert kept == [f"step-{STEPS - 5}", f"step-{STEPS}"]  # keep_checkpoints=2
     steps = [r["step"] for r in metrics(run) if "train_loss" in r]
     assert steps == list(range(1, STEPS + 1))  # no step logged twice after resume
@@ -93,9 +93,9 @@ def test_sigkill_keeps_last_checkpoint_and_resume_matches(docs: Path, tiny_gpt2_
     run = tmp_path / "run"
     done = start_and_stop(docs, tiny_gpt2_dir, run, signal.SIGKILL, after_step=12)
     assert isinstance(done, subprocess.CompletedProcess) and done.returncode == -signal.SIGKILL
-    ckpts = list_checkpoints(run / "checkpoints")
+    ckpts = RunDir(run).checkpoints()
     assert ckpts, "a checkpoint was saved before the kill"
-    assert all((c / "weights.safetensors").is_file() for c in ckpts)
+    assert all((c.path / "weights.safetensors").is_file() for c in ckpts)
     res = train(make_cfg(docs, tiny_gpt2_dir, run, *OVERRIDES), resume=True, quiet=True)
     assert res.steps == STEPS
     assert_same_weights(run, uninterrupted)

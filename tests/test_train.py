@@ -278,3 +278,51 @@ def test_auto_fit_shrinks_the_micro_batch_and_keeps_the_effective_batch(
     assert estimate_memory(saved, device="cpu").peak_mb <= peak - 0.5
     out = capsys.readouterr()
     assert "memory.auto_fit" in out.out + out.err
+
+
+def _budget_that_forces_lora(cfg: Config) -> float:
+    """A memory budget that full fine-tuning cannot meet even at micro-batch 1 with
+    checkpointing, and LoRA can."""
+    from doctune.plan import estimate_memory
+
+    smallest = cfg.model_copy(deep=True)
+    smallest.train.micro_batch_size, smallest.train.grad_checkpointing = 1, True
+    full = estimate_memory(smallest, device="cpu").peak_mb
+    smallest.lora.enabled = True
+    lora = estimate_memory(smallest, device="cpu").peak_mb
+    assert lora < full - 2
+    return (lora + full) / 2
+
+
+def test_auto_fit_that_turns_lora_on_uses_the_lora_learning_rate(
+        docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    from doctune.config import LR_ADAPTER_OR_SCRATCH
+
+    cfg = make_cfg(docs, model_dir, tmp_path / "run", "train.max_steps=1", "train.eval_every=0",
+                   "train.save_every=0", "train.lr=null")
+    cfg.memory.auto_fit, cfg.memory.budget = True, f"{_budget_that_forces_lora(cfg):.1f}MB"
+    train(cfg, quiet=True)
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.lora.enabled and saved.train.grad_checkpointing
+    assert saved.train.lr == LR_ADAPTER_OR_SCRATCH == 1e-3
+
+
+def test_auto_fit_keeps_the_cpu_contention_warning(
+        docs: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    import doctune.machine
+
+    # 2 threads on 2 cores while another program keeps one of them busy
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(doctune.machine, "busy_cores", lambda sample_s=0.3: 1.0)
+    cfg = make_cfg(docs, model_dir, tmp_path / "run", "train.max_steps=1", "train.eval_every=0",
+                   "train.save_every=0")
+    cfg.memory.auto_fit, cfg.memory.budget = True, f"{_budget_that_forces_lora(cfg):.1f}MB"
+    train(cfg, quiet=False)
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "memory.auto_fit" in printed
+    assert "`--set train.num_threads=1`" in printed

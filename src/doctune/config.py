@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +45,7 @@ class DataConfig(_Section):
     title_heading: bool = True
     """Turn the front matter `title` into a `# Title` heading when the document has no H1."""
     cache_dir: Path | None = None
-    """Where prepared token windows are kept; default: <train.output_dir>/data."""
+    """Where prepared token windows are kept; null = <train.output_dir>/data (moves with the run folder)."""
 
     @model_validator(mode="after")
     def _overlap_below_block(self) -> DataConfig:
@@ -178,6 +180,90 @@ class Config(_Section):
 
 
 # ---------------------------------------------------------------------------
+# defaults that depend on other keys: resolved here, in one step, and nowhere else
+
+LR_PRETRAINED_FULL = 1e-4
+"""Default peak learning rate for full fine-tuning of a pretrained model."""
+LR_ADAPTER_OR_SCRATCH = 1e-3
+"""Default for a LoRA adapter or a from-scratch preset (about 10x the full fine-tuning one)."""
+WARMUP_MAX_SHARE = 10
+"""Warm-up is shortened to at most 1/10 of a run, so that the learning rate peaks and decays."""
+
+
+def is_scratch(name: str) -> bool:
+    """True for ``scratch:*`` model names (a model built from a config, no download)."""
+    return name.startswith("scratch:")
+
+
+def default_lr(*, lora: bool, model_name: str) -> float:
+    """``train.lr`` when unset: see :data:`LR_PRETRAINED_FULL` and :data:`LR_ADAPTER_OR_SCRATCH`."""
+    return LR_ADAPTER_OR_SCRATCH if lora or is_scratch(model_name) else LR_PRETRAINED_FULL
+
+
+def resolve(cfg: Config) -> Config:
+    """A copy of ``cfg`` with every default that depends on other keys filled in.
+
+    Run it on the final settings (after ``memory.auto_fit`` changed them), so that a LoRA
+    forced by the memory budget gets the LoRA learning rate. Paths become absolute, so that
+    ``--resume`` works from any working directory. Idempotent.
+    """
+    cfg = cfg.model_copy(deep=True)
+    if cfg.train.lr is None:
+        cfg.train.lr = default_lr(lora=cfg.lora.enabled, model_name=cfg.model.name)
+    if cfg.data.path is not None:
+        cfg.data.path = Path(cfg.data.path).expanduser().resolve()
+    if cfg.data.cache_dir is not None:
+        cfg.data.cache_dir = Path(cfg.data.cache_dir).expanduser().resolve()
+    cfg.train.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
+    local = Path(cfg.model.name).expanduser()
+    if not is_scratch(cfg.model.name) and local.is_dir():
+        cfg.model.name = str(local.resolve())
+    return cfg
+
+
+def cache_dir(cfg: Config) -> Path:
+    """Where the token store of ``cfg``'s run lives: ``data.cache_dir``, else inside the run."""
+    from doctune.rundir import RunDir
+
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunDir(cfg.train.output_dir).data_dir
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's length and warm-up, which depend on how much data there is."""
+
+    total_steps: int
+    warmup_steps: int
+    notes: tuple[str, ...] = ()
+    """Sentences saying what was changed from the configuration, and why."""
+
+
+def schedule(t: TrainConfig, train_windows: int) -> Schedule:
+    """``train.max_steps`` (or ``train.epochs`` over ``train_windows``) and the warm-up,
+    shortened to a tenth of a short run."""
+    batch = t.micro_batch_size * t.grad_accum
+    total = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(train_windows / batch)))
+    notes = []
+    if batch > train_windows:
+        notes.append(f"warning: one step takes {batch} windows but the docs give only "
+                     f"{train_windows}: each step repeats windows. Lower train.micro_batch_size "
+                     "x train.grad_accum, or add docs.")
+    warmup = t.warmup_steps
+    if warmup > 0 and warmup > total // WARMUP_MAX_SHARE:
+        warmup = total // WARMUP_MAX_SHARE
+        notes.append(f"warm-up shortened from {t.warmup_steps} to {warmup} steps (a tenth of "
+                     f"this {total}-step run), so that the learning rate peaks and decays")
+    return Schedule(total, warmup, tuple(notes))
+
+
+def default_of(key: str) -> Any:
+    """The schema's default of a dotted key, e.g. ``default_of("data.block_size") == 512``
+    (for help texts, which must not repeat the numbers)."""
+    section, name = key.split(".", 1)
+    return getattr(getattr(Config(), section), name)
+
+
+# ---------------------------------------------------------------------------
 # loading and overrides
 
 
@@ -285,7 +371,7 @@ def load_config(
     for key, value in (extra or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
-    if overrides or extra:
+    if overrides or any(v is not None for v in (extra or {}).values()):
         source += " + command line"
     try:
         return Config.model_validate(tree)
@@ -296,10 +382,6 @@ def load_config(
 def dump_config(cfg: Config) -> str:
     """The resolved configuration as YAML (paths as strings), as saved in each run folder."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(dump_config(cfg), encoding="utf-8")
 
 
 def commented_yaml(cfg: Config | None = None) -> str:

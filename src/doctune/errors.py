@@ -2,14 +2,22 @@
 
 Every error a user can cause derives from :class:`DoctuneError`; its message says what
 was wrong, where, and how to fix it. The CLI prints these without a traceback and
-exits with status 2 (1 is left for unexpected crashes).
+exits with the error's ``exit_code`` (2 unless it says otherwise).
 """
 
 from __future__ import annotations
 
 
 class DoctuneError(Exception):
-    """Base class of doctune's user-facing errors."""
+    """Base class of doctune's user-facing errors.
+
+    ``exit_code`` is the CLI's exit status for it: 2 (the default) for input that cannot be
+    used, 1 where the input was fine but nothing came of it (no file could be cleaned).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ConfigError(DoctuneError):

@@ -78,10 +78,10 @@ def settings_for(loaded: Loaded, *, block_size: int | None = None, overlap: int 
     """The run's data settings (defaults of the config schema for a plain model), capped by
     the model's context; explicit ``block_size``/``overlap`` win."""
     from doctune.config import Config
-    from doctune.inference import context_length, run_config
+    from doctune.inference import context_length
 
-    run_dir = loaded.source.run_dir
-    d = run_config(run_dir).data if run_dir else Config().data
+    run = loaded.source.run
+    d = run.config().data if run else Config().data
     bs = block_size or d.block_size
     n_ctx = context_length(loaded.model)
     if block_size is None and n_ctx is not None:
@@ -191,14 +191,13 @@ def evaluate_docs(loaded: Loaded, docs: Path, settings: EvalSettings, *, batch_s
 
 def _compare_source(loaded: Loaded, compare: str) -> str:
     """``compare`` as a model reference; the word ``base`` means the run's base model."""
+    from doctune.config import is_scratch
     from doctune.errors import ModelError
-    from doctune.inference import run_facts
-    from doctune.modeling import is_scratch
 
     if compare != "base":
         return compare
     src = loaded.source
-    base = src.base or (run_facts(src.run_dir).get("base_model") if src.run_dir else None)
+    base = src.base or (src.run.facts.base_model if src.run else None)
     if not base:
         raise ModelError("`--compare base` needs a run folder or an adapter (they know their "
                          "base model); pass the model to compare with instead: `--compare distilgpt2`.")
@@ -217,12 +216,12 @@ def evaluate(source: str | Path, docs: Path, *, compare: str | None = None,
     ``precision`` defaults to the run's ``train.precision`` (``auto`` for a plain model),
     so that a run's numbers match its validation numbers on the same machine.
     """
-    from doctune.inference import load_for_inference, run_config
+    from doctune.inference import load_for_inference
 
     loaded = load_for_inference(source, device=device, dtype="fp32", base=base)
     settings = settings_for(loaded, block_size=block_size, overlap=overlap)
-    run_dir = loaded.source.run_dir
-    prec = precision or (run_config(run_dir).train.precision if run_dir else "auto")
+    run = loaded.source.run
+    prec = precision or (run.config().train.precision if run else "auto")
     result = evaluate_docs(loaded, docs, settings, batch_size=batch_size, precision=prec)
     if compare is None:
         return result, None

@@ -13,41 +13,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import ConfigError
+from doctune.sampling import Sampling, generate_kwargs, prompt_ids
 
 if TYPE_CHECKING:
     from doctune.inference import Loaded
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick each next token."""
-
-    temperature: float = 0.8
-    """Softmax temperature; 0 picks the most likely token every time (greedy)."""
-    top_p: float = 0.95
-    """Nucleus sampling: keep the smallest set of tokens whose probabilities sum to top_p."""
-    top_k: int = 0
-    """Keep only the k most likely tokens (0: no limit)."""
-    repetition_penalty: float = 1.0
-    """Above 1 makes tokens already in the text less likely (1: off)."""
-    max_new_tokens: int = 128
-    """How many tokens to generate at most (generation also stops at end-of-text)."""
-    seed: int | None = None
-    """Seed of the sampler: the same seed, prompt and model give the same text."""
-
-    def check(self) -> Sampling:
-        """Return self, or raise :class:`ConfigError` naming the first value out of range."""
-        if self.temperature < 0:
-            raise ConfigError(f"--temperature must be 0 (greedy) or more, got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}.")
-        if self.top_k < 0:
-            raise ConfigError(f"--top-k must be 0 (off) or more, got {self.top_k}.")
-        if self.repetition_penalty <= 0:
-            raise ConfigError(f"--repetition-penalty must be above 0 (1 = off), got {self.repetition_penalty}.")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}.")
-        return self
 
 
 @dataclass(frozen=True)
@@ -107,12 +76,8 @@ def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None,
 
     s = (sampling or Sampling()).check()
     model, tok = loaded.model, loaded.tokenizer
-    text_in = chat_prompt(tok, prompt, system=system) if chat else prompt
     # a chat template writes its own BOS where the model wants one
-    ids = tok(text_in, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if ids.shape[1] == 0:  # an empty prompt starts a new document, as in training
-        eos = tok.eos_token_id if tok.eos_token_id is not None else 0
-        ids = torch.tensor([[eos]])
+    ids = prompt_ids(tok, chat_prompt(tok, prompt, system=system) if chat else prompt)  # (1, P)
     n_ctx = context_length(model)
     dropped = 0
     if n_ctx is not None:
@@ -121,14 +86,9 @@ def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None,
                               f"most {n_ctx} tokens; use --max-new-tokens {n_ctx // 2} or less.")
         dropped = max(0, ids.shape[1] + s.max_new_tokens - n_ctx)
         ids = ids[:, dropped:]
-    kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens,
-                              "repetition_penalty": s.repetition_penalty,
-                              "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                              "eos_token_id": (stop_token_ids(tok) or tok.eos_token_id) if chat else tok.eos_token_id}
-    if s.temperature == 0:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    kwargs = generate_kwargs(s, tok)
+    if chat:  # stop at the end of the turn as well as at end-of-text
+        kwargs["eos_token_id"] = stop_token_ids(tok) or tok.eos_token_id
     if on_text is not None:
         kwargs["streamer"] = _streamer(tok, on_text)
     if s.seed is not None:

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from doctune.errors import CheckpointError, ModelError
+from doctune.rundir import CheckpointDir, RunDir
 
 if TYPE_CHECKING:
     import torch
-
-    from doctune.config import Config
 
 SourceKind = Literal["run", "checkpoint", "adapter", "model", "hub"]
 
@@ -46,7 +45,7 @@ class Source:
     """Folder (or hub id) holding the weights: ``final/``, the adapter, the checkpoint, the model."""
     base: str | None = None
     """The base model of an adapter or a checkpoint (hub id or folder); None for full models."""
-    run_dir: Path | None = None
+    run: RunDir | None = None
     """The run folder this came from, when there is one."""
     lora: bool = False
     """True when ``model`` holds LoRA weights that go on top of ``base``."""
@@ -68,7 +67,7 @@ class Loaded:
         """A JSON-friendly summary: kind, paths, base, device and dtype."""
         s = self.source
         return {"kind": s.kind, "source": s.given, "model": s.model, "base": s.base,
-                "run_dir": str(s.run_dir) if s.run_dir else None, "lora": s.lora,
+                "run_dir": str(s.run.path) if s.run else None, "lora": s.lora,
                 "device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
 
 
@@ -80,45 +79,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object.")
     return data
-
-
-def run_facts(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` of a run folder; empty when the run never wrote it."""
-    p = run_dir / "run.json"
-    return _read_json(p) if p.is_file() else {}
-
-
-def run_config(run_dir: Path) -> Config:
-    """The resolved configuration a run was trained with (``RUN/config.yaml``)."""
-    from doctune.config import load_config
-
-    return load_config(run_dir / "config.yaml")
-
-
-def is_run_dir(path: Path) -> bool:
-    """True for a doctune run folder (it holds ``config.yaml``)."""
-    return (path / "config.yaml").is_file()
-
-
-def _run_base(run_dir: Path) -> str:
-    """The base model of a run: its saved ``base/``, or what ``run.json``/the config name."""
-    saved = run_dir / "base"
-    if (saved / "config.json").is_file():
-        return str(saved.resolve())
-    base = run_facts(run_dir).get("base_model")
-    if isinstance(base, str) and base:
-        return base
-    return run_config(run_dir).model.name
-
-
-def _no_final_message(run_dir: Path) -> str:
-    from doctune.train.checkpoint import list_checkpoints
-
-    ckpts = list_checkpoints(run_dir / "checkpoints")
-    latest = f" The latest checkpoint is {ckpts[-1]}." if ckpts else " It has no checkpoint either."
-    return (f"{run_dir} has no final model (no `final/` folder): training did not finish. "
-            f"Resume it with `doctune train --resume {run_dir}`, or use a checkpoint folder "
-            f"instead of the run folder.{latest}")
 
 
 def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Source:
@@ -142,20 +102,20 @@ def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Sou
             return Source("model", given, str(path.resolve()))
         raise ModelError(f"{path} is a file; pass the folder that holds the model (or a .gguf file).")
     path = path.resolve()
-    if is_run_dir(path):
-        final = path / "final"
-        if not final.is_dir():
-            raise CheckpointError(_no_final_message(path))
-        if (final / "adapter_config.json").is_file():
-            return Source("run", given, str(final), base_s or _run_base(path), path, lora=True)
-        return Source("run", given, str(final), None, path)
-    if (path / "state.json").is_file() and (path / "weights.safetensors").is_file():
-        run_dir = path.parent.parent
-        if not is_run_dir(run_dir):
-            raise CheckpointError(f"{path} looks like a checkpoint, but {run_dir} is not its run "
-                                  "folder (no config.yaml). Keep checkpoints inside their run.")
-        lora = run_config(run_dir).lora.enabled
-        return Source("checkpoint", given, str(path), base_s or _run_base(run_dir), run_dir, lora)
+    if RunDir.is_run(path):
+        run = RunDir.open(path)
+        final = str(run.require_final())
+        if run.final_is_adapter():
+            return Source("run", given, final, base_s or run.base_model(), run, lora=True)
+        return Source("run", given, final, None, run)
+    if CheckpointDir.is_checkpoint(path):
+        if not RunDir.is_run(path.parent.parent):
+            raise CheckpointError(f"{path} looks like a checkpoint, but {path.parent.parent} is "
+                                  "not its run folder (no config.yaml). Keep checkpoints inside "
+                                  "their run.")
+        run = RunDir.open(path.parent.parent)
+        return Source("checkpoint", given, str(path), base_s or run.base_model(), run,
+                      lora=run.config().lora.enabled)
     if (path / "adapter_config.json").is_file():
         named = _read_json(path / "adapter_config.json").get("base_model_name_or_path")
         found = base_s or (str(named) if named else None)
@@ -180,12 +140,11 @@ def _tokenizer_for(src: Source) -> Any:
     own = Path(src.model)
     if src.kind != "hub" and _has_tokenizer(own):
         return load_tokenizer(str(own))
-    if src.run_dir is not None:
-        saved = src.run_dir / "tokenizer"
-        if _has_tokenizer(saved):
-            return load_tokenizer(str(saved))
-        cfg = run_config(src.run_dir)
-        return load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    if src.run is not None:
+        if _has_tokenizer(src.run.tokenizer_dir):
+            return load_tokenizer(str(src.run.tokenizer_dir))
+        m = src.run.config().model
+        return load_tokenizer(m.tokenizer or m.name)
     return load_tokenizer(src.base or src.model)
 
 
@@ -199,8 +158,8 @@ def _load_base(src: Source) -> Any:
         raise ModelError(f"{src.model} was trained on the base model {src.base}, which does not "
                          "exist on this machine. Point to a copy of it with `--base PATH`.")
     kwargs: dict[str, Any] = {}
-    if src.run_dir is not None:  # the same revision and code trust as in training
-        m = run_config(src.run_dir).model
+    if src.run is not None:  # the same revision and code trust as in training
+        m = src.run.config().model
         kwargs = {"revision": m.revision, "trust_remote_code": m.trust_remote_code}
     try:
         return load_pretrained(src.base, **kwargs)
@@ -214,10 +173,11 @@ def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
     """Rebuild the run's model and load a checkpoint's trainable weights into it."""
     from safetensors.torch import load_file
 
-    from doctune.modeling import apply_lora, build_scratch_model, is_scratch
+    from doctune.config import is_scratch
+    from doctune.modeling import apply_lora, build_scratch_model
 
-    assert src.run_dir is not None
-    cfg = run_config(src.run_dir)
+    assert src.run is not None
+    cfg = src.run.config()
     if src.lora:
         lo = cfg.lora
         model = apply_lora(_load_base(src), r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
@@ -227,7 +187,7 @@ def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
     else:
         model = _load_base(src)
     weights = {k.replace("_orig_mod.", ""): v
-               for k, v in load_file(str(Path(src.model) / "weights.safetensors")).items()}
+               for k, v in load_file(str(CheckpointDir(Path(src.model)).weights)).items()}
     result = model.load_state_dict(weights, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{src.model} does not match the model its run describes: "
@@ -266,10 +226,11 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_for_inference(source: str | Path, *, device: str = "auto",
+def load_for_inference(source: str | Path | Source, *, device: str = "auto",
                        dtype: str | torch.dtype | None = None, base: str | Path | None = None,
                        merge: bool = False) -> Loaded:
-    """Load ``source`` (run, checkpoint, adapter, model folder or hub id) ready to run.
+    """Load ``source`` (run, checkpoint, adapter, model folder or hub id, or a :class:`Source`
+    already resolved) ready to run.
 
     ``device`` is ``auto|cuda|mps|cpu``; ``dtype`` is ``auto`` (None), ``fp32``, ``bf16``,
     ``fp16`` or a torch dtype. ``base`` replaces the base model an adapter names.
@@ -278,7 +239,7 @@ def load_for_inference(source: str | Path, *, device: str = "auto",
     from doctune.device import resolve_device
     from doctune.modeling import load_pretrained
 
-    src = resolve_source(source, base=base)
+    src = source if isinstance(source, Source) else resolve_source(source, base=base)
     dev = resolve_device(device)
     torch_dtype = _to_dtype(dtype, dev)
     tokenizer = _tokenizer_for(src)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from doctune.config import is_scratch
 from doctune.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -87,11 +88,6 @@ PRESETS: dict[str, Preset] = {
     # ~17M parameters: better text, still fine on CPU for small docs sets.
     "scratch:small": Preset(n_layer=6, n_embd=384, n_head=6, vocab_size=16384),
 }
-
-
-def is_scratch(name: str) -> bool:
-    """True for ``scratch:*`` model names."""
-    return name.startswith("scratch:")
 
 
 def preset(name: str) -> Preset:

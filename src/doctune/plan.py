@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from doctune.config import Config
+from doctune.config import Config, is_scratch
 from doctune.errors import ConfigError, ModelError
 
 MB = 1024 * 1024
@@ -171,7 +171,7 @@ def plan_precision(choice: str, device: str) -> str:
 
 
 def _model_config(cfg: Config) -> Any:
-    from doctune.modeling import is_scratch, preset_config, resolve_model_source
+    from doctune.modeling import preset_config, resolve_model_source
     from doctune.sources import gguf_config
 
     name = cfg.model.name

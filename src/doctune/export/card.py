@@ -6,21 +6,12 @@ perplexity before and after, from ``run.json``) and how to use and upload it.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from doctune.inference import Source, run_config, run_facts
-
-
-def _data_summary(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "data_summary.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+from doctune.inference import Source
+from doctune.rundir import RunDir, RunFacts
 
 
 def _fmt(value: Any) -> str:
@@ -41,11 +32,11 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not Path(str(name)).expanduser().exists() and not str(name).startswith(("/", ".", "~"))
 
 
-def _results(facts: dict[str, Any]) -> list[str]:
-    rows = [("validation loss before", facts.get("val_loss_before")),
-            ("validation loss after", facts.get("val_loss_after")),
-            ("validation perplexity before", facts.get("val_ppl_before")),
-            ("validation perplexity after", facts.get("val_ppl_after"))]
+def _results(facts: RunFacts) -> list[str]:
+    rows = [("validation loss before", facts.val_loss_before),
+            ("validation loss after", facts.val_loss_after),
+            ("validation perplexity before", facts.val_ppl_before),
+            ("validation perplexity after", facts.val_ppl_after)]
     if all(v is None for _, v in rows):
         return ["No validation numbers were recorded for this run (`data.val_fraction: 0`?). "
                 "Measure the model on your docs with `doctune eval MODEL --data DOCS`.", ""]
@@ -53,24 +44,24 @@ def _results(facts: dict[str, Any]) -> list[str]:
             "doctune with the same cleaning and windows as training:", "", *_table(rows), ""]
 
 
-def _settings(run_dir: Path, facts: dict[str, Any]) -> list[str]:
-    cfg = run_config(run_dir)
+def _settings(run: RunDir) -> list[str]:
+    cfg, facts = run.config(), run.facts
     lo, d, t = cfg.lora, cfg.data, cfg.train
     method = (f"LoRA (r={lo.r}, alpha={lo.alpha:g}, targets={lo.target_modules or 'default'}), merged"
               if lo.enabled else "full fine-tune")
     rows: list[tuple[str, Any]] = [
-        ("base model", facts.get("base_model") or cfg.model.name), ("method", method),
-        ("optimizer steps", facts.get("steps")), ("tokens seen", facts.get("tokens_seen")),
+        ("base model", facts.base_model or cfg.model.name), ("method", method),
+        ("optimizer steps", facts.steps), ("tokens seen", facts.tokens_seen),
         ("learning rate", t.lr), ("schedule", t.schedule),
         ("batch", f"{t.micro_batch_size} x {t.grad_accum} windows"),
         ("block size / overlap", f"{d.block_size} / {d.overlap} tokens"),
-        ("precision", facts.get("precision") or t.precision), ("device", facts.get("device")),
+        ("precision", facts.precision or t.precision), ("device", facts.device),
     ]
     return _table(rows)
 
 
-def _data(run_dir: Path) -> list[str]:
-    summary = _data_summary(run_dir)
+def _data(run: RunDir) -> list[str]:
+    summary = run.data_summary()
     rows = [(k.replace("_", " "), v) for k, v in summary.items()
             if isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 80]
     return _table(rows[:14]) if rows else ["(no data summary was saved with the run)"]
@@ -94,9 +85,8 @@ def model_card(src: Source, *, out: Path, title: str, usage: list[str] | None = 
     ``usage`` replaces the default "Use" lines (transformers and ``doctune generate``);
     ``chat`` says the model keeps a chat template (an instruct model).
     """
-    run_dir = src.run_dir
-    facts = run_facts(run_dir) if run_dir else {}
-    base = facts.get("base_model") or src.base
+    run = src.run
+    base = (run.facts.base_model if run else None) or src.base
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              "tags:", "- doctune", "- documentation"]
     if _is_hub_id(base):
@@ -109,9 +99,9 @@ def model_card(src: Source, *, out: Path, title: str, usage: list[str] | None = 
                  "Ollama Modelfile): talk to it as a chat model." if chat else
                  "It continues text in the style and with the facts of those docs; it is a base "
                  "(completion) model, not a chat model."), ""]
-    if run_dir is not None:
-        lines += ["## Results", "", *_results(facts), "## Training", "", *_settings(run_dir, facts),
-                  "", "## Data", "", *_data(run_dir), ""]
+    if run is not None:
+        lines += ["## Results", "", *_results(run.facts), "## Training", "", *_settings(run),
+                  "", "## Data", "", *_data(run), ""]
     else:
         lines += [f"Exported from `{src.given}`" + (f" (base model `{base}`)." if base else "."), ""]
     lines += ["## Use", "", *(usage if usage is not None else hf_usage(out))]

@@ -194,7 +194,7 @@ def export_gguf(source: str | Path, out: Path, *, quant: str = "f16", base: str 
         raise ExportError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}.")
     src = resolve_source(source, base=base)
     out = check_out_dir(out, src, force=force)
-    loaded = load_merged(source, base=base)
+    loaded = load_merged(src)
     check_architecture(loaded.model.config)
     name = export_name(src)
     file_name = f"{name}-{quant}.gguf"

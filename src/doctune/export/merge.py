@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from doctune.errors import ExportError
+from doctune.rundir import RunDir
 
 if TYPE_CHECKING:
     from doctune.inference import Loaded, Source
@@ -44,10 +45,10 @@ def check_out_dir(out: Path, src: Source, *, force: bool) -> Path:
     """Resolve ``out`` and refuse to overwrite anything without ``force``, or the source at all."""
     out = out.expanduser().resolve()
     protected = [Path(src.model).resolve()] if src.kind != "hub" else []
-    if src.run_dir is not None:
-        protected.append(src.run_dir.resolve())
+    if src.run is not None:
+        protected.append(src.run.path.resolve())
     for p in protected:
-        if out == p or _inside(p, out) or (src.run_dir is None and _inside(out, p)):
+        if out == p or _inside(p, out) or (src.run is None and _inside(out, p)):
             raise ExportError(f"--out {out} would overwrite the model being exported ({p}). "
                               "Choose a new folder, e.g. `--out exports/my-model`.")
     if out.exists() and not out.is_dir():
@@ -75,18 +76,19 @@ def publish(tmp: Path, out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 
-def load_merged(source: str | Path, *, base: str | Path | None = None) -> Loaded:
-    """``source`` loaded on CPU in fp32 with any LoRA adapter merged into the base weights."""
+def load_merged(src: Source) -> Loaded:
+    """``src`` loaded on CPU in fp32 with any LoRA adapter merged into the base weights."""
     from doctune.inference import load_for_inference
 
-    return load_for_inference(source, device="cpu", dtype="fp32", base=base, merge=True)
+    return load_for_inference(src, device="cpu", dtype="fp32", merge=True)
 
 
 def export_name(src: Source) -> str:
     """A short name for exported files: the run's folder name, else the model's."""
-    name = src.run_dir.name if src.run_dir else Path(src.model.rstrip("/")).name.removesuffix(".gguf")
-    if name in {"final", ""}:
-        name = Path(src.model).parent.name or "model"
+    model = Path(src.model.rstrip("/"))
+    name = src.run.path.name if src.run else model.name.removesuffix(".gguf")
+    if not name or model == RunDir(model.parent).final_dir:  # a run's final/ given directly
+        name = model.parent.name or "model"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
@@ -102,7 +104,7 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
 
     src = resolve_source(source, base=base)
     out = check_out_dir(out, src, force=force)
-    loaded = load_merged(source, base=base)
+    loaded = load_merged(src)
     tmp = staging_dir(out)
     try:
         model = loaded.model

@@ -15,9 +15,6 @@ from typing import Any, Protocol
 
 from doctune.errors import ConfigError
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-
 # TensorBoard tag of each metrics key; keys not listed go under "other/".
 _TB_TAGS = {
     "train_loss": "train/loss",
@@ -82,9 +79,9 @@ def _dumps(row: dict[str, Any]) -> str:
 class JsonlLogger:
     """``metrics.jsonl`` (one object per line, ``step`` first) and ``samples.jsonl``."""
 
-    def __init__(self, run_dir: Path, *, resume_step: int = 0) -> None:
-        self.metrics_path = run_dir / METRICS_FILE
-        self.samples_path = run_dir / SAMPLES_FILE
+    def __init__(self, metrics_path: Path, samples_path: Path, *, resume_step: int = 0) -> None:
+        self.metrics_path = metrics_path
+        self.samples_path = samples_path
         for path in (self.metrics_path, self.samples_path):
             if resume_step > 0:
                 truncate_jsonl(path, resume_step)

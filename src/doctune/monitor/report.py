@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from doctune.monitor.loggers import METRICS_FILE, SAMPLES_FILE, read_jsonl
+from doctune.errors import CheckpointError
+from doctune.monitor.loggers import read_jsonl
 from doctune.monitor.plots import write_plots
 from doctune.monitor.progress import format_duration, format_mb
-
-REPORT_FILE = "report.html"
+from doctune.rundir import RunDir
 
 _CSS = """
 :root { --fg:#111827; --muted:#6b7280; --line:#e5e7eb; --bg:#f9fafb; --accent:#2563eb; --good:#15803d; --bad:#b91c1c; }
@@ -54,14 +53,6 @@ th { background:#f3f4f6; font-weight:600; }
 pre.block { background:#fff; border:1px solid var(--line); border-radius:10px; padding:12px 14px; overflow:auto; font:13px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
 details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
 """
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _num(value: float, digits: int = 4) -> str:
@@ -159,10 +150,10 @@ def _table(data: Any, depth: int = 0) -> str:
     return _esc(data)
 
 
-def _samples_html(run_dir: Path) -> str:
-    rows = read_jsonl(run_dir / SAMPLES_FILE)
+def _samples_html(run: RunDir) -> str:
+    rows = read_jsonl(run.samples_file)
     if not rows:
-        md = run_dir / "samples.md"
+        md = run.samples_md
         return f'<pre class="block">{_esc(md.read_text(encoding="utf-8"))}</pre>' if md.is_file() else ""
     by_prompt: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -177,28 +168,27 @@ def _samples_html(run_dir: Path) -> str:
     return "".join(parts)
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write ``run_dir/report.html`` and ``run_dir/plots/*.png`` from the run's files."""
-    run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / METRICS_FILE)
-    run = _read_json(run_dir / "run.json")
-    plots = write_plots(rows, run_dir / "plots")
+def write_report(run: RunDir) -> Path:
+    """Write ``report.html`` and ``plots/*.png`` into the run folder from the run's files."""
+    rows = read_jsonl(run.metrics_file)
+    facts = _facts(run)
+    plots = write_plots(rows, run.plots_dir)
     titles = {"loss": "Training and validation loss", "lr": "Learning rate",
               "throughput": "Tokens per second", "memory": "Memory over time"}
     figures = "".join(
         f'<figure><img alt="{titles[name]}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode("ascii")}"></figure>' for name, path in plots.items())
-    config = run_dir / "config.yaml"
-    data = _read_json(run_dir / "data_summary.json")
-    extra = {k: v for k, v in run.items() if not isinstance(v, dict | list)}
-    name = run.get("name") or run_dir.resolve().name
+    config = run.config_file
+    data = run.data_summary()
+    extra = {k: v for k, v in facts.items() if not isinstance(v, dict | list)}
+    name = facts.get("name") or run.path.resolve().name
     sections = [
         f"<h1>doctune run: {_esc(name)}</h1>",
-        f'<p class="sub">{_esc(run_dir.resolve())}</p>',
-        f'<div class="cards">{_cards(run, rows)}</div>',
+        f'<p class="sub">{_esc(run.path.resolve())}</p>',
+        f'<div class="cards">{_cards(facts, rows)}</div>',
         f'<h2>Curves</h2><div class="plots">{figures}</div>' if figures else "",
     ]
-    samples = _samples_html(run_dir)
+    samples = _samples_html(run)
     if samples:
         sections.append(f"<h2>Samples</h2>{samples}")
     if extra:
@@ -210,6 +200,14 @@ def write_report(run_dir: Path) -> Path:
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width,initial-scale=1"><title>doctune report: {_esc(name)}</title>'
             f"<style>{_CSS}</style></head><body><main>{''.join(sections)}</main></body></html>\n")
-    out = run_dir / REPORT_FILE
-    out.write_text(page, encoding="utf-8")
-    return out
+    run.report_file.write_text(page, encoding="utf-8")
+    return run.report_file
+
+
+def _facts(run: RunDir) -> dict[str, Any]:
+    """The run's recorded facts for display (unreadable ones leave the report without them)."""
+    try:
+        facts = run.facts.to_json()
+    except CheckpointError:
+        return {}
+    return {k: v for k, v in facts.items() if v is not None and k != "format"}

@@ -8,22 +8,19 @@ machine is about to run out of memory. It holds no training logic.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.monitor.loggers import JsonlLogger, MetricsLogger, TensorBoardLogger, WandbLogger
 from doctune.monitor.memory import MemoryTracker, low_memory_warning
 from doctune.monitor.progress import ProgressDisplay
 from doctune.monitor.samples import samples_markdown
+from doctune.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
 
-SAMPLES_MD = "samples.md"
-
-
 class RunMonitor:
-    """Progress, loggers and memory tracking of one training run in ``run_dir``.
+    """Progress, loggers and memory tracking of one training run in the folder ``run``.
 
     ``resume_step`` > 0 continues a run: logged lines after that step are dropped first,
     since the resumed run logs those steps again. 0 starts the files anew.
@@ -32,7 +29,7 @@ class RunMonitor:
 
     def __init__(
         self,
-        run_dir: Path,
+        run: RunDir,
         *,
         total_steps: int,
         config: dict[str, Any],
@@ -46,19 +43,19 @@ class RunMonitor:
         device: torch.device | str = "cpu",
         low_memory_mb: float | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = run
+        run.path.mkdir(parents=True, exist_ok=True)
         self.memory = MemoryTracker(device)
         self._low_memory_mb = low_memory_mb
         self._warned_memory = False
-        self._jsonl = JsonlLogger(self.run_dir, resume_step=resume_step)
+        self._jsonl = JsonlLogger(run.metrics_file, run.samples_file, resume_step=resume_step)
         self._loggers: list[MetricsLogger] = [self._jsonl]
         try:
             if tensorboard:
-                self._loggers.append(TensorBoardLogger(self.run_dir / "tensorboard",
+                self._loggers.append(TensorBoardLogger(run.tensorboard_dir,
                                                        resume_step=resume_step))
             if wandb:
-                self._loggers.append(WandbLogger(self.run_dir, project=wandb_project,
+                self._loggers.append(WandbLogger(run.path, project=wandb_project,
                                                  mode=wandb_mode, config=config))
         except BaseException:
             for logger in self._loggers:
@@ -98,7 +95,7 @@ class RunMonitor:
         markdown = samples_markdown(step, samples)
         for logger in self._loggers:
             logger.log_samples(step, samples, markdown)
-        with (self.run_dir / SAMPLES_MD).open("a", encoding="utf-8") as f:
+        with self.run.samples_md.open("a", encoding="utf-8") as f:
             f.write(markdown)
 
     def message(self, text: str) -> None:
@@ -142,4 +139,4 @@ class RunMonitor:
         for row in read_jsonl(self._jsonl.samples_path):
             by_step.setdefault(int(row["step"]), []).append((row["prompt"], row["completion"]))
         text = "# Generation samples\n\n" + "".join(samples_markdown(s, by_step[s]) for s in sorted(by_step))
-        (self.run_dir / SAMPLES_MD).write_text(text, encoding="utf-8")
+        self.run.samples_md.write_text(text, encoding="utf-8")

@@ -10,9 +10,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-SAMPLE_TEMPERATURE = 0.8
-SAMPLE_TOP_P = 0.95
-
 _WORD = re.compile(r"\S+")
 
 
@@ -50,10 +47,12 @@ def generate_samples(
     """
     import torch
 
+    from doctune.sampling import Sampling, generate_kwargs, prompt_ids
+
     device = torch.device(device)
     was_training = bool(model.training)
     model.eval()
-    eos = tokenizer.eos_token_id
+    kwargs = generate_kwargs(Sampling(max_new_tokens=max_new_tokens), tokenizer)
     out: list[tuple[str, str]] = []
     fork_kw: dict[str, Any] = {}
     if device.type in {"cuda", "mps"}:
@@ -62,20 +61,10 @@ def generate_samples(
         with torch.random.fork_rng(**fork_kw), torch.no_grad():
             for prompt in prompts:
                 torch.manual_seed(seed)
-                enc = tokenizer(prompt, return_tensors="pt").to(device)
-                if enc["input_ids"].shape[1] == 0:  # an empty prompt: start from end-of-text
-                    start = torch.tensor([[eos if eos is not None else 0]], device=device)
-                    enc = {"input_ids": start, "attention_mask": torch.ones_like(start)}
-                ids = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=True,
-                    temperature=SAMPLE_TEMPERATURE,
-                    top_p=SAMPLE_TOP_P,
-                    top_k=0,
-                    pad_token_id=eos,
-                )  # (1, prompt + new)
-                new = ids[0, enc["input_ids"].shape[1]:]
+                ids = prompt_ids(tokenizer, prompt).to(device)  # (1, P)
+                out_ids = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         **kwargs)  # (1, P + new)
+                new = out_ids[0, ids.shape[1]:]
                 out.append((prompt, tokenizer.decode(new, skip_special_tokens=True)))
     finally:
         model.train(was_training)

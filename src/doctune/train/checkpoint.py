@@ -1,6 +1,6 @@
 """Whole, atomic checkpoints and exact resume.
 
-A checkpoint folder ``checkpoints/step-N/`` holds:
+A checkpoint folder ``checkpoints/step-N/`` (its paths: :class:`doctune.rundir.CheckpointDir`) holds:
 
 * ``weights.safetensors`` - the trainable parameters (all of them for a full fine-tune,
   the adapter for LoRA), by parameter name;
@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import CheckpointError
+from doctune.rundir import CheckpointDir, RunDir
 
 if TYPE_CHECKING:
     import torch
-
-STATE_FILE = "state.json"
-
 
 @dataclass
 class TrainState:
@@ -136,7 +134,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    ckpt_root: Path,
+    run: RunDir,
     state: TrainState,
     *,
     model: torch.nn.Module,
@@ -145,68 +143,42 @@ def save_checkpoint(
     scaler: Any,
     device: torch.device,
     keep: int,
-) -> Path:
-    """Write ``ckpt_root/step-N`` atomically, then drop all but the ``keep`` newest."""
+) -> CheckpointDir:
+    """Write ``checkpoints/step-N`` of ``run`` atomically, then drop all but the ``keep`` newest."""
     import torch
     from safetensors.torch import save_file
 
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{state.step}"
-    tmp = ckpt_root / f".tmp-step-{state.step}"
-    for leftover in (*ckpt_root.glob(".tmp-step-*"), *ckpt_root.glob(".old-step-*")):
+    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    final = run.checkpoint(state.step)
+    tmp = CheckpointDir(run.checkpoint_staging(state.step))
+    for leftover in run.checkpoint_leftovers():
         shutil.rmtree(leftover, ignore_errors=True)  # from a save a crash interrupted
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "weights.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    tmp.path.mkdir()
+    save_file(trainable_state(model), str(tmp.weights))
+    torch.save(optimizer.state_dict(), tmp.optimizer)
     torch.save({"scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_states(device)}, tmp / "trainer.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-    for f in tmp.iterdir():
+                "rng": rng_states(device)}, tmp.trainer)
+    tmp.state.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")  # last: completes it
+    for f in tmp.path.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # a re-save of the same step (e.g. signal right after a periodic save)
-        old = ckpt_root / f".old-step-{state.step}"
-        final.rename(old)
-        tmp.rename(final)
+    _fsync_dir(tmp.path)
+    if final.path.exists():  # a re-save of the same step (e.g. signal right after a periodic save)
+        old = run.checkpoint_replaced(state.step)
+        final.path.rename(old)
+        tmp.path.rename(final.path)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        tmp.rename(final)
-    _fsync_dir(ckpt_root)
-    for old_ckpt in list_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(old_ckpt, ignore_errors=True)
+        tmp.path.rename(final.path)
+    _fsync_dir(run.checkpoints_dir)
+    for old_ckpt in run.checkpoints()[:-keep]:
+        shutil.rmtree(old_ckpt.path, ignore_errors=True)
     return final
 
 
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints (those with ``state.json``), oldest first."""
-    if not ckpt_root.is_dir():
-        return []
-    found = []
-    for d in ckpt_root.iterdir():
-        if d.is_dir() and d.name.startswith("step-") and (d / STATE_FILE).is_file():
-            try:
-                found.append((int(d.name.removeprefix("step-")), d))
-            except ValueError:
-                continue
-    return [d for _, d in sorted(found)]
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint of ``run_dir``; a clear error when there is none."""
-    ckpts = list_checkpoints(run_dir / "checkpoints")
-    if not ckpts:
-        raise CheckpointError(
-            f"{run_dir} has no complete checkpoint to resume from (looked in "
-            f"{run_dir / 'checkpoints'}). Start a new run without --resume, or pass the run "
-            "folder that holds checkpoints/step-N/."
-        )
-    return ckpts[-1]
-
-
 def load_checkpoint(
-    ckpt: Path,
+    ckpt: CheckpointDir,
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -221,19 +193,19 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     try:
-        state = TrainState(**json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
-        weights = load_file(str(ckpt / "weights.safetensors"))
-        opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-        trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
+        state = TrainState(**json.loads(ckpt.state.read_text(encoding="utf-8")))
+        weights = load_file(str(ckpt.weights))
+        opt_state = torch.load(ckpt.optimizer, map_location="cpu", weights_only=True)
+        trainer = torch.load(ckpt.trainer, map_location="cpu", weights_only=True)
     except (OSError, ValueError, TypeError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"Checkpoint {ckpt} is unreadable ({e}). Resume from an older "
+        raise CheckpointError(f"Checkpoint {ckpt.path} is unreadable ({e}). Resume from an older "
                               "checkpoint by deleting this folder.") from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(weights):
         missing = sorted(set(params) - set(weights))[:3]
         extra = sorted(set(weights) - set(params))[:3]
         raise CheckpointError(
-            f"Checkpoint {ckpt} does not match this model (missing {missing}, unexpected {extra}). "
+            f"Checkpoint {ckpt.path} does not match this model (missing {missing}, unexpected {extra}). "
             "Resume with the run's own config.yaml (model and LoRA settings unchanged).")
     with torch.no_grad():
         for name, p in params.items():

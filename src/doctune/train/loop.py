@@ -23,7 +23,6 @@ from doctune.train.batches import BatchOrder, collate, count_loss_tokens
 from doctune.train.checkpoint import (
     TrainState,
     check_resumable,
-    latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     set_rng_states,
@@ -103,15 +102,15 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     val_before: float | None = None
 
     if resume:
-        ckpt = latest_checkpoint(run.run_dir)
+        ckpt = run.rundir.latest_checkpoint()
         saved, rng = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
         for note in check_resumable(saved, state):
             mon.warn(note)
         state = replace(state, step=saved.step, micro_step=saved.micro_step,
                         tokens_seen=saved.tokens_seen)
         set_rng_states(rng)
-        val_before = run.facts.get("val_loss_before")
-        mon.message(f"resumed from {ckpt} (step {state.step} of {state.total_steps})")
+        val_before = run.facts.val_loss_before
+        mon.message(f"resumed from {ckpt.path} (step {state.step} of {state.total_steps})")
         if state.step >= run.total_steps:
             mon.warn("that checkpoint is already at the last step; saving the final model")
     else:
@@ -170,7 +169,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             # ---- log -----------------------------------------------------------------
             step_s = time.perf_counter() - t_step
             if state.step == 1:
-                run.facts["time_to_first_step_s"] = round(time.perf_counter() - run.t0, 3)
+                run.facts.time_to_first_step_s = round(time.perf_counter() - run.t0, 3)
             if (said := compiler.after_step(model, step_s, run.total_steps - state.step)) is not None:
                 mon.message(said)
             if state.step % t.log_every == 0 or state.step == run.total_steps:
@@ -188,7 +187,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                 if t.sample_every and state.step % t.sample_every == 0 and not last:
                     _sample(run, state.step)
             if (t.save_every and state.step % t.save_every == 0) or last or flag.signal is not None:
-                save_checkpoint(run.run_dir / "checkpoints", state, model=model, optimizer=opt,
+                save_checkpoint(run.rundir, state, model=model, optimizer=opt,
                                 scheduler=sched, scaler=scaler, device=device,
                                 keep=t.keep_checkpoints)
     train_s = time.perf_counter() - t_start
@@ -197,9 +196,11 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
     if flag.signal is not None:
         name = signal.Signals(flag.signal).name
-        mon.summary(f"{name} received: saved checkpoint step-{state.step} in "
-                    f"{run.run_dir / 'checkpoints'}; continue with `doctune train --resume {run.run_dir}`")
-        return RunResult(run.run_dir, None, state.step, state.tokens_seen, val_before, None, True)
+        mon.summary(f"{name} received: saved checkpoint {run.rundir.checkpoint(state.step).path}; "
+                    f"continue with `doctune train --resume {run.rundir.path}`")
+        return RunResult(run_dir=run.rundir.path, final_dir=None, steps=state.step,
+                         tokens_seen=state.tokens_seen, val_loss_before=val_before,
+                         val_loss_after=None, stopped_early=True)
     with eager(compiler.compiled):
         val_after = _evaluate(run, state.step)
         _sample(run, state.step)
@@ -210,7 +211,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                       "val_loss_after": val_after, "val_ppl_after": _ppl(val_after)})
     run.write_facts()
     report = run.write_report()
-    lines = [f"final model: {final}", f"metrics:     {run.run_dir / 'metrics.jsonl'}"]
+    lines = [f"final model: {final}", f"metrics:     {run.rundir.metrics_file}"]
     if (said := compiler.summary()) is not None:
         lines.insert(0, said)
     if report is not None:
@@ -219,7 +220,9 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
         lines.insert(0, f"validation perplexity: {_ppl(val_before):.2f} -> {_ppl(val_after):.2f}")
     for line in lines:
         mon.summary(line)
-    return RunResult(run.run_dir, final, state.step, state.tokens_seen, val_before, val_after)
+    return RunResult(run_dir=run.rundir.path, final_dir=final, steps=state.step,
+                     tokens_seen=state.tokens_seen, val_loss_before=val_before,
+                     val_loss_after=val_after)
 
 
 def _ppl(loss: float | None) -> float | None:
@@ -268,10 +271,8 @@ def _sample(run: RunSetup, step: int) -> None:
 
 
 def _nan_message(step: int, value: float, run: RunSetup, what: str = "training loss") -> str:
-    from doctune.train.checkpoint import list_checkpoints
-
-    ckpts = list_checkpoints(run.run_dir / "checkpoints")
-    keep = (f"The last good checkpoint is {ckpts[-1]}; it was not overwritten."
+    ckpts = run.rundir.checkpoints()
+    keep = (f"The last good checkpoint is {ckpts[-1].path}; it was not overwritten."
             if ckpts else "No checkpoint had been saved yet.")
     return (f"The {what} became {value} at step {step}. Likely causes: a learning rate too "
             f"high for this model (train.lr={run.cfg.train.lr}; try 3x lower or more warm-up), "

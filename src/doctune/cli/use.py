@@ -1,8 +1,4 @@
-"""``doctune generate``, ``eval``, ``merge`` and ``export``: using and shipping a trained model.
-
-Registered on the app of :mod:`doctune.cli`; like every command, each calls one library
-function and imports heavy libraries inside.
-"""
+"""``doctune generate``, ``eval``, ``merge`` and ``export``: using and shipping a trained model."""
 
 from __future__ import annotations
 
@@ -12,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from doctune.cli import JsonOpt, app, fail
-from doctune.errors import DoctuneError
-from doctune.generate import Sampling
+from doctune.cli.app import JsonOpt, app
+from doctune.errors import ConfigError
+from doctune.sampling import Sampling
 
 ModelArg = Annotated[str, typer.Argument(
     help="A run folder, checkpoint folder, model folder, LoRA adapter folder or hub id.")]
@@ -50,34 +46,31 @@ def generate(
     from doctune.inference import load_for_inference
 
     if prompt is None and not interactive:
-        raise fail('give a prompt (`doctune generate MODEL "Once"`) or use --interactive.')
+        raise ConfigError('give a prompt (`doctune generate MODEL "Once"`) or use --interactive.')
     sampling = Sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    try:
-        sampling.check()
-        loaded = load_for_inference(model, device=device, base=base)
-        if interactive:
-            ask = None if json_ or not sys.stdin.isatty() else (lambda: write("> "))
-            prompt_loop(loaded, sampling, prompts=sys.stdin, write=write, ask=ask)
-            return
-        assert prompt is not None
-        if json_:
-            g = generate_text(loaded, prompt, sampling)
-            typer.echo(json.dumps({"prompt": g.prompt, "text": g.text, "new_tokens": g.new_tokens,
-                                   "prompt_tokens": g.prompt_tokens, **loaded.info}, indent=1))
-            return
-        write(prompt)
-        g = generate_text(loaded, prompt, sampling, on_text=write)
-        write("\n")
-        if g.dropped_prompt_tokens:
-            typer.echo(f"note: the first {g.dropped_prompt_tokens} prompt tokens were cut to fit "
-                       "the model's context.", err=True)
-    except DoctuneError as e:
-        raise fail(str(e)) from None
+    sampling.check()
+    loaded = load_for_inference(model, device=device, base=base)
+    if interactive:
+        ask = None if json_ or not sys.stdin.isatty() else (lambda: write("> "))
+        prompt_loop(loaded, sampling, prompts=sys.stdin, write=write, ask=ask)
+        return
+    assert prompt is not None
+    if json_:
+        g = generate_text(loaded, prompt, sampling)
+        typer.echo(json.dumps({"prompt": g.prompt, "text": g.text, "new_tokens": g.new_tokens,
+                               "prompt_tokens": g.prompt_tokens, **loaded.info}, indent=1))
+        return
+    write(prompt)
+    g = generate_text(loaded, prompt, sampling, on_text=write)
+    write("\n")
+    if g.dropped_prompt_tokens:
+        typer.echo(f"note: the first {g.dropped_prompt_tokens} prompt tokens were cut to fit "
+                   "the model's context.", err=True)
 
 
 @app.command("eval")
@@ -103,12 +96,9 @@ def eval_(
 
     from doctune.evaluate import evaluate, notes, results_table
 
-    try:
-        result, other = evaluate(model, data, compare=compare, base=base, device=device,
-                                 precision=precision, block_size=block_size, overlap=overlap,
-                                 batch_size=batch_size)
-    except DoctuneError as e:
-        raise fail(str(e)) from None
+    result, other = evaluate(model, data, compare=compare, base=base, device=device,
+                             precision=precision, block_size=block_size, overlap=overlap,
+                             batch_size=batch_size)
     if json_:
         payload = result.to_dict()
         if other is not None:
@@ -159,20 +149,17 @@ def _write_export(source: str, out: Path, *, fmt: str, quant: str | None, base: 
     import json
 
     if fmt not in {"gguf", "hf"}:
-        raise fail(f"--format must be gguf or hf, got {fmt!r}.")
+        raise ConfigError(f"--format must be gguf or hf, got {fmt!r}.")
     if fmt == "hf" and quant is not None:
-        raise fail("--quant applies to --format gguf only; an hf export keeps fp32 weights.")
-    try:
-        if fmt == "gguf":
-            from doctune.export.gguf import export_gguf
+        raise ConfigError("--quant applies to --format gguf only; an hf export keeps fp32 weights.")
+    if fmt == "gguf":
+        from doctune.export.gguf import export_gguf
 
-            result = export_gguf(source, out, quant=quant or "f16", base=base, force=force)
-        else:
-            from doctune.export.merge import merge_to_folder
+        result = export_gguf(source, out, quant=quant or "f16", base=base, force=force)
+    else:
+        from doctune.export.merge import merge_to_folder
 
-            result = merge_to_folder(source, out, base=base, force=force)
-    except DoctuneError as e:
-        raise fail(str(e)) from None
+        result = merge_to_folder(source, out, base=base, force=force)
     if json_:
         typer.echo(json.dumps({"out": str(result.out), "format": fmt, "merged_lora": result.merged_lora,
                                "files": [str(f) for f in result.files]}, indent=1))

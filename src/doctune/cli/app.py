@@ -1,0 +1,71 @@
+"""The typer app, the options several commands share, and the one place where doctune's
+errors become a message and an exit status.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import typer.core
+
+from doctune import __version__
+from doctune.errors import DoctuneError
+
+
+class _Group(typer.core.TyperGroup):
+    """Turns doctune's own errors into a one-line message and exit status 2, no traceback."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except DoctuneError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="doctune",
+    help="Fine-tune small language models on a folder of Markdown/MDX documentation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (see `doctune init`).",
+                 exists=True, dir_okay=False, readable=True),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: `--set train.lr=3e-4` (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"doctune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Fine-tune small language models on a folder of Markdown/MDX documentation."""
+
+
+def main() -> None:
+    """Console entry point: run the app (its group turns doctune's errors into messages)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

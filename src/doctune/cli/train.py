@@ -1,0 +1,48 @@
+"""``doctune train``: a docs folder in, a fine-tuned model out (or a stopped run continued)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from doctune.cli.app import ConfigOpt, SetOpt, app
+from doctune.errors import ConfigError
+
+
+@app.command()
+def train(
+    docs: Annotated[Path | None, typer.Argument(help="Docs folder (sets `data.path`).", exists=True)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (sets `train.output_dir`).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (sets `model.name`): hub id, folder or scratch:tiny.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning (sets `lora.enabled`).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (sets `train.max_steps`).")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", exists=True, file_okay=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and the result.")] = False,
+) -> None:
+    """Fine-tune a model on a docs folder: prepare the data, train, evaluate, save.
+
+    Example: `doctune train docs/ --model distilgpt2 --lora --out runs/mydocs`
+
+    Offline, from scratch: `doctune train examples/docs --model scratch:tiny --max-steps 200`
+    """
+    from doctune.config import load_config
+    from doctune.rundir import RunDir
+    from doctune.train.loop import train as run_training
+
+    extra = {"data.path": str(docs) if docs else None, "train.output_dir": str(out) if out else None,
+             "model.name": model, "lora.enabled": lora, "train.max_steps": max_steps}
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config "
+                              "(use --set for the few keys you want to change, e.g. train.max_steps).")
+        run = RunDir.open(resume)
+        cfg = run.config(set_, {**extra, "train.output_dir": str(run.path)})
+    else:
+        cfg = load_config(config, set_, extra)
+    result = run_training(cfg, resume=resume is not None, quiet=quiet)
+    if result.stopped_early:
+        raise typer.Exit(130)

@@ -1,0 +1,328 @@
+"""The run folder: the contract between ``doctune train`` and everything that reads a run.
+
+A run folder holds::
+
+    config.yaml          the resolved configuration (``--resume`` reads it back)
+    run.json             the run's facts (:class:`RunFacts`): model, base, sizes, results
+    data_summary.json    what ``prepare`` found in the docs
+    metrics.jsonl        one JSON line per logged step and evaluation
+    samples.jsonl        generation samples; samples.md shows them as Markdown
+    report.html, plots/  the report and its PNG plots
+    tensorboard/         TensorBoard event files
+    data/                the token store (unless ``data.cache_dir`` puts it elsewhere)
+    tokenizer/           the tokenizer trained for a from-scratch preset
+    base/                the random base of a from-scratch LoRA run
+    checkpoints/step-N/  weights.safetensors, optimizer.pt, trainer.pt, state.json (last)
+    final/               the finished model: a transformers folder or a LoRA adapter
+
+:class:`RunDir` is the only module that knows these names. Commands resolve a folder into
+one ``RunDir`` and pass it down; it reads ``config.yaml`` and ``run.json`` at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from doctune.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from doctune.config import Config
+
+RUN_FORMAT = 1
+"""Version of the run folder's layout and of ``run.json``. 0 is a run written before it was
+recorded (same layout); a higher number than this is a run from a newer doctune."""
+
+
+class RunFacts(BaseModel):
+    """What a run was and how it went: ``run.json``. Every field is optional, since a run
+    that stopped early has only some of them; keys a newer doctune adds are kept."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    format: int = RUN_FORMAT
+    """Layout version (:data:`RUN_FORMAT`)."""
+    model_name: str | None = None
+    """``model.name`` as configured (hub id, folder or preset)."""
+    base_model: str | None = None
+    """The base an adapter goes on: a hub id or an absolute folder."""
+    lora: bool | None = None
+    device: str | None = None
+    precision: str | None = None
+    params_total: int | None = None
+    params_trainable: int | None = None
+    total_steps: int | None = None
+    train_windows: int | None = None
+    val_windows: int | None = None
+    val_loss_before: float | None = None
+    val_ppl_before: float | None = None
+    val_loss_after: float | None = None
+    val_ppl_after: float | None = None
+    steps: int | None = None
+    """Optimizer steps done when the final model was saved."""
+    tokens_seen: int | None = None
+    time_to_first_step_s: float | None = None
+    train_time_s: float | None = None
+    compile: str | None = None
+    """``train.compile`` setting; ``compiled`` says whether the blocks were compiled."""
+    compiled: bool | None = None
+    compile_reason: str | None = None
+    compile_s: float | None = None
+    compiled_step_s: float | None = None
+    eager_step_s: float | None = None
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set several facts at once (each one checked against its type)."""
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the facts that are known (newer keys kept)."""
+        return self.model_dump(exclude_none=True)
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """One checkpoint folder, ``checkpoints/step-N/``, and the files in it."""
+
+    path: Path
+
+    @property
+    def step(self) -> int:
+        return int(self.path.name.removeprefix("step-"))
+
+    @property
+    def weights(self) -> Path:
+        """The trainable parameters (safetensors)."""
+        return self.path / "weights.safetensors"
+
+    @property
+    def optimizer(self) -> Path:
+        return self.path / "optimizer.pt"
+
+    @property
+    def trainer(self) -> Path:
+        """Scheduler, gradient scaler and RNG states."""
+        return self.path / "trainer.pt"
+
+    @property
+    def state(self) -> Path:
+        """The counters, written last: a folder without it is incomplete."""
+        return self.path / "state.json"
+
+    @staticmethod
+    def is_checkpoint(path: Path) -> bool:
+        """True for a folder holding a complete checkpoint."""
+        c = CheckpointDir(path)
+        return c.state.is_file() and c.weights.is_file()
+
+
+class RunDir:
+    """A run folder: its paths, its config and facts (read once), checkpoints, final model."""
+
+    def __init__(self, path: str | Path) -> None:
+        p = self.path = Path(path)
+        self.config_file = p / "config.yaml"
+        self.facts_file = p / "run.json"
+        self.data_summary_file = p / "data_summary.json"
+        self.metrics_file = p / "metrics.jsonl"
+        self.samples_file = p / "samples.jsonl"
+        self.samples_md = p / "samples.md"
+        self.report_file = p / "report.html"
+        self.plots_dir = p / "plots"
+        self.tensorboard_dir = p / "tensorboard"
+        self.data_dir = p / "data"
+        """The token store's default place (``data.cache_dir`` unset)."""
+        self.tokenizer_dir = p / "tokenizer"
+        """The tokenizer trained for a from-scratch preset."""
+        self.base_dir = p / "base"
+        """The random base model of a from-scratch LoRA run."""
+        self.checkpoints_dir = p / "checkpoints"
+        self.final_dir = p / "final"
+        self.final_staging = p / ".tmp-final"
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- opening ---------------------------------------------------------------------
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        """True for a doctune run folder (it holds ``config.yaml``)."""
+        return RunDir(path).config_file.is_file()
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run folder (absolute), or a :class:`CheckpointError` that says what to pass."""
+        p = Path(path).expanduser()
+        if not cls.is_run(p):
+            raise CheckpointError(f"{p} is not a doctune run folder (no config.yaml in it). Pass "
+                                  "the folder a previous `doctune train` wrote (its `--out`).")
+        run = cls(p.resolve())
+        run.facts  # noqa: B018 (a run from a newer doctune is refused here, before any work)
+        return run
+
+    def check_new(self) -> None:
+        """Refuse to start a new run in a folder that is a file or already holds a run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"The run folder {self.path} is a file. Choose another "
+                              "`train.output_dir` (e.g. `--out runs/mydocs`).")
+        if self.checkpoints() or self.final_dir.exists():
+            raise ConfigError(f"{self.path} already holds a run. Continue it with `doctune train "
+                              f"--resume {self.path}`, or choose another `train.output_dir` "
+                              "(e.g. `--out runs/new`).")
+
+    # ---- config and facts ------------------------------------------------------------
+    def config(self, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
+        """The configuration the run was trained with; ``overrides``/``extra`` as in
+        :func:`doctune.config.load_config`. Parsed once for a plain read."""
+        from doctune.config import load_config
+
+        if overrides or extra:
+            return load_config(self.config_file, overrides, extra)
+        return self._config
+
+    @cached_property
+    def _config(self) -> Config:
+        from doctune.config import load_config
+
+        return load_config(self.config_file)
+
+    def write_config(self, cfg: Config) -> None:
+        """Save ``cfg`` as ``config.yaml`` (atomically); later reads return it."""
+        from doctune.config import dump_config
+
+        _write_atomic(self.config_file, dump_config(cfg))
+        self.__dict__["_config"] = cfg
+
+    @cached_property
+    def facts(self) -> RunFacts:
+        """``run.json`` (empty facts when the run never wrote it)."""
+        p = self.facts_file
+        if not p.is_file():
+            return RunFacts()
+        data = _read_json(p)
+        version = data.get("format", 0)
+        if not isinstance(version, int) or version > RUN_FORMAT:
+            raise CheckpointError(f"{p} has format {version!r}, written by a newer doctune than "
+                                  f"this one (which reads format {RUN_FORMAT} and older). "
+                                  "Upgrade doctune: `pip install -U doctune`.")
+        data["format"] = version
+        try:
+            return RunFacts.model_validate(data)
+        except ValidationError as e:
+            raise CheckpointError(f"{p} does not hold valid run facts ({e.errors()[0]['msg']} at "
+                                  f"{'.'.join(map(str, e.errors()[0]['loc']))}). Was it edited "
+                                  "by hand? Restore it, or delete it to open the run without "
+                                  "its recorded results.") from None
+
+    def write_facts(self, facts: RunFacts | None = None) -> None:
+        """Save ``facts`` (default: the ones held) as ``run.json``, atomically."""
+        if facts is not None:
+            self.__dict__["facts"] = facts
+        _write_atomic(self.facts_file, json.dumps(self.facts.to_json(), indent=1))
+
+    def data_summary(self) -> dict[str, Any]:
+        """``data_summary.json`` (empty when absent or unreadable: it is informative only)."""
+        try:
+            data = _read_json(self.data_summary_file) if self.data_summary_file.is_file() else {}
+        except CheckpointError:
+            return {}
+        return data
+
+    def write_data_summary(self, summary: dict[str, Any]) -> None:
+        _write_atomic(self.data_summary_file, json.dumps(summary, indent=1, default=str))
+
+    # ---- checkpoints and the final model -----------------------------------------------
+    def checkpoint(self, step: int) -> CheckpointDir:
+        """Where the checkpoint of ``step`` lives (it may not exist yet)."""
+        return CheckpointDir(self.checkpoints_dir / f"step-{step}")
+
+    def checkpoint_staging(self, step: int) -> Path:
+        """Where a checkpoint is written before it is renamed into place."""
+        return self.checkpoints_dir / f".tmp-step-{step}"
+
+    def checkpoint_replaced(self, step: int) -> Path:
+        """Where a checkpoint being re-saved for the same step waits until the new one is in place."""
+        return self.checkpoints_dir / f".old-step-{step}"
+
+    def checkpoint_leftovers(self) -> list[Path]:
+        """Staging folders of saves a crash interrupted."""
+        root = self.checkpoints_dir
+        return [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")] if root.is_dir() else []
+
+    def checkpoints(self) -> list[CheckpointDir]:
+        """Complete checkpoints (those with their state file), oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = []
+        for d in self.checkpoints_dir.iterdir():
+            name = d.name.removeprefix("step-")
+            if d.is_dir() and d.name.startswith("step-") and name.isdigit() and CheckpointDir(d).state.is_file():
+                found.append(CheckpointDir(d))
+        return sorted(found, key=lambda c: c.step)
+
+    def latest_checkpoint(self) -> CheckpointDir:
+        """The newest complete checkpoint; a clear error when there is none."""
+        ckpts = self.checkpoints()
+        if not ckpts:
+            raise CheckpointError(
+                f"{self.path} has no complete checkpoint to resume from (looked in "
+                f"{self.checkpoints_dir}). Start a new run without --resume, or pass the run "
+                "folder that holds checkpoints/step-N/.")
+        return ckpts[-1]
+
+    def has_final(self) -> bool:
+        return self.final_dir.is_dir()
+
+    def final_is_adapter(self) -> bool:
+        """True when ``final/`` holds a LoRA adapter rather than a whole model."""
+        return (self.final_dir / "adapter_config.json").is_file()
+
+    def require_final(self) -> Path:
+        """``final/``, or a :class:`CheckpointError` saying how to finish or what to use instead."""
+        if self.has_final():
+            return self.final_dir
+        ckpts = self.checkpoints()
+        latest = f" The latest checkpoint is {ckpts[-1].path}." if ckpts else " It has no checkpoint either."
+        raise CheckpointError(
+            f"{self.path} has no final model (no `final/` folder): training did not finish. "
+            f"Resume it with `doctune train --resume {self.path}`, or use a checkpoint folder "
+            f"instead of the run folder.{latest}")
+
+    def base_model(self) -> str:
+        """The model the run started from: its saved ``base/``, else the recorded base, else
+        ``model.name``."""
+        if (self.base_dir / "config.json").is_file():
+            return str(self.base_dir.resolve())
+        return self.facts.base_model or self.config().model.name
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read as JSON ({e}). Is the folder complete?") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object.")
+    return data
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
