@@ -143,6 +143,14 @@ def test_ollama_names_resolve_through_the_manifest(gguf_files: dict[str, Path], 
         resolve_model_source("ollama:bad")
 
 
+def test_a_relative_gguf_path_becomes_absolute(gguf_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from doctune.config import load_config, resolve
+
+    monkeypatch.chdir(gguf_files["f32"].parent)
+    cfg = resolve(load_config(None, ["model.name=tiny-f32.gguf"]))  # so that --resume works from anywhere
+    assert cfg.model.name == str(gguf_files["f32"].resolve())
+
+
 def test_sources_and_their_errors(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
     assert resolve_model_source("scratch:tiny").kind == "scratch"
     assert resolve_model_source("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"

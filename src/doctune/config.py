@@ -216,7 +216,7 @@ def resolve(cfg: Config) -> Config:
         cfg.data.cache_dir = Path(cfg.data.cache_dir).expanduser().resolve()
     cfg.train.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
     local = Path(cfg.model.name).expanduser()
-    if not is_scratch(cfg.model.name) and local.is_dir():
+    if not is_scratch(cfg.model.name) and (local.is_dir() or local.is_file()):  # a folder or a .gguf
         cfg.model.name = str(local.resolve())
     return cfg
 
