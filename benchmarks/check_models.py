@@ -11,7 +11,7 @@ from the file), merges the adapter, exports GGUF f16 and q8_0, and prints:
   merged transformers model, and whether llama.cpp's greedy chat answer equals transformers'
   for five chat prompts (rendered with the model's own chat template).
 
-    python benchmarks/check_models.py                               # vite-docs, 30 steps of 2 x 256 tokens
+    python benchmarks/check_models.py                               # vite-docs, 30 steps of 1 x 256 tokens
     python benchmarks/check_models.py --docs /work/shared/corpora/redux-docs --steps 60
     python benchmarks/check_models.py --gguf path/to/model.gguf --json out.json
     python benchmarks/check_models.py --work /tmp/cm   # keep the runs; a second call reuses them
@@ -42,6 +42,8 @@ CHAT_PROMPTS = [
     "What command creates a new project?",
 ]
 ATTENTION_ONLY = ["q_proj", "k_proj", "v_proj", "o_proj"]
+EVAL_WINDOWS = 16
+"""Validation windows measured before and after training (the first ones of the split)."""
 TRAIN_SCRIPT = """
 import json, sys
 from doctune.config import load_config
@@ -76,7 +78,7 @@ def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, bloc
                  f"data.block_size={block}", "data.overlap=32", "data.val_fraction=0.1",
                  "lora.enabled=true", f"train.max_steps={steps}", f"train.micro_batch_size={micro_batch}",
                  "train.grad_accum=1", "train.warmup_steps=4", "train.eval_every=0",
-                 "train.save_every=0", "train.eval_batches=8", "train.sample_every=0",
+                 "train.save_every=0", f"train.eval_batches={-(-EVAL_WINDOWS // micro_batch)}", "train.sample_every=0",
                  "train.sample_prompts=[]", "log.tensorboard=false", "log.progress=false",
                  "log.report=false", "train.device=cpu"]
     cfg = load_config(None, overrides)
@@ -163,7 +165,7 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, default=Path("/work/shared/corpora/vite-docs"))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--block", type=int, default=256)
-    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=32, help="Greedy tokens compared per chat prompt.")
     parser.add_argument("--skip-attention-only", action="store_true")
     parser.add_argument("--json", type=Path, help="Also write the numbers to this file.")
