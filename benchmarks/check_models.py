@@ -121,9 +121,10 @@ def llama_cpp_checks(files: dict[str, Path], run: Path, n_new: int) -> dict[str,
 
     from doctune.export.merge import load_merged
     from doctune.generate import chat_prompt
+    from doctune.inference import resolve_source
     from doctune.modeling import stop_token_ids
 
-    hf = load_merged(run)
+    hf = load_merged(resolve_source(run))
     tok, model = hf.tokenizer, hf.model
     stops = stop_token_ids(tok)
     out: dict[str, Any] = {"llama_cpp_python": llama_cpp.__version__}
