@@ -9,16 +9,21 @@ For every docs set (a sub-folder of --corpora) this cleans all files the way
 * MkDocs sets: Python-Markdown with the pymdown-extensions MkDocs Material uses, for
   both sides. ``{* file *}`` / ``--8<--`` includes and ``::: module`` API directives are
   taken out of the input first: MkDocs replaces them with content from other files.
+* VitePress sets: markdown-it-py with VitePress's containers for the input, CommonMark
+  for the output (benchmarks/vitepress_reader.py).
 
 It reports, per set: code blocks kept verbatim (language, meta and content), the share of
 the words a reader sees that are kept, the share of output words that are junk (words
 the reader never saw: attribute values, expressions, front matter), and output lines
-outside code that still carry tags, HTML comments, ``{/* */}`` or import/export, both as
-the reader sees them ("bad_lines") and by a plain regex over the raw lines ("raw_lines").
+outside code that still carry tags, HTML comments, ``{/* */}``, import/export or heading
+``{#id}`` anchors, both as the reader sees them ("bad_lines") and by a plain regex over
+the raw lines ("raw_lines"; "anchors" counts the heading anchors among them). "code exact"
+is the share of the input's code spans (backticks and raw ``<code>``) that come out as a
+code span of their own, with the same text (two spans glued into one fail it).
 For MDX sets it also counts inputs that are not valid MDX ("in_not_mdx", read as Markdown
 then) and outputs that would not read back as MDX without JSX/expressions ("out_not_mdx").
 
-    python benchmarks/check_clean.py [--corpora ../shared/corpora] [--show 5]
+    python benchmarks/check_clean.py [--corpora ../shared/corpora] [--show 5] [--reader R]
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ from doctune.data.blocks import code_blocks
 from doctune.data.clean import clean_markdown
 from doctune.data.cleantree import tree_dialects
 from doctune.data.corpus import Skipped, find_docs, read_doc
+from vitepress_reader import read_with_vitepress
 
 REPO = Path(__file__).resolve().parent.parent
 REMARK = REPO / "benchmarks" / "remark"
 WORD = re.compile(r"\w+")
-TARGETS = {"code": 1.0, "words": 0.99, "junk": 0.005, "lines": 0}
+TARGETS = {"code": 1.0, "exact": 0.999, "words": 0.99, "junk": 0.005, "lines": 0}
 
 
 # --- readers ------------------------------------------------------------------------
@@ -84,6 +90,8 @@ class _HtmlText(HTMLParser):
         self.code: list[str] = []
         self.visible: list[str] = []
         self.junk: list[str] = []
+        self.spans: list[str] = []
+        self._span: list[str] | None = None
         self._pre = 0
         self._skip = 0
         self._buf: list[str] = []
@@ -95,6 +103,8 @@ class _HtmlText(HTMLParser):
             self._buf = []
         elif tag in ("script", "style"):
             self._skip += 1
+        elif tag == "code" and not self._pre:
+            self._span = []
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "pre" and self._pre:
@@ -102,12 +112,17 @@ class _HtmlText(HTMLParser):
             self.code.append("".join(self._buf).rstrip("\n"))
         elif tag in ("script", "style") and self._skip:
             self._skip -= 1
+        elif tag == "code" and self._span is not None:
+            self.spans.append("".join(self._span))
+            self._span = None
 
     def handle_data(self, data: str) -> None:
         if self._pre:
             self._buf.append(data)
         elif not self._skip:
             self.visible.append(data)
+            if self._span is not None:
+                self._span.append(data)
 
 
 def read_with_python_markdown(text: str, *, is_input: bool) -> dict:
@@ -119,7 +134,7 @@ def read_with_python_markdown(text: str, *, is_input: bool) -> dict:
                              extension_configs=MKDOCS_CONFIG)
     p = _HtmlText()
     p.feed(body)
-    return {"code": [["", "", html.unescape(c)] for c in p.code],
+    return {"code": [["", "", html.unescape(c)] for c in p.code], "spans": p.spans,
             "visible": " ".join(p.visible), "junk": " ".join(p.junk), "flagged": [],
             "error": None}
 
@@ -131,6 +146,7 @@ RAW_CHECKS = {
     "html_comment": re.compile(r"<!--"),
     "mdx_comment": re.compile(r"\{/\*"),
     "esm": re.compile(r"^(?:import|export)\s.*(?:from\s*['\"]|=)"),
+    "heading_anchor": re.compile(r"^[ \t]{0,3}#{1,6}[ \t].*\{#[\w.:-]+\}[ \t]*$"),
 }
 _CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.S)
 
@@ -167,6 +183,8 @@ class SetReport:
     words_kept: int = 0
     words_out: int = 0
     junk_out: int = 0
+    spans_in: int = 0
+    spans_exact: int = 0
     flagged: Counter[str] = field(default_factory=Counter)
     raw: Counter[str] = field(default_factory=Counter)
     parse_errors: int = 0
@@ -190,7 +208,8 @@ def front_matter_title(text: str) -> str:
     return str(title) if isinstance(title, (str, int, float)) else ""
 
 
-def compare(rep: SetReport, rel: str, src: dict, dst: dict, in_text: str, out_text: str) -> None:
+def compare(rep: SetReport, rel: str, src: dict, dst: dict, in_text: str, out_text: str,
+            titled: bool) -> None:
     want = Counter(tuple(c) for c in src["code"])
     have = Counter(tuple(c) for c in dst["code"])
     kept = sum((want & have).values())
@@ -198,10 +217,15 @@ def compare(rep: SetReport, rel: str, src: dict, dst: dict, in_text: str, out_te
     rep.code_kept += kept
     for c in (want - have):
         rep.add_example("code", f"{rel}: lost code block {c[0]!r} {c[2][:60]!r}")
+    spans_in = Counter(" ".join(x.split()) for x in src.get("spans", []) if x.strip())
+    spans_out = Counter(" ".join(x.split()) for x in dst.get("spans", []) if x.strip())
+    rep.spans_in += sum(spans_in.values())
+    rep.spans_exact += sum((spans_in & spans_out).values())
+    for c in list(spans_in - spans_out)[:3]:
+        rep.add_example("spans", f"{rel}: code span not kept on its own: {c[:60]!r}")
     visible = src["visible"]
     title = front_matter_title(in_text)
-    first = re.sub(r"\\(.)", r"\1", out_text.split("\n", 1)[0])
-    if title and first == f"# {title}":  # the title heading shows what the page shows
+    if title and titled:  # the title heading the cleaner added shows what the page shows
         visible += " " + title
     vin = Counter(w.lower() for w in WORD.findall(visible))
     vout = Counter(w.lower() for w in WORD.findall(dst["visible"]))
@@ -226,7 +250,7 @@ def compare(rep: SetReport, rel: str, src: dict, dst: dict, in_text: str, out_te
         rep.add_example("raw", f"{rel}:{line}: {kind}: {out_text.split(chr(10))[line - 1][:100]!r}")
 
 
-def check_set(folder: Path) -> SetReport:
+def check_set(folder: Path, reader: str | None = None) -> SetReport:
     docs, skipped = find_docs(folder)
     texts, kept = [], []
     for d in docs:
@@ -238,28 +262,30 @@ def check_set(folder: Path) -> SetReport:
             kept.append(d)
     dialects = tree_dialects(kept, texts, folder)
     set_dialect = Counter(x for x in dialects if x != "markdown").most_common(1)
-    reader = set_dialect[0][0] if set_dialect else "markdown"
+    reader = reader or (set_dialect[0][0] if set_dialect else "markdown")
     rep = SetReport(folder.name, reader, files=len(kept), skipped=len(skipped))
     start = time.perf_counter()
     outs = [clean_markdown(t, dialect=x, path=d.rel).text
             for d, t, x in zip(kept, texts, dialects, strict=True)]
     rep.seconds = time.perf_counter() - start
-    if reader == "mkdocs":
-        for d, t, o in zip(kept, texts, outs, strict=True):
-            compare(rep, d.rel, read_with_python_markdown(t, is_input=True),
-                    read_with_python_markdown(o, is_input=False), t, o)
+    titled = [o != clean_markdown(t, dialect=x, title_heading=False).text
+              for t, x, o in zip(texts, dialects, outs, strict=True)]
+    if reader in ("mkdocs", "vitepress"):
+        read = read_with_python_markdown if reader == "mkdocs" else read_with_vitepress
+        for d, t, o, h in zip(kept, texts, outs, titled, strict=True):
+            compare(rep, d.rel, read(t, is_input=True), read(o, is_input=False), t, o, h)
         return rep
     feed = [(f"in:{d.rel}", t, reader == "mdx") for d, t in zip(kept, texts, strict=True)]
     feed += [(f"out:{d.rel}", o, False) for d, o in zip(kept, outs, strict=True)]
     # The output is Markdown, but it should read the same as MDX too: no JSX, no errors.
     feed += [(f"outmdx:{d.rel}", o, True) for d, o in zip(kept, outs, strict=True)]
     parsed = read_with_remark(feed)
-    for d, t, o in zip(kept, texts, outs, strict=True):
+    for d, t, o, h in zip(kept, texts, outs, titled, strict=True):
         src = parsed[f"in:{d.rel}"]
         if src["error"]:
             rep.parse_errors += 1
             rep.add_example("parse", f"{d.rel}: input is not valid MDX ({src['error']}); read as Markdown")
-        compare(rep, d.rel, src, parsed[f"out:{d.rel}"], t, o)
+        compare(rep, d.rel, src, parsed[f"out:{d.rel}"], t, o, h)
         as_mdx = parsed[f"outmdx:{d.rel}"]
         if as_mdx["error"] or as_mdx["flagged"]:
             rep.out_not_mdx += 1
@@ -273,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder whose sub-folders are docs sets (default: ../shared/corpora)")
     ap.add_argument("--show", type=int, default=0, help="print up to N examples of each problem")
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    ap.add_argument("--reader", choices=["mdx", "markdown", "mkdocs", "vitepress"],
+                    help="read every set with this reference reader instead of the one its "
+                         "dialect picks (to measure an older cleaner against a new reader)")
     args = ap.parse_args(argv)
     sets = sorted(p for p in args.corpora.iterdir() if p.is_dir())
     if not sets:
         sys.exit(f"no docs sets under {args.corpora}")
-    reports = [check_set(p) for p in sets]
+    reports = [check_set(p, args.reader) for p in sets]
     rows = []
     ok = True
     for r in reports:
@@ -285,13 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         words = r.words_kept / r.words_in if r.words_in else 1.0
         junk = r.junk_out / r.words_out if r.words_out else 0.0
         lines = sum(r.flagged.values())
+        exact = r.spans_exact / r.spans_in if r.spans_in else 1.0
         ok &= code >= TARGETS["code"] and words >= TARGETS["words"] and junk < TARGETS["junk"] and lines == 0
+        ok &= exact >= TARGETS["exact"] and r.raw["heading_anchor"] == 0
         rows.append({"set": r.name, "reader": r.reader, "files": r.files, "skipped": r.skipped,
                      "clean_s": round(r.seconds, 2), "code_kept": f"{r.code_kept}/{r.code_in}",
-                     "code_pct": round(100 * code, 2), "words_pct": round(100 * words, 2),
+                     "code_pct": round(100 * code, 2), "exact_pct": round(100 * exact, 2),
+                     "words_pct": round(100 * words, 2),
                      "junk_pct": round(100 * junk, 3), "bad_lines": lines,
-                     "raw_lines": sum(r.raw.values()), "in_not_mdx": r.parse_errors,
-                     "out_not_mdx": r.out_not_mdx if r.reader != "mkdocs" else "-"})
+                     "raw_lines": sum(r.raw.values()), "anchors": r.raw["heading_anchor"],
+                     "in_not_mdx": r.parse_errors,
+                     "out_not_mdx": r.out_not_mdx if r.reader == "mdx" else "-"})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -300,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(c.ljust(widths[c]) for c in cols))
         for row in rows:
             print("  ".join(str(row[c]).ljust(widths[c]) for c in cols))
-        print(f"targets: code 100%, words >= 99%, junk < 0.5%, bad lines 0 -> {'met' if ok else 'NOT met'}")
+        print("targets: code 100%, code exact >= 99.9%, words >= 99%, junk < 0.5%, bad lines 0, "
+              f"anchors 0 -> {'met' if ok else 'NOT met'}")
     if args.show:
         for r in reports:
             for kind, ex in r.examples.items():

@@ -71,7 +71,7 @@ def test_clean_errors_exit_2_with_a_message_and_no_traceback(tmp_path: Path) -> 
     result = runner.invoke(app, ["clean", str(src), "--out", str(src)])
     assert result.exit_code == 2 and "cleaning in place would overwrite your docs" in result.output
     result = runner.invoke(app, ["clean", str(src), "--out", str(tmp_path / "o"), "--dialect", "rst"])
-    assert result.exit_code == 2 and "--dialect must be auto, mdx, markdown, mkdocs; got 'rst'" in result.output
+    assert result.exit_code == 2 and "--dialect must be auto, mdx, markdown, mkdocs, vitepress; got 'rst'" in result.output
 
 
 def test_clean_with_only_unreadable_files_exits_1(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from doctune.data.blocks import block_parser
 from doctune.data.clean import clean_markdown
+from vitepress_blocks import vitepress_fences
 
 CASES = sorted((Path(__file__).parent / "fixtures" / "clean").glob("*/*.in.*"))
 
@@ -38,6 +40,9 @@ def test_golden_idempotent_and_code_kept(case: Path) -> None:
     assert clean_markdown(once, dialect=dialect).text == once
     if dialect == "mdx":  # every fence MDX sees comes out, read the CommonMark way, unchanged
         assert fences(once, mdx=False) == fences(src, mdx=True)
+    if dialect == "vitepress":  # every fence's code comes out unchanged (its meta goes)
+        kept = Counter(code for _, code in fences(once, mdx=False))
+        assert not Counter(vitepress_fences(src)) - kept
 
 
 def test_golden_cases_cover_every_tricky_case() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from doctune.data.blocks import block_parser
 from doctune.data.clean import clean_markdown
+from vitepress_blocks import vitepress_fences
 
-DIALECTS = ("mdx", "markdown", "mkdocs")
+DIALECTS = ("mdx", "markdown", "mkdocs", "vitepress")
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text made mostly of the characters that mean something to Markdown, MDX or MkDocs.
@@ -22,12 +25,15 @@ TOKENS = st.sampled_from([
     "<br/>", "<b>bold</b>", "{expr}", "{/* c */}", "{'\\n'}", "{'  '}", "{Infinity}",
     "`code <X>`", "``a ` b``", "\\<", "\\{", "\\*", "<!-- c -->", "<", "{", "}", ">", "*em*",
     "[link](/a/{b})", "<https://x.y/z>", "&lt;", "a:b", "(< 1.0)", "<>", "</>", "x={1}",
+    "{{ v }}", "{{", "}}", "<code>a</code>", "<code>`b`</code>", "</span><span>", "<wbr>",
+    '<span v-pre>{{ x }}</span>', '<Badge text="new" />', "[<Badge />](#a)", "[[toc]]", ".",
 ])
 PROSE = st.lists(TOKENS, min_size=1, max_size=8).map(" ".join)
 CODE_LINE = st.text(
     alphabet=st.sampled_from(list("abc <>{}/=;'\"`-#:*\t")), max_size=30,
 ).filter(lambda s: not s.lstrip().startswith(("```", "~~~")))
-LANG = st.sampled_from(["", "js", "astro title=\"a.astro\"", "py {1,3}", "tsx [[1, 1, '']]"])
+LANG = st.sampled_from(["", "js", "astro title=\"a.astro\"", "py {1,3}", "tsx [[1, 1, '']]",
+                        "ts twoslash [a.ts] {1}", "js{4}", "[label]"])
 
 
 @st.composite
@@ -43,7 +49,8 @@ def fence(draw: st.DrawFn, indent: str = "") -> str:
 @st.composite
 def block(draw: st.DrawFn, depth: int = 0) -> str:
     kind = draw(st.sampled_from(
-        ["para", "heading", "list", "fence", "admonition", "jsx", "import", "listfence", "quote"]
+        ["para", "heading", "list", "fence", "admonition", "jsx", "import", "listfence", "quote",
+         "container", "pre", "script"]
         if depth < 2 else ["para", "fence", "list"]))
     if kind == "para":
         return "\n".join(draw(st.lists(PROSE, min_size=1, max_size=3)))
@@ -59,6 +66,15 @@ def block(draw: st.DrawFn, depth: int = 0) -> str:
         return f":::{draw(st.sampled_from(['note', 'tip[Title]', 'caution Title']))}\n{draw(PROSE)}\n:::"
     if kind == "quote":
         return f"> {draw(PROSE)}"
+    if kind == "container":  # VitePress
+        name = draw(st.sampled_from(["tip Title {open}", "code-group", "v-pre", "details"]))
+        colons = draw(st.sampled_from([":::", "::::"]))
+        body = "\n\n".join(draw(st.lists(block(depth + 1), min_size=1, max_size=2)))
+        return f"{colons} {name}\n{body}\n{colons}"
+    if kind == "pre":
+        return f"<pre><code class=\"language-sh\">{draw(CODE_LINE)}\n{draw(PROSE)}</code></pre>"
+    if kind == "script":
+        return "<script setup>\nimport A from './a.vue'\n\nconst b = `{{ c }}`\n</script>"
     if kind == "import":
         return "import A from 'a'\nexport const b = {\n  c: 1,\n}"
     inner = draw(st.lists(block(depth + 1), min_size=1, max_size=3))
@@ -105,5 +121,18 @@ def test_idempotent_on_documents(doc: str, dialect: str) -> None:
 @given(doc=document())
 def test_mdx_code_blocks_come_out_unchanged(doc: str) -> None:
     out = clean_markdown(doc, dialect="mdx").text
-    # Read the MDX way before, and the CommonMark way after: same fences, same content.
-    assert fences(out, mdx=False) == fences(doc, mdx=True)
+    # Read the MDX way before, and the CommonMark way after: same fences, same content
+    # (and one more for each <pre> element that holds text).
+    if "<pre" in doc:
+        assert not Counter(fences(doc, mdx=True)) - Counter(fences(out, mdx=False))
+    else:
+        assert fences(out, mdx=False) == fences(doc, mdx=True)
+
+
+@PROPS
+@given(doc=document())
+def test_vitepress_code_blocks_come_out_unchanged(doc: str) -> None:
+    out = clean_markdown(doc, dialect="vitepress").text
+    # Every fence VitePress sees comes out with the same code, read the CommonMark way.
+    after = Counter(code for _, code in fences(out, mdx=False))
+    assert not Counter(vitepress_fences(doc)) - after

@@ -181,10 +181,9 @@ def test_9_generics_escapes_and_nested_link_in_raw_code_and_infinity() -> None:
     **Default:** {Infinity}<br />
     **Type:** `Promise<void>`
     """
-    # Escapes stay: they read as `<` and `{` in Markdown and never turn into tags or
-    # expressions when the output is read again.
+    # Raw <code> becomes one code span: tags inside go, escapes read as what they show.
     assert clean(src) == (
-        "**Type:** \\{ name: string; handler: () => Promise\\<SafeResult\\>; \\}\n"
+        "**Type:** `{ name: string; handler: () => Promise<SafeResult>; }`\n"
         "\n"
         "**Default:** Infinity\n"
         "**Type:** `Promise<void>`\n"

@@ -364,7 +364,7 @@ def test_mdx_component_libraries() -> None:
     """
     assert clean(src) == (
         "```bash\nnpm i foo\n```\n\n"
-        "| Prop | Description |\n| ---- | ----------- |\n| `a`  | First line |\n| b | new second |\n")
+        "| Prop | Description |\n| ---- | ----------- |\n| `a`  | First line |\n| `b` | new second |\n")
 
 
 def test_mkdocs_macros_templates_are_dropped_outside_code_and_tags() -> None:
@@ -383,3 +383,11 @@ def test_mkdocs_escaped_brace_is_not_an_attribute_list() -> None:
     assert once == "\\{ x={1}\n"
     assert clean_markdown(once, dialect="mkdocs").text == once
     assert clean_markdown("Title {#id .cls}\n", dialect="mkdocs").text == "Title\n"
+
+
+def test_mkdocs_admonition_without_space_or_with_quotes_in_its_title() -> None:
+    # Python-Markdown reads both: the space after `!!!` is optional, the title runs to
+    # the last quote on the line.
+    src = '!!!note\n    Body one.\n\n!!! warning "The "best" way"\n    Body two.\n'
+    assert clean(src, "mkdocs") == '**Note**\n\nBody one.\n\n**The "best" way**\n\nBody two.\n'
+    assert sniff_dialect("!!!tip\n    A tip.\n") == "mkdocs"

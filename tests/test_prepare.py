@@ -182,7 +182,7 @@ def test_no_usable_document_is_an_error(tmp_path: Path, tok: Any) -> None:
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"block_size": 64, "overlap": 64}, "smaller than `block_size`"),
     ({"val_fraction": 1.0}, "below 1, got 1.0"),
-    ({"dialect": "rst"}, "one of auto, mdx, markdown, mkdocs, got 'rst'"),
+    ({"dialect": "rst"}, "one of auto, mdx, markdown, mkdocs, vitepress, got 'rst'"),
 ])
 def test_bad_settings(tmp_path: Path, tok: Any, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(DataError, match=match):

@@ -99,3 +99,53 @@ def test_sigkill_keeps_last_checkpoint_and_resume_matches(docs: Path, tiny_gpt2_
     res = train(make_cfg(docs, tiny_gpt2_dir, run, *OVERRIDES), resume=True, quiet=True)
     assert res.steps == STEPS
     assert_same_weights(run, uninterrupted)
+
+
+_KILL_INSIDE_SAVE = """
+import os, signal, sys
+
+import safetensors.torch
+
+import doctune.train.checkpoint as checkpoint
+from doctune.config import load_config
+from doctune.train.loop import train
+
+cfg_file, owner_name, name, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+owner = {"safetensors": safetensors.torch, "checkpoint": checkpoint}[owner_name]
+real, calls = getattr(owner, name), [0]
+
+def killing(*args, **kw):
+    out = real(*args, **kw)
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+setattr(owner, name, killing)
+train(load_config(cfg_file), quiet=True)
+"""
+
+
+@pytest.mark.parametrize(("owner", "name", "at", "where"), [
+    ("safetensors", "save_file", 3, "weights of step-15 written, nothing else"),
+    ("checkpoint", "_fsync_dir", 5, "step-15 complete in its staging folder, not yet renamed"),
+    ("checkpoint", "_fsync_dir", 6, "step-15 in place, step-5 not yet pruned"),
+])
+def test_a_kill_inside_the_checkpoint_writer_loses_nothing(
+        docs: Path, tiny_gpt2_dir: Path, tmp_path: Path, uninterrupted: Path,
+        owner: str, name: str, at: int, where: str) -> None:
+    run = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(dump_config(make_cfg(docs, tiny_gpt2_dir, run, *OVERRIDES)))
+    done = subprocess.run([sys.executable, "-c", _KILL_INSIDE_SAVE, str(cfg_file), owner, name, str(at)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    kept = RunDir(run).checkpoints()
+    assert [c.step for c in kept][-1] in (10, 15), where
+    for c in kept:  # every checkpoint left behind is whole and loads
+        assert torch.load(c.optimizer, weights_only=True) and json.loads(c.state.read_text())["step"] == c.step
+    res = train(make_cfg(docs, tiny_gpt2_dir, run, *OVERRIDES), resume=True, quiet=True)
+    assert res.steps == STEPS
+    assert not RunDir(run).checkpoint_leftovers()
+    wa, wb = final_weights(run), final_weights(uninterrupted)
+    assert all(torch.equal(wa[k], wb[k]) for k in wb), "bitwise equal to the uninterrupted run"

@@ -228,7 +228,12 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(docs: Path, mo
         train(cfg, quiet=True)
     stale = tmp_path / "stale"
     (stale / "checkpoints" / ".tmp-step-2").mkdir(parents=True)  # a crash during the first save
-    train(make_cfg(docs, model_dir, stale, "train.max_steps=1", "train.eval_every=0"), quiet=True)
+    (stale / "metrics.jsonl").write_text('{"step": 1}\n')
+    stale_cfg = make_cfg(docs, model_dir, stale, "train.max_steps=1", "train.eval_every=0")
+    with pytest.raises(ConfigError, match=r"holds the files of a run that saved no checkpoint "
+                                          r"\(checkpoints, metrics.jsonl\)\. Start it anew with `--overwrite`"):
+        train(stale_cfg, quiet=True)
+    train(stale_cfg, quiet=True, overwrite=True)
     assert sorted(p.name for p in (stale / "checkpoints").iterdir()) == ["step-1"]
     with pytest.raises(CheckpointError, match=r"cannot resume exactly.*micro_batch_size: checkpoint 2, now 3"):
         train(make_cfg(docs, model_dir, run, "train.max_steps=3", "train.micro_batch_size=3"), resume=True, quiet=True)
@@ -326,3 +331,35 @@ def test_auto_fit_keeps_the_cpu_contention_warning(
     printed = out.out + out.err
     assert "memory.auto_fit" in printed
     assert "`--set train.num_threads=1`" in printed
+
+
+def test_paths_that_would_write_into_the_docs_are_refused(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    for out, how in ((docs, "is"), (docs / "runs" / "x", "lies inside"), (docs.parent, "holds")):
+        with pytest.raises(ConfigError, match=rf"The run folder {out} {how} the docs folder {docs}: "
+                                              "doctune never writes into your docs"):
+            train(make_cfg(docs, model_dir, out), quiet=True)
+    with pytest.raises(ConfigError, match=r"`data.cache_dir` .* lies inside the docs folder"):
+        train(make_cfg(docs, model_dir, tmp_path / "run", f"data.cache_dir={docs / 'cache'}"), quiet=True)
+    assert not (docs / "runs").exists() and not (docs / "cache").exists()
+
+
+def test_a_folder_with_other_files_is_not_a_run_folder(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=r"holds files that are not a doctune run's \(notes.txt\)"):
+            train(make_cfg(docs, model_dir, mine), quiet=True, overwrite=overwrite)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_replaces_a_run_and_keeps_other_files(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = make_cfg(docs, model_dir, run, "train.max_steps=1", "train.eval_every=0")
+    train(cfg, quiet=True)
+    (run / "checkpoints" / "step-7").mkdir()  # not complete: gone with the rest of the old run
+    res = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 2})}),
+                quiet=True, overwrite=True)
+    assert res.steps == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2"]
+    assert json.loads((run / "run.json").read_text())["steps"] == 2

@@ -3,6 +3,7 @@
 // Reads JSON lines {id, text, mdx} on stdin and writes one JSON line per document:
 //   code:    [lang, meta, value] for every fenced/indented code block
 //   visible: the text a reader sees (text and inline code nodes)
+//   spans:   the value of every inline code node
 //   junk:    text a reader does not see (JSX attribute values, expressions, ESM,
 //            front matter, raw HTML/comments)
 //   flagged: [line, kind] for constructs that should not survive cleaning
@@ -49,6 +50,7 @@ function read(text, mdx) {
   const code = [];
   const visible = [];
   const junk = [];
+  const spans = [];
   const flagged = [];
   const line = (node) => (node.position ? node.position.start.line : 0);
   visit(tree, (node) => {
@@ -62,6 +64,7 @@ function read(text, mdx) {
         return undefined;
       case "inlineCode":
         visible.push(node.value);
+        spans.push(node.value);
         return undefined;
       case "yaml":
       case "toml":
@@ -96,7 +99,7 @@ function read(text, mdx) {
         return undefined;
     }
   });
-  return { code, visible: visible.join(" "), junk: junk.join(" "), flagged, error };
+  return { code, spans, visible: visible.join(" "), junk: junk.join(" "), flagged, error };
 }
 
 const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });

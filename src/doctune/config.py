@@ -20,27 +20,43 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from doctune.errors import ConfigError
 
+MAX_TOKENS = 1 << 20
+"""Upper bound of token counts (window, overlap, generated tokens): far above any model's context."""
+MAX_COUNT = 10**9
+"""Upper bound of step counts and intervals."""
+MAX_SEED = 2**32 - 1
+"""Seeds go to numpy, which takes 0 .. 2**32 - 1."""
+
+
+def parse_size(text: str) -> float:
+    """``"12GB"``, ``"12 GiB"``, ``"800MB"`` or a bare number of MB -> MB (1 GB = 1024 MB)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
+    if not m or float(m.group(1)) == 0:
+        raise ConfigError(f'`memory.budget` must look like "12GB" or "8000MB", got {text!r}.')
+    scale = {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}[(m.group(2) or "m")[0]]
+    return float(m.group(1)) * scale
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
     path: Path | None = None
     """Folder (or single file) of .md/.mdx/.markdown documentation."""
-    block_size: int = Field(512, ge=8)
+    block_size: int = Field(512, ge=8, le=MAX_TOKENS)
     """Tokens per training window."""
-    overlap: int = Field(64, ge=0)
+    overlap: int = Field(64, ge=0, le=MAX_TOKENS)
     """Tokens shared by consecutive windows of one document (stride = block_size - overlap)."""
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     """Share of documents held out for validation (split by document, seeded)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of the train/validation split."""
     include: list[str] = Field(default_factory=list)
     """Glob patterns (relative to data.path) a file must match; empty = all docs files."""
     exclude: list[str] = Field(default_factory=list)
     """Extra glob patterns to skip (node_modules, .git and build folders are always skipped)."""
-    dialect: Literal["auto", "mdx", "markdown", "mkdocs"] = "auto"
+    dialect: Literal["auto", "mdx", "markdown", "mkdocs", "vitepress"] = "auto"
     """How to read the docs: detected per folder/file, or forced."""
     title_heading: bool = True
     """Turn the front matter `title` into a `# Title` heading when the document has no H1."""
@@ -58,7 +74,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "scratch:tiny"
+    name: str = Field("scratch:tiny", min_length=1)
     """Hub id (distilgpt2, gpt2, ...), local folder, GGUF file (model.gguf) or Ollama model (ollama:NAME[:TAG]), or a from-scratch preset (scratch:tiny, scratch:small)."""
     tokenizer: str | None = None
     """Tokenizer hub id or folder; default: the model's own (a new one is trained for scratch presets)."""
@@ -73,9 +89,9 @@ class ModelConfig(_Section):
 class LoraConfig(_Section):
     enabled: bool = False
     """Train a LoRA adapter instead of all weights."""
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1, le=4096)
     """LoRA rank."""
-    alpha: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1, le=65536)
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch."""
@@ -88,25 +104,25 @@ class LoraConfig(_Section):
 class TrainConfig(_Section):
     output_dir: Path = Path("runs/doctune")
     """Run folder: config, metrics, checkpoints, final model, report."""
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, le=MAX_COUNT)
     """Optimizer steps to run; when set it wins over train.epochs."""
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, le=100_000)
     """Passes over the training windows (used when max_steps is null)."""
-    micro_batch_size: int = Field(4, ge=1)
+    micro_batch_size: int = Field(4, ge=1, le=65536)
     """Windows per forward/backward pass."""
-    grad_accum: int = Field(4, ge=1)
+    grad_accum: int = Field(4, ge=1, le=65536)
     """Micro-batches per optimizer step (effective batch = micro_batch_size x grad_accum)."""
-    lr: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, le=10.0)
     """Peak learning rate; null = 1e-3 for LoRA and scratch presets, 1e-4 for full fine-tuning of a pretrained model."""
-    warmup_steps: int = Field(10, ge=0)
+    warmup_steps: int = Field(10, ge=0, le=MAX_COUNT)
     """Linear warm-up steps from 0 to train.lr."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate decay after warm-up."""
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     """Final learning rate as a share of train.lr (cosine and linear)."""
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     """AdamW weight decay (not applied to biases and norms)."""
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e9)
     """Gradient clipping norm; null turns clipping off."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """Mixed precision: auto picks bf16 where the device has it, fp16 + loss scaling where only fp16 is fast, else fp32."""
@@ -114,29 +130,29 @@ class TrainConfig(_Section):
     """Recompute activations in the backward pass: less memory, ~30% more compute."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     """Where to train: auto tries cuda, then mps, then cpu."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     """Seed of model init, data order and dropout."""
-    eval_every: int = Field(100, ge=0)
+    eval_every: int = Field(100, ge=0, le=MAX_COUNT)
     """Evaluate validation loss every N steps (0: only before and after training)."""
-    eval_batches: int | None = Field(None, ge=1)
+    eval_batches: int | None = Field(None, ge=1, le=MAX_COUNT)
     """Cap on validation micro-batches per evaluation (null: the whole validation split)."""
-    save_every: int = Field(200, ge=0)
+    save_every: int = Field(200, ge=0, le=MAX_COUNT)
     """Save a checkpoint every N steps (0: only at the end)."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, le=1000)
     """How many of the latest checkpoints to keep."""
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, le=MAX_COUNT)
     """Write a metrics line every N steps."""
-    sample_every: int = Field(0, ge=0)
+    sample_every: int = Field(0, ge=0, le=MAX_COUNT)
     """Generate samples every N steps (0: only before and after training)."""
     sample_prompts: list[str] | None = None
     """Prompts for the samples; null = the first words of a few validation documents."""
-    sample_max_new_tokens: int = Field(48, ge=1)
+    sample_max_new_tokens: int = Field(48, ge=1, le=MAX_TOKENS)
     """Length of each generated sample."""
     fused_loss: bool = True
     """Compute the output projection and cross-entropy chunk by chunk (never materialises all logits)."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the transformer blocks; auto compiles only where the measured step time says it pays for itself."""
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=4096)
     """CPU threads for PyTorch (null: PyTorch's default)."""
 
     @field_validator("compile", mode="before")
@@ -149,6 +165,13 @@ class TrainConfig(_Section):
 class MemoryConfig(_Section):
     budget: str | None = None
     """Memory budget, e.g. "12GB" or "8000MB"; null = a safe share of RAM (or the GPU's memory)."""
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_is_a_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
     auto_fit: bool = False
     """Let `doctune train` change settings (micro-batch, checkpointing, LoRA, block size) to fit the budget."""
 
@@ -293,17 +316,21 @@ def _suggest(key: str) -> str:
 
 
 def _format_errors(exc: ValidationError, source: str) -> ConfigError:
-    lines = []
+    by_key: dict[str, list[str]] = {}  # one line per key: a list's bad items share it
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        loc = [str(p) for p in err["loc"]]
+        key, item = ".".join(loc[:2]), ".".join(loc[2:])
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key `{key}`.{_suggest(key)}")
+            line = f"unknown key `{'.'.join(loc)}`.{_suggest('.'.join(loc))}"
         elif err["type"] == "value_error":
-            lines.append(str(err["msg"]).removeprefix("Value error, "))
+            line = str(err["msg"]).removeprefix("Value error, ")
         else:
-            got = err.get("input")
             where = f"`{key}`" if key else "config"
-            lines.append(f"{where}: {err['msg']} (got {got!r}).")
+            what = f"item {item}: " if item else ""
+            line = f"{where}: {what}{err['msg']} (got {err.get('input')!r})."
+        by_key.setdefault(key if err["type"] != "extra_forbidden" else line, []).append(line)
+    lines = [parts[0] if len(parts) == 1 else parts[0] + " " + " ".join(
+        p.split(": ", 1)[1] for p in parts[1:]) for parts in by_key.values()]
     head = f"Invalid configuration ({source}):" if len(lines) > 1 else f"Invalid configuration ({source}): "
     body = "\n  - " + "\n  - ".join(lines) if len(lines) > 1 else lines[0]
     return ConfigError(head + body)

@@ -14,11 +14,10 @@ against the peak RSS of real ``doctune train`` runs (``benchmarks/bench_plan.py`
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from doctune.config import Config, is_scratch
+from doctune.config import Config, is_scratch, parse_size
 from doctune.errors import ConfigError, ModelError
 
 MB = 1024 * 1024
@@ -100,15 +99,6 @@ class MemoryPlan:
 
 # ---------------------------------------------------------------------------
 # budget and precision
-
-
-def parse_size(text: str) -> float:
-    """``"12GB"``, ``"12 GiB"``, ``"800MB"`` or a bare number of MB -> MB (1 GB = 1024 MB)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
-    if not m:
-        raise ConfigError(f'`memory.budget` must look like "12GB" or "8000MB", got {text!r}.')
-    scale = {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}[(m.group(2) or "m")[0]]
-    return float(m.group(1)) * scale
 
 
 def device_memory_mb(device: str) -> float:

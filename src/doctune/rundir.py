@@ -171,15 +171,59 @@ class RunDir:
         run.facts  # noqa: B018 (a run from a newer doctune is refused here, before any work)
         return run
 
-    def check_new(self) -> None:
-        """Refuse to start a new run in a folder that is a file or already holds a run."""
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"The run folder {self.path} is a file. Choose another "
+    def check_new(self, *, overwrite: bool = False) -> None:
+        """Refuse to start a new run where it would mix with other files: a file, a folder
+        holding another run (unless ``overwrite``: then that run's files are removed), or a
+        folder holding files that are not a run's."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"The run folder {p} is a file. Choose another "
                               "`train.output_dir` (e.g. `--out runs/mydocs`).")
-        if self.checkpoints() or self.final_dir.exists():
-            raise ConfigError(f"{self.path} already holds a run. Continue it with `doctune train "
-                              f"--resume {self.path}`, or choose another `train.output_dir` "
-                              "(e.g. `--out runs/new`).")
+        if not p.is_dir():
+            return
+        ours = self.run_files()
+        if ours and overwrite:
+            self.clear()
+        elif self.checkpoints() or self.final_dir.exists():
+            raise ConfigError(f"{p} already holds a run. Continue it with `doctune train "
+                              f"--resume {p}`, start it anew with `--overwrite`, or choose "
+                              "another `train.output_dir` (e.g. `--out runs/new`).")
+        elif ours:
+            raise ConfigError(f"{p} holds the files of a run that saved no checkpoint "
+                              f"({', '.join(sorted(f.name for f in ours)[:4])}). Start it anew "
+                              "with `--overwrite`, or choose another `train.output_dir`.")
+        others = sorted(f.name for f in p.iterdir() if f not in self._layout())
+        if others:
+            raise ConfigError(f"The run folder {p} holds files that are not a doctune run's "
+                              f"({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}). "
+                              "A run goes into a new or empty folder: choose another "
+                              "`train.output_dir` (e.g. `--out runs/mydocs`).")
+
+    def _layout(self) -> set[Path]:
+        """Every top-level path a run writes (the token store included)."""
+        return {self.config_file, self.facts_file, self.data_summary_file, self.metrics_file,
+                self.samples_file, self.samples_md, self.report_file, self.plots_dir,
+                self.tensorboard_dir, self.data_dir, self.tokenizer_dir, self.base_dir,
+                self.checkpoints_dir, self.final_dir, self.final_staging,
+                self.path / "wandb",  # what W&B writes when given the run folder
+                *self.path.glob(".*.tmp")}
+
+    def run_files(self) -> list[Path]:
+        """The run's own files and folders present here (the reusable token store left out)."""
+        return [p for p in self._layout() if p.exists() and p != self.data_dir]
+
+    def clear(self) -> None:
+        """Remove the files of the run held here, and nothing else (the token store stays:
+        it is a cache that the next run reuses)."""
+        import shutil
+
+        for p in self.run_files():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        self.__dict__.pop("facts", None)
+        self.__dict__.pop("_config", None)
 
     # ---- config and facts ------------------------------------------------------------
     def config(self, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
@@ -255,6 +299,16 @@ class RunDir:
         """Where a checkpoint being re-saved for the same step waits until the new one is in place."""
         return self.checkpoints_dir / f".old-step-{step}"
 
+    def recover_interrupted_save(self) -> None:
+        """Put back a checkpoint whose re-save a crash cut between its two renames (the old
+        copy was moved aside and the new one not yet moved in)."""
+        if not self.checkpoints_dir.is_dir():
+            return
+        for old in self.checkpoints_dir.glob(".old-step-*"):
+            step = old.name.removeprefix(".old-step-")
+            if step.isdigit() and not self.checkpoint(int(step)).path.exists() and CheckpointDir(old).state.is_file():
+                old.rename(self.checkpoint(int(step)).path)
+
     def checkpoint_leftovers(self) -> list[Path]:
         """Staging folders of saves a crash interrupted."""
         root = self.checkpoints_dir
@@ -305,6 +359,50 @@ class RunDir:
         if (self.base_dir / "config.json").is_file():
             return str(self.base_dir.resolve())
         return self.facts.base_model or self.config().model.name
+
+
+def save_failed(error: OSError, *, what: str, folder: Path, needed_bytes: int,
+                run: RunDir) -> CheckpointError:
+    """The error for a save of ``what`` into ``folder`` that the system refused: what happened,
+    the space needed and free, what is still intact, and what to do."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(_existing(folder)).free
+    except OSError:
+        free = -1
+    space = f"~{needed_bytes / 1e6:,.0f} MB needed, {free / 1e6:,.0f} MB free" if free >= 0 else \
+        f"~{needed_bytes / 1e6:,.0f} MB needed"
+    ckpts = run.checkpoints()
+    intact = (f"The last good checkpoint, {ckpts[-1].path}, is intact." if ckpts
+              else "No earlier checkpoint was saved.")
+    resume = f"then continue with `doctune train --resume {run.path}`"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the disk is full ({space})"
+        fix = f"Free some space, or move the run folder to a disk with room, {resume}."
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = f"{folder} is not writable ({error.strerror}; {space})"
+        fix = f"Make the folder writable (or choose another `train.output_dir`), {resume}."
+    else:
+        cause = f"{error.strerror or error} ({space})"
+        fix = f"Check the disk, {resume}."
+    return CheckpointError(f"Could not save {what} in {folder}: {cause}. Its partial files were "
+                           f"removed. {intact} {fix}")
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (for disk usage)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds ``path`` (or would hold it)."""
+    import shutil
+
+    return shutil.disk_usage(_existing(path)).free
 
 
 def _read_json(path: Path) -> dict[str, Any]:

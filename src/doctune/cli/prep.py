@@ -92,6 +92,7 @@ def prepare(
     from doctune.config import is_scratch, load_config
     from doctune.data.prepare import format_summary
     from doctune.data.prepare import prepare as run_prepare
+    from doctune.paths import check_apart
 
     cfg = load_config(config, set_, {
         "data.path": str(src) if src else None, "data.cache_dir": str(out) if out else None,
@@ -103,6 +104,8 @@ def prepare(
         raise ConfigError("No docs folder given: pass it as `doctune prepare DOCS` or set `data.path`.")
     if d.cache_dir is None:
         raise ConfigError("Where should the token store go? Pass `--out FOLDER` or set `data.cache_dir`.")
+    check_apart(Path(d.path), Path(d.cache_dir), what="--out",
+                fix="Choose a folder outside it, e.g. `--out data/`.")
     name = m.tokenizer or m.name
     if is_scratch(name):
         raise ConfigError(f"{name} trains its own tokenizer during `doctune train`; `prepare` needs "

@@ -21,6 +21,7 @@ def train(
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning (sets `lora.enabled`).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (sets `train.max_steps`).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", exists=True, file_okay=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start anew in a run folder that holds an earlier run (its files are removed; nothing else is).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and the result.")] = False,
 ) -> None:
     """Fine-tune a model on a docs folder: prepare the data, train, evaluate, save.
@@ -36,6 +37,8 @@ def train(
     extra = {"data.path": str(docs) if docs else None, "train.output_dir": str(out) if out else None,
              "model.name": model, "lora.enabled": lora, "train.max_steps": max_steps}
     if resume is not None:
+        if overwrite:
+            raise ConfigError("--resume continues a run and --overwrite starts it anew: pass one of them.")
         if config is not None:
             raise ConfigError("--resume continues a run with its own config.yaml; drop --config "
                               "(use --set for the few keys you want to change, e.g. train.max_steps).")
@@ -43,6 +46,6 @@ def train(
         cfg = run.config(set_, {**extra, "train.output_dir": str(run.path)})
     else:
         cfg = load_config(config, set_, extra)
-    result = run_training(cfg, resume=resume is not None, quiet=quiet)
+    result = run_training(cfg, resume=resume is not None, quiet=quiet, overwrite=overwrite)
     if result.stopped_early:
         raise typer.Exit(130)

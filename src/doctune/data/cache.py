@@ -216,28 +216,18 @@ def read_and_clean(
     have ``clean.empty``), the files that could not be read as ``{"rel", "reason"}``,
     and the number of docs files found.
     """
-    from doctune.data.cleantree import tree_dialects
-    from doctune.data.corpus import DocFile, Skipped, find_docs, read_doc
+    from doctune.data.cleantree import read_docs
 
-    docs, skipped_files = find_docs(src, include, exclude)
-    root = src.resolve() if src.is_dir() else src.resolve().parent
-    skipped = [{"rel": s.rel, "reason": s.reason} for s in skipped_files]
-    version = cleaner_version()
-    readable: list[tuple[DocFile, str]] = []
-    for doc in docs:
-        text = read_doc(doc)
-        if isinstance(text, Skipped):
-            skipped.append({"rel": text.rel, "reason": text.reason})
-        else:
-            readable.append((doc, text))
     # Each folder is one docs set: its generator config, the suffix and what its pages show
     # decide how each page is read, exactly as `doctune clean` does.
-    dialects = (tree_dialects([d for d, _ in readable], [t for _, t in readable], root)
-                if dialect == "auto" else [dialect] * len(readable))
+    read = read_docs(src, include=include, exclude=exclude, dialect=dialect)
+    skipped = [{"rel": s.rel, "reason": s.reason} for s in read.skipped]
+    version = cleaner_version()
     files: list[ReadFile] = []
     pending: list[tuple[ReadFile, str]] = []  # (file, cache key) still to clean
     jobs: list[tuple[str, Path, Path, str, str, bool]] = []
-    for (doc, text), doc_dialect in zip(readable, dialects, strict=True):
+    for source in read.docs:
+        doc, text, doc_dialect = source.doc, source.raw, source.dialect
         data = text.encode("utf-8")
         content_hash = text_hash(data)
         key = text_hash(f"{version}\0{doc_dialect}\0{title_heading}\0{doc.rel}\0"
@@ -247,9 +237,9 @@ def read_and_clean(
         files.append(f)
         if found is None:
             pending.append((f, key))
-            jobs.append((text, doc.path, root, doc.rel, doc_dialect, title_heading))
+            jobs.append((text, doc.path, read.root, doc.rel, doc_dialect, title_heading))
     for (f, key), result in zip(pending, _clean_all(jobs, workers), strict=True):
         cache.put_clean(key, result)
         f.clean = result
     skipped.sort(key=lambda s: s["rel"])
-    return files, skipped, len(docs)
+    return files, skipped, read.found

@@ -1,4 +1,4 @@
-"""Turn one MDX / Markdown / MkDocs document into clean Markdown for training.
+"""Turn one MDX / Markdown / MkDocs / VitePress document into clean Markdown for training.
 
 The output keeps what a reader of the rendered page sees, as Markdown (headings, lists,
 links, emphasis, tables, code). Code is never touched: fenced and indented code blocks
@@ -6,9 +6,11 @@ and inline code spans come out byte for byte (a fence nested in JSX may be shift
 as a whole, which keeps its content). The steps, in order:
 
 1. line ends to LF; front matter removed (its ``title`` kept for a ``# Title``);
-2. MkDocs syntax rewritten (:mod:`doctune.data.mkdocs`), for that dialect;
+2. MkDocs or VitePress syntax rewritten (:mod:`doctune.data.mkdocs`,
+   :mod:`doctune.data.vitepress`), for that dialect;
 3. code blocks found with markdown-it, configured the way the dialect reads Markdown
-   (:mod:`doctune.data.blocks`);
+   (:mod:`doctune.data.blocks`); ``<pre>`` elements in the prose turned into fenced
+   blocks (:mod:`doctune.data.rawhtml`), and the code blocks found again;
 4. each run of prose between code blocks cleaned line by line, then left to right
    (:mod:`doctune.data.mdx`);
 5. blocks left over-indented by removed JSX pulled back, trailing spaces and blank-line
@@ -28,12 +30,14 @@ from typing import Any
 
 import yaml
 
-from doctune.data.blocks import code_blocks
+from doctune.data.blocks import CodeBlock, code_blocks
 from doctune.data.dialect import DIALECTS, detect_dialect
-from doctune.data.indent import dedent_blocks, needs_dedent
+from doctune.data.indent import columns, dedent_blocks, needs_dedent
 from doctune.data.lines import Notes, escape_fence_like, line_rules
 from doctune.data.mdx import ProseCleaner
 from doctune.data.mkdocs import mkdocs_lines
+from doctune.data.rawhtml import pre_fences
+from doctune.data.vitepress import vitepress_lines
 
 __all__ = ["CleanResult", "clean_markdown", "detect_dialect"]
 
@@ -50,7 +54,7 @@ class CleanResult:
     text: str
     """Cleaned Markdown: LF line ends, one final newline (``""`` for an empty document)."""
     dialect: str
-    """The dialect actually used: ``"mdx"``, ``"markdown"`` or ``"mkdocs"``."""
+    """The dialect actually used: ``"mdx"``, ``"markdown"``, ``"mkdocs"`` or ``"vitepress"``."""
     warnings: list[str] = field(default_factory=list)
     """``"rel/path.md:LINE: message"`` for each thing that could not be read as intended."""
     dropped: dict[str, int] = field(default_factory=dict)
@@ -108,7 +112,7 @@ def _has_h1(lines: list[str], code: list[bool]) -> bool:
     return False
 
 
-def _settle(text: str, mdx: bool, notes: Notes, rounds: int = 3) -> str:
+def _settle(text: str, mdx: bool, vue: bool, notes: Notes, rounds: int = 3) -> str:
     """Clean ``text`` again until nothing changes, so that cleaning is idempotent.
 
     Removing a construct can expose another one: a tag line gone leaves an ``import``
@@ -117,7 +121,7 @@ def _settle(text: str, mdx: bool, notes: Notes, rounds: int = 3) -> str:
     for _ in range(rounds):
         scratch = Notes(None)
         rules = line_rules(text.split("\n"), mdx=mdx, notes=scratch)
-        again = ProseCleaner(mdx=mdx, notes=scratch).clean(
+        again = ProseCleaner(mdx=mdx, vue=vue, notes=scratch).clean(
             "\n".join(ln for ln in rules if ln is not None), 1)
         if again == text:
             break
@@ -135,10 +139,10 @@ def _code_kept(lines: list[str], code: list[bool]) -> bool:
 
 
 def _clean_prose(
-    lines: list[str], code: list[bool], origin: list[int], mdx: bool, notes: Notes
+    lines: list[str], code: list[bool], origin: list[int], mdx: bool, vue: bool, notes: Notes
 ) -> tuple[list[str], list[bool]]:
     """Clean every run of non-code lines; code lines pass through untouched."""
-    prose = ProseCleaner(mdx=mdx, notes=notes)
+    prose = ProseCleaner(mdx=mdx, vue=vue, notes=notes)
     out: list[str] = []
     out_code: list[bool] = []
     n = len(lines)
@@ -156,13 +160,35 @@ def _clean_prose(
         run = "\n".join(ln for ln in line_rules(lines[i:j], mdx=mdx, notes=notes) if ln is not None)
         cleaned = prose.clean(run, origin[i])
         if cleaned != before:  # something was removed: it may have exposed more
-            cleaned = _settle(cleaned, mdx, notes)
+            cleaned = _settle(cleaned, mdx, vue, notes)
         cleaned_lines = cleaned.split("\n")
         out.extend(cleaned_lines)
         out_code.extend([False] * len(cleaned_lines))
         i = j
     prose.finish()
     return out, out_code
+
+
+_EMPTY_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]*")
+
+
+def _join_empty_items(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
+    """Drop the blank lines after a list item left empty (its text was a tag), when the
+    blocks nested under it follow: a list item may start with one blank line only, so
+    they would leave the list (and a nested fence would turn into indented code)."""
+    drop: set[int] = set()
+    for k, line in enumerate(lines):
+        if code[k] or "\n" in line or not _EMPTY_ITEM.fullmatch(line):
+            continue
+        q = k + 1
+        while q < len(lines) and not code[q] and not lines[q].strip():
+            q += 1
+        if q > k + 1 and q < len(lines) and columns(lines[q]) >= len(line.rstrip()) + 1:
+            drop.update(range(k + 1, q))
+    if not drop:
+        return lines, code
+    keep = [k for k in range(len(lines)) if k not in drop]
+    return [lines[k] for k in keep], [code[k] for k in keep]
 
 
 def _tidy(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
@@ -192,6 +218,20 @@ def _tidy(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
     return out, out_code
 
 
+def _split_entries(entries: list[str], origin: list[int]) -> tuple[list[str], list[int]]:
+    """Lines from per-line entries that may hold several lines, and each one's source line."""
+    parts = [e.split("\n") for e in entries]
+    return [ln for p in parts for ln in p], [origin[k] for k, p in enumerate(parts) for _ in p]
+
+
+def _code_lines(blocks: list[CodeBlock], n: int) -> list[bool]:
+    """For each of ``n`` lines, whether it is inside one of ``blocks``."""
+    code = [False] * n
+    for b in blocks:
+        code[b.start : b.end] = [True] * (b.end - b.start)
+    return code
+
+
 def _clean_once(text: str, dialect: str, notes: Notes, title_heading: bool) -> tuple[str, bool]:
     """One cleaning pass. Also says whether the result holds indented code next to
     cleaned prose (Markdown/MkDocs), where a second pass may read the blocks anew."""
@@ -200,26 +240,31 @@ def _clean_once(text: str, dialect: str, notes: Notes, title_heading: bool) -> t
     skip, title = _front_matter(lines, notes)
     lines[:skip] = [""] * skip
     origin = list(range(1, len(lines) + 1))  # line number in the source, for warnings
-    if dialect == "mkdocs":
-        parts = [ln.split("\n") for ln in mkdocs_lines(lines, notes)]
-        origin = [k + 1 for k, p in enumerate(parts) for _ in p]
-        lines = [ln for p in parts for ln in p]
+    if dialect in ("mkdocs", "vitepress"):
+        rewrite = mkdocs_lines if dialect == "mkdocs" else vitepress_lines
+        lines, origin = _split_entries(rewrite(lines, notes), origin)
     mdx = dialect == "mdx"
-    blocks = code_blocks(lines, indented_code=not mdx, html_blocks=dialect == "markdown")
-    code = [False] * len(lines)
+    # VitePress reads HTML blocks the CommonMark way, as plain Markdown does.
+    html_blocks = dialect in ("markdown", "vitepress")
+    blocks = code_blocks(lines, indented_code=not mdx, html_blocks=html_blocks)
+    code = _code_lines(blocks, len(lines))
+    entries = pre_fences(lines, code, jsx=mdx)
+    if entries is not None:
+        lines, origin = _split_entries(entries, origin)
+        blocks = code_blocks(lines, indented_code=not mdx, html_blocks=html_blocks)
+        code = _code_lines(blocks, len(lines))
     for b in blocks:
-        code[b.start : b.end] = [True] * (b.end - b.start)
         if b.fenced and not b.closed:
             notes.warn(origin[b.start], "code fence is never closed; everything after it is "
                                         "kept as code")
-    lines, code = _clean_prose(lines, code, origin, mdx, notes)
+    lines, code = _clean_prose(lines, code, origin, mdx, dialect == "vitepress", notes)
     if needs_dedent(lines, code, mdx=mdx):
         shifted = dedent_blocks(lines, None if mdx else code)
         # Outside MDX, a shifted paragraph can pull real indented code into a list item;
         # then the code matters more than the paragraph, and nothing is shifted.
         if mdx or _code_kept(shifted, code):
             lines = shifted
-    lines, code = _tidy(lines, code)
+    lines, code = _tidy(*_join_empty_items(lines, code))
     if title and title_heading and not _has_h1(lines, code):
         heading = "# " + _TITLE_ESCAPES.sub(lambda m: "\\" + m.group(), title)
         lines = [heading, "", *lines] if lines else [heading]
@@ -230,7 +275,8 @@ def _clean_once(text: str, dialect: str, notes: Notes, title_heading: bool) -> t
 def clean_markdown(
     text: str, *, dialect: str = "mdx", path: str | None = None, title_heading: bool = True
 ) -> CleanResult:
-    """Clean one document written in ``dialect`` (``"mdx"``, ``"markdown"`` or ``"mkdocs"``).
+    """Clean one document written in ``dialect`` (``"mdx"``, ``"markdown"``, ``"mkdocs"``
+    or ``"vitepress"``).
 
     ``path`` names the document in warnings (``"guide/intro.mdx:12: ..."``). With
     ``title_heading``, a front-matter ``title`` becomes a ``# Title`` line when the

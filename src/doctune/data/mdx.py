@@ -6,6 +6,11 @@ copied as they are, JSX/HTML tags are removed and their children kept, ``{...}``
 expressions are removed (string and number literals become their text), HTML and MDX
 comments are removed. Anything that cannot be read as MDX stays as text, with a warning.
 The whole-line rules that run before it live in :mod:`doctune.data.lines`.
+
+In every dialect, a ``<code>`` element becomes one inline code span, and two sibling
+elements (``</span><span>``: texts a page shows one at a time) never glue their words
+together. With ``vue`` (VitePress), ``{{ }}`` interpolations are removed with the
+sentence that shows their value, except inside ``v-pre`` elements, where they are text.
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 from functools import lru_cache
+from typing import Any
 
 from doctune.data.jsx import expression_text, is_comment, scan_tag, skip_braces
 from doctune.data.lines import Notes
+from doctune.data.rawhtml import code_span
+from doctune.data.vitepress import INTERPOLATION, drop_interpolated
 
 _LITERAL_ESCAPES = re.compile(r"[<{}]")
 _CLOSING_PUNCT = frozenset(".,;:!?)")
+# A list marker, heading marker or quote alone on its line: the space after it must stay.
+_MARKER_ONLY = re.compile(r"(?:\A|\n)[ \t]*(?:[-*+]|\d{1,9}[.)]|#{1,6}|>)[ \t]+\Z")
 _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _SPECIAL = re.compile(r"[\\`<{\]]")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
@@ -43,6 +53,10 @@ _VOID = frozenset((
     "source", "track", "wbr",
 ))
 _DROP_CONTENT = frozenset(("script", "style"))
+_CODE_CLOSE = re.compile(r"</code\s*>", re.I)
+_BADGE_TEXT = re.compile(r"""\stext=(?:"([^"]*)"|'([^']*)')""")
+_V_PRE = re.compile(r"\sv-pre(?=[\s/>=])")
+_MARK = "\ufdd0"  # stands for a removed interpolation until its sentence goes (a noncharacter)
 
 
 @lru_cache(maxsize=32)
@@ -53,11 +67,14 @@ def _backtick_run(n: int) -> re.Pattern[str]:
 class ProseCleaner:
     """Cleans the prose runs of one document; keeps the JSX tag stack across runs."""
 
-    def __init__(self, *, mdx: bool, notes: Notes) -> None:
+    def __init__(self, *, mdx: bool, notes: Notes, vue: bool = False) -> None:
         self.mdx = mdx
+        self.vue = vue
         self.notes = notes
         self.stack: list[tuple[str, int]] = []  # open JSX tags: (name, line)
         self._open: Counter[str] = Counter()  # names in the stack
+        self._vpre: list[list[Any]] = []  # open v-pre elements: [name, depth of that name]
+        self._close_end = -1  # where the last closing tag removed ends
 
     def finish(self) -> None:
         """Warn about JSX tags that were opened and never closed."""
@@ -111,7 +128,8 @@ class ProseCleaner:
             if not out or out[-1][-1:] in (" ", "\t", "\n"):
                 text = text.lstrip(" \t")
                 # "see <Since v="4" />." reads "see.", not "see ."
-                if text[:1] in _CLOSING_PUNCT and out and out[-1][-1:] in (" ", "\t"):
+                if text[:1] in _CLOSING_PUNCT and out and out[-1][-1:] in (" ", "\t") \
+                        and not _MARKER_ONLY.search("".join(out[-4:])):
                     out[-1] = out[-1].rstrip(" \t")
             if not text:
                 return
@@ -129,6 +147,9 @@ class ProseCleaner:
         self._out, self._strip, self._src, self._first = [], False, s, first_line
         self._memo = {}
         self._pos, self._line = 0, first_line
+        self._close_end = -1
+        self._marks = self.vue and _MARK not in s
+        self._interps: list[str] = []  # the text of each interpolation marked
         blank_at = -1  # start of the next blank line: code spans stop there
         no_close: dict[int, int] = {}  # backtick run length -> blank_at it has no closer before
         n = len(s)
@@ -168,13 +189,15 @@ class ProseCleaner:
             elif c == "]":
                 lm = _LINK_DEST.match(s, j) if s.startswith("(", j + 1) else None
                 end = lm.end() if lm else j + 1
-                emit(s[j:end])
+                if lm is None or not self._empty_link():
+                    emit(s[j:end])
                 i = end
             elif c == "<":
                 i = self._angle(s, j)
             else:  # "{"
                 i = self._brace(s, j)
-        return "".join(self._out)
+        out = "".join(self._out)
+        return drop_interpolated(out, _MARK, self._interps) if self._interps else out
 
     def _angle(self, s: str, j: int) -> int:
         """Handle the ``<`` at ``s[j]``; return where reading goes on."""
@@ -207,6 +230,17 @@ class ProseCleaner:
         if self.mdx:
             self._balance(name, tag.closing, tag.self_closing, j)
         end = tag.end
+        if self.vue:
+            self._track_vpre(s, j, name, tag.closing, tag.self_closing)
+            badge = _BADGE_TEXT.search(s, j, end) if name == "Badge" and tag.self_closing else None
+            if badge is not None:  # VitePress's <Badge text="..." /> shows its text
+                self.notes.dropped["jsx_tag"] += 1
+                self._emit(badge[1] or badge[2] or "")
+                return end
+        if low == "code" and not tag.closing and not tag.self_closing:
+            k = self._code_element(s, j, end)
+            if k >= 0:
+                return k
         if low in _DROP_CONTENT and not tag.closing and not tag.self_closing:
             close = re.compile(rf"</{re.escape(name)}\s*>", re.I).search(s, end)
             if close is None:
@@ -218,16 +252,89 @@ class ProseCleaner:
         key = "html_tag" if name[:1].islower() and "." not in name else "jsx_tag"
         notes.dropped[key] += 1
         space = ""
-        if low in _SPACING_TAGS and end < len(s) and not s[end].isspace():
-            out = self._out
-            if out and out[-1][-1:] not in (" ", "\t", "\n", ""):
+        if end < len(s) and not s[end].isspace() and self._glued():
+            # Sibling elements (`</span><span>`) hold texts of their own: never one word.
+            sibling = j == self._close_end and not tag.closing and not tag.self_closing \
+                and s[end] not in _CLOSING_PUNCT and low not in _VOID
+            if low in _SPACING_TAGS or sibling:
                 space = " "
+        if tag.closing:
+            self._close_end = end
         self._removed(space)
         return end
+
+    def _empty_link(self) -> bool:
+        """If the output ends in the ``[`` of a link whose text is all gone (it held a
+        badge or an icon), remove that ``[`` and say so: the link shows nothing."""
+        out = self._out
+        k = len(out) - 1
+        while k >= 0 and not out[k].strip():
+            k -= 1
+        last = out[k].rstrip() if k >= 0 else ""
+        if not last.endswith("[") or last.endswith(("\\[", "![")) or last.startswith("`"):
+            return False
+        out[k] = last[:-1]
+        del out[k + 1 :]
+        self.notes.dropped["empty_link"] += 1
+        self._removed()
+        return True
+
+    def _line_start(self) -> str:
+        """The output line being written, up to now."""
+        tail: list[str] = []
+        for piece in reversed(self._out):
+            tail.append(piece)
+            if "\n" in piece:
+                break
+        return "".join(reversed(tail)).rsplit("\n", 1)[-1]
+
+    def _glued(self) -> bool:
+        """Whether text emitted now would join the last word of the output."""
+        out = self._out
+        return bool(out) and out[-1][-1:] not in (" ", "\t", "\n", "")
+
+    def _track_vpre(self, s: str, j: int, name: str, closing: bool, self_closing: bool) -> None:
+        """Follow the elements marked ``v-pre``: inside them ``{{ }}`` is literal text."""
+        if self_closing or name.lower() in _VOID:
+            return
+        vpre = self._vpre
+        if vpre and vpre[-1][0] == name:
+            vpre[-1][1] += -1 if closing else 1
+            if vpre[-1][1] == 0:
+                vpre.pop()
+        elif not closing and _V_PRE.search(s, j, s.find(">", j) + 1 or len(s)):
+            vpre.append([name, 1])
+
+    def _code_element(self, s: str, j: int, end: int) -> int:
+        """Turn ``<code>...</code>`` (opening tag ``s[j:end]``) into an inline code span;
+        return where reading goes on, or -1 when the element is not closed."""
+        blank = _BLANK_LINE.search(s, end)
+        close = _CODE_CLOSE.search(s, end, blank.start() if blank else len(s))
+        if close is None:
+            return -1
+        body = s[end : close.start()]
+        if self.vue and not self._vpre:
+            body = INTERPOLATION.sub("", body)
+        span = code_span(body, jsx=self.mdx)
+        if "|" in span and self._line_start().lstrip().startswith("|"):
+            span = span.replace("|", "\\|")  # in a table row, GFM reads `\|` as `|`
+        if self.mdx:
+            self._balance(s[close.start() + 2 : close.end() - 1].strip(), True, False, close.start())
+        self.notes.dropped["html_tag"] += 2
+        if not span:
+            self._removed()
+        elif self._glued() and (self._out[-1].endswith("`") or j == self._close_end):
+            self._emit(" " + span)  # two code spans side by side stay two
+        else:
+            self._emit(span)
+        self._close_end = close.end()
+        return close.end()
 
     def _brace(self, s: str, j: int) -> int:
         """Handle the ``{`` at ``s[j]``; return where reading goes on."""
         notes = self.notes
+        if self.vue and s.startswith("{{", j):
+            return self._interpolation(s, j)
         if not self.mdx:
             cm = _MD_COMMENT.match(s, j)
             if cm is None:
@@ -257,3 +364,17 @@ class ProseCleaner:
         else:
             self._removed()
         return k
+
+    def _interpolation(self, s: str, j: int) -> int:
+        """Handle the Vue ``{{`` at ``s[j]``; return where reading goes on."""
+        m = INTERPOLATION.match(s, j)
+        if self._vpre or m is None:
+            # Literal braces: escaped so that they do not read as one when read again.
+            self._emit("\\{")
+            return j + 1
+        self.notes.dropped["interpolation"] += 1
+        if self._marks:
+            self._out.append(_MARK)
+            self._interps.append(m.group())
+        self._removed()
+        return m.end()

@@ -18,8 +18,10 @@ from doctune.data.lines import Notes
 
 _FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")
 _ADMONITION = re.compile(
-    r"(?P<indent>[ \t]*)(?:!!!|\?\?\?\+?)[ \t]+(?P<type>[\w-]+)(?:[ \t]+[\w-]+)*"
-    r"(?:[ \t]+\"(?P<title>[^\"]*)\")?[ \t]*"
+    # As Python-Markdown reads it: the space after the marker is optional, and the title
+    # runs to the last quote on the line (it may hold quotes itself).
+    r"(?P<indent>[ \t]*)(?:!!!|\?\?\?\+?)[ \t]?(?P<type>[\w-]+)(?:[ \t]+[\w-]+)*"
+    r"(?:[ \t]+\"(?P<title>.*)\")?[ \t]*"
 )
 _TAB = re.compile(r"(?P<indent>[ \t]*)===[!+]?[ \t]+\"(?P<title>[^\"]*)\"[ \t]*")
 _BLOCK_OPEN = re.compile(r"(?P<indent>[ \t]*)/{3,}[ \t]*(?P<type>[\w-]+)(?:[ \t]*\|[ \t]*(?P<title>.*?))?[ \t]*")

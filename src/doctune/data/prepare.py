@@ -28,6 +28,7 @@ import numpy as np
 
 from doctune.data.cache import Cache, Cleaned, ReadFile, cleaner_version, read_and_clean
 from doctune.data.chunk import check_sizes
+from doctune.data.dialect import DIALECTS as CLEAN_DIALECTS
 from doctune.data.store import FORMAT, MANIFEST, VERSION, TokenStore, write_store
 from doctune.data.tokenize import encode_batch, identity, load_tokenizer, token_dtype
 from doctune.errors import DataError
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerBase
 
-DIALECTS = ("auto", "mdx", "markdown", "mkdocs")
+DIALECTS = ("auto", *CLEAN_DIALECTS)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import CheckpointError
-from doctune.rundir import CheckpointDir, RunDir
+from doctune.rundir import CheckpointDir, RunDir, save_failed
 
 if TYPE_CHECKING:
     import torch
@@ -148,33 +148,52 @@ def save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = run.checkpoint(state.step)
     tmp = CheckpointDir(run.checkpoint_staging(state.step))
-    for leftover in run.checkpoint_leftovers():
-        shutil.rmtree(leftover, ignore_errors=True)  # from a save a crash interrupted
-    tmp.path.mkdir()
-    save_file(trainable_state(model), str(tmp.weights))
-    torch.save(optimizer.state_dict(), tmp.optimizer)
-    torch.save({"scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_states(device)}, tmp.trainer)
-    tmp.state.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")  # last: completes it
-    for f in tmp.path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp.path)
-    if final.path.exists():  # a re-save of the same step (e.g. signal right after a periodic save)
-        old = run.checkpoint_replaced(state.step)
-        final.path.rename(old)
-        tmp.path.rename(final.path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.path.rename(final.path)
-    _fsync_dir(run.checkpoints_dir)
+    weights = trainable_state(model)
+    try:
+        run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        run.recover_interrupted_save()
+        for leftover in run.checkpoint_leftovers():
+            shutil.rmtree(leftover, ignore_errors=True)  # from a save a crash interrupted
+        tmp.path.mkdir()
+        save_file(weights, str(tmp.weights))
+        torch.save(optimizer.state_dict(), tmp.optimizer)
+        torch.save({"scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_states(device)}, tmp.trainer)
+        tmp.state.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")  # last: completes it
+        for f in tmp.path.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp.path)
+        if final.path.exists():  # a re-save of the same step (e.g. signal right after a periodic save)
+            old = run.checkpoint_replaced(state.step)
+            final.path.rename(old)
+            tmp.path.rename(final.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.path.rename(final.path)
+        _fsync_dir(run.checkpoints_dir)
+    except OSError as e:
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        raise save_failed(e, what=f"checkpoint step-{state.step}", folder=run.checkpoints_dir,
+                          needed_bytes=checkpoint_bytes(weights, optimizer), run=run) from None
     for old_ckpt in run.checkpoints()[:-keep]:
         shutil.rmtree(old_ckpt.path, ignore_errors=True)
     return final
+
+
+def checkpoint_bytes(weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> int:
+    """The size of a checkpoint of ``weights``: the weights plus AdamW's two moments for each
+    (measured from ``optimizer`` once it has state)."""
+    import torch
+
+    w = sum(t.numel() * t.element_size() for t in weights.values())
+    state = optimizer.state.values() if optimizer is not None else []
+    moments = sum(t.numel() * t.element_size() for st in state for t in st.values()
+                  if isinstance(t, torch.Tensor))
+    return w + (moments or 2 * sum(t.numel() * 4 for t in weights.values())) + 64 * 1024
 
 
 def load_checkpoint(

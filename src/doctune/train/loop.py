@@ -77,11 +77,13 @@ def _catch_signals(flag: _StopFlag) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> RunResult:
-    """Run (or resume) the training described by ``cfg``; see the module docstring."""
+def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
+          overwrite: bool = False) -> RunResult:
+    """Run (or resume) the training described by ``cfg``; see the module docstring.
+    ``overwrite`` starts anew in a folder that holds an earlier run (its files are removed)."""
 
     # ---- set-up: run folder, device, data, model, optimizer ---------------------------
-    run = build_run(cfg, resume=resume, quiet=quiet)
+    run = build_run(cfg, resume=resume, quiet=quiet, overwrite=overwrite)
     try:
         return _train(run, resume)
     finally:

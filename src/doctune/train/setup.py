@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from doctune.config import Config, Schedule, cache_dir, is_scratch, resolve, schedule
 from doctune.errors import ConfigError, DataError
-from doctune.rundir import RunDir, RunFacts
+from doctune.rundir import RunDir, RunFacts, free_bytes, save_failed
 
 if TYPE_CHECKING:
     import torch
@@ -54,15 +54,21 @@ class RunSetup:
     def save_final(self) -> Path:
         """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer."""
         final, tmp = self.rundir.final_dir, self.rundir.final_staging
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.model.save_pretrained(tmp)  # PEFT saves the adapter; transformers the whole model
-        self.tokenizer.save_pretrained(tmp)
-        if self.cfg.lora.enabled and self.facts.base_model:
-            _point_adapter_at_base(tmp, self.facts.base_model)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self.model.save_pretrained(tmp)  # PEFT saves the adapter; transformers the whole model
+            self.tokenizer.save_pretrained(tmp)
+            if self.cfg.lora.enabled and self.facts.base_model:
+                _point_adapter_at_base(tmp, self.facts.base_model)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise save_failed(e, what="the final model", folder=self.rundir.path,
+                              needed_bytes=final_bytes(self.model, lora=self.cfg.lora.enabled),
+                              run=self.rundir) from None
         return final
 
     def write_facts(self) -> None:
@@ -82,8 +88,9 @@ class RunSetup:
             return None
 
 
-def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
-    """Resolve and build everything for ``cfg``; see :class:`RunSetup`."""
+def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False) -> RunSetup:
+    """Resolve and build everything for ``cfg``; see :class:`RunSetup`. ``overwrite`` lets a new
+    run replace the files of an earlier run in the same folder."""
     from transformers.utils import logging as hf_logging
 
     from doctune.modeling import count_parameters, pad_token_id
@@ -94,7 +101,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     device, precision, attn, notes = _device(cfg)
     cfg, fit_notes = _fit_memory(cfg, device)
     cfg = resolve(cfg)  # after fitting: a LoRA the budget forced gets the LoRA learning rate
-    run = _run_folder(cfg, resume)
+    run = _run_folder(cfg, resume, overwrite)
 
     seed_everything(cfg.train.seed)
     tokenizer = _load_tokenizer(cfg, run, resume)
@@ -115,8 +122,9 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool) -> RunSetup:
     resume_step = run.latest_checkpoint().step if resume else 0
     monitor = _monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
     lora_note = f", LoRA r={cfg.lora.r}" if cfg.lora.enabled else ""
+    space = _space_warning(cfg, run, model)
     monitor.header([
-        *notes, *fit_notes, *plan.notes,
+        *notes, *fit_notes, *plan.notes, *space,
         f"run folder: {run.path}",
         f"device: {device.type}; precision: {precision.reason}",
         f"model: {cfg.model.name} ({total / 1e6:.1f}M parameters; training {trainable:,} = "
@@ -178,14 +186,24 @@ def _fit_memory(cfg: Config, device: torch.device) -> tuple[Config, list[str]]:
 # ---- run folder --------------------------------------------------------------------------
 
 
-def _run_folder(cfg: Config, resume: bool) -> RunDir:
-    """The run folder, checked (a new run never writes over another), with ``config.yaml``."""
+def _run_folder(cfg: Config, resume: bool, overwrite: bool) -> RunDir:
+    """The run folder, checked (apart from the docs; a new run never mixes with other files),
+    with ``config.yaml``."""
+    from doctune.paths import check_apart
+
+    assert cfg.data.path is not None
     run = RunDir(cfg.train.output_dir)
+    check_apart(Path(cfg.data.path), run.path, what="The run folder",
+                fix="Choose a folder outside it, e.g. `--out runs/mydocs`.")
+    if cfg.data.cache_dir is not None:
+        check_apart(Path(cfg.data.path), Path(cfg.data.cache_dir), what="`data.cache_dir`",
+                    fix="Choose a folder outside it, or leave `data.cache_dir` unset.")
     if resume:
         run = RunDir.open(run.path)
+        run.recover_interrupted_save()
         run.latest_checkpoint()  # fail before any slow work when there is nothing to resume
     else:
-        run.check_new()
+        run.check_new(overwrite=overwrite)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg)  # on resume too: it holds what this run now uses
     return run
@@ -342,6 +360,28 @@ def _monitor(cfg: Config, run: RunDir, device: torch.device, total_steps: int,
                       tensorboard=log.tensorboard, wandb=log.wandb, wandb_project=log.wandb_project,
                       wandb_mode=log.wandb_mode, progress=log.progress, quiet=quiet,
                       resume_step=resume_step, device=device)
+
+
+def final_bytes(model: Any, *, lora: bool) -> int:
+    """The size of ``final/``: the adapter for LoRA, else every weight."""
+    params = [p for p in model.parameters() if p.requires_grad or not lora]
+    return sum(p.numel() * p.element_size() for p in params) + 16 * 2**20  # + tokenizer files
+
+
+def _space_warning(cfg: Config, run: RunDir, model: Any) -> list[str]:
+    """A warning when the disk cannot hold the checkpoints kept at once plus the final model."""
+    from doctune.train.checkpoint import checkpoint_bytes
+
+    ckpt = checkpoint_bytes({n: p for n, p in model.named_parameters() if p.requires_grad}, None)
+    # one more checkpoint than kept: the newest is written before the oldest is removed
+    needed = ckpt * (cfg.train.keep_checkpoints + 1) + final_bytes(model, lora=cfg.lora.enabled)
+    free = free_bytes(run.path)
+    if free >= needed:
+        return []
+    return [f"warning: {run.path} is on a disk with {free / 1e6:,.0f} MB free, but this run "
+            f"needs ~{needed / 1e6:,.0f} MB ({cfg.train.keep_checkpoints} checkpoints kept + 1 "
+            f"being written, {ckpt / 1e6:,.0f} MB each, and the final model). Free some space, "
+            "lower `train.keep_checkpoints`, or choose another `train.output_dir`."]
 
 
 def _default_prompts(windows: WindowSet, tokenizer: Any, n: int = 3) -> list[str]:
