@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -66,8 +67,6 @@ def default_gguf() -> Path | None:
 def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, block: int,
               micro_batch: int, targets: list[str] | None) -> dict[str, Any]:
     """One LoRA run in a child process (so its peak RSS is its own); its numbers."""
-    import os
-
     from doctune.config import dump_config, load_config
 
     run = work / name
@@ -98,6 +97,7 @@ def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, bloc
               "val_ppl_before": facts["val_ppl_before"], "val_ppl_after": facts["val_ppl_after"],
               "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows[1:] or rows),
               "train_time_s": facts.get("train_time_s"), "wall_s": proc.wall_s,
+              "device": facts.get("device"), "precision": facts.get("precision"),
               "peak_rss_mb": proc.peak_tree_rss_mb}
     saved.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
@@ -180,6 +180,7 @@ def main() -> int:
 
     result: dict[str, Any] = {"gguf": gguf_facts(args.gguf), "docs": str(args.docs), "steps": args.steps,
                               "block": args.block, "micro_batch": args.micro_batch}
+    result["load_avg"] = "at start " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"starting model: {args.gguf} ({result['gguf']['gguf_file_type']}, quantized={result['gguf']['quantized']})")
     with tempfile.TemporaryDirectory(prefix="doctune-models-") as tmp:
         work = args.work or Path(tmp)
@@ -206,7 +207,9 @@ def main() -> int:
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\nLoRA r=8 on {r['docs']}, {r['steps']} steps of {r['micro_batch']} x {r['block']} tokens, CPU fp32")
+    first = next(iter(r["runs"].values()))
+    print(f"\nLoRA r=8 on {r['docs']}, {r['steps']} steps of {r['micro_batch']} x {r['block']} tokens, "
+          f"{first.get('device')} {first.get('precision')} (load average {r['load_avg']})")
     for name, run in r["runs"].items():
         print(f"  {name:15s} trainable {run['params_trainable']:>9,}  val ppl {run['val_ppl_before']:.2f} -> "
               f"{run['val_ppl_after']:.2f}  {run['tokens_per_sec']:.0f} tokens/s  peak RSS {run['peak_rss_mb']:.0f} MB"
