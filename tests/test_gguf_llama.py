@@ -293,7 +293,12 @@ def _family(family: str) -> Any:
         from test_families import build as build_family
 
         assert vocab_size == 300
-        return build_family(family)
+        model = build_family(family)
+        with torch.no_grad():  # matrices as with initializer_range=0.3: logits far from uniform
+            for p in model.parameters():
+                if p.ndim == 2:
+                    p.mul_(3.0)
+        return model
 
     return build
 
@@ -341,7 +346,9 @@ def test_llama_cpp_computes_the_same_logits(variant: str, tmp_path: Path) -> Non
     finally:
         llm.close()
     assert ref.max() - ref.min() > 10  # logits far from uniform
-    assert np.abs(got - ref).max() < 1e-3
+    # ggml's GELU (Gemma 3's MLP) reads tanh from an fp16 table: ~1e-3 on logits ranging ~30
+    limit = 2.5e-3 if variant == "gemma3" else 1e-3
+    assert np.abs(got - ref).max() < limit
 
 
 def test_cli_export_llama_and_tokenizer_error(llama_dir: Path, tmp_path: Path) -> None:
