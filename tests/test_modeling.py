@@ -61,11 +61,12 @@ def test_lora_targets_per_architecture() -> None:
 
     llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, vocab_size=100))
-    assert default_lora_targets(llama) == ["q_proj", "v_proj"]
+    assert default_lora_targets(llama) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     peft_model = apply_lora(llama, r=4, alpha=8, dropout=0.0)
     assert peft_model.peft_config["default"].fan_in_fan_out is False
     trainable, _ = count_parameters(peft_model)
-    assert trainable == 2 * 2 * (32 * 4 + 4 * 32)  # 2 layers x (q, v) x (A + B)
+    # 2 layers x (q, k, v, o: 32 -> 32; gate, up: 32 -> 64; down: 64 -> 32), A (r x in) + B (out x r)
+    assert trainable == 2 * (4 * (32 * 4 + 4 * 32) + 2 * (32 * 4 + 4 * 64) + (64 * 4 + 4 * 32)) == 4352
     enable_grad_checkpointing(peft_model)
     base = peft_model.get_base_model()
     assert getattr(base, "is_activation_checkpointing", None) or base.model.gradient_checkpointing

@@ -61,7 +61,8 @@ def test_shape_of_a_local_model_matches_the_real_one(tmp_path: Path) -> None:
     assert (shape.n_layer, shape.width, shape.n_head, shape.vocab) == (2, 32, 2, 50257)
     assert shape.matmul_params == 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32)
     lora = apply_lora(model, r=8, alpha=16, dropout=0.0)
-    assert shape.lora_params == count_parameters(lora)[0] == 2 * 8 * (32 + 96)
+    # every linear layer: c_attn 32+96, attn.c_proj 32+32, c_fc 32+128, mlp.c_proj 128+32
+    assert shape.lora_params == count_parameters(lora)[0] == 2 * 8 * (128 + 64 + 160 + 160)
     assert shape.attn_dropout
 
 

@@ -75,7 +75,7 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = Field("scratch:tiny", min_length=1)
-    """Hub id (distilgpt2, gpt2, ...), local folder, or a from-scratch preset (scratch:tiny, scratch:small)."""
+    """Hub id (distilgpt2, gpt2, ...), local folder, GGUF file (model.gguf) or Ollama model (ollama:NAME[:TAG]), or a from-scratch preset (scratch:tiny, scratch:small)."""
     tokenizer: str | None = None
     """Tokenizer hub id or folder; default: the model's own (a new one is trained for scratch presets)."""
     revision: str | None = None
@@ -96,7 +96,9 @@ class LoraConfig(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch."""
     target_modules: list[str] | None = None
-    """Module names to adapt; null = doctune's choice for the architecture (GPT-2: c_attn)."""
+    """Module names to adapt; null = every linear layer of attention and MLP for the architecture (GPT-2: c_attn, c_proj, c_fc; Llama, Qwen, Gemma: q/k/v/o_proj, gate/up/down_proj)."""
+    dora: bool = False
+    """Train DoRA (weight-decomposed LoRA, PEFT's use_dora) instead of plain LoRA: a little slower, often closer to full fine-tuning."""
 
 
 class TrainConfig(_Section):
@@ -284,7 +286,7 @@ def resolve(cfg: Config) -> Config:
         cfg.knowledge.synth_dir = Path(cfg.knowledge.synth_dir).expanduser().resolve()
     cfg.train.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
     local = Path(cfg.model.name).expanduser()
-    if not is_scratch(cfg.model.name) and local.is_dir():
+    if not is_scratch(cfg.model.name) and (local.is_dir() or local.is_file()):  # a folder or a .gguf
         cfg.model.name = str(local.resolve())
     return cfg
 

@@ -2,6 +2,8 @@
 
 ``generate_text`` runs transformers' ``generate`` with a streamer that hands each finished
 piece of text to a callback (no thread needed). Temperature 0 means greedy decoding.
+With ``chat=True`` the prompt is a user message, rendered through the model's chat template
+(:func:`chat_prompt`), and generation stops at end-of-text or the template's end of turn.
 """
 
 from __future__ import annotations
@@ -42,16 +44,40 @@ def _streamer(tokenizer: Any, on_text: Callable[[str], None]) -> Any:
     return _CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
+def chat_prompt(tokenizer: Any, message: str, *, system: str | None = None) -> str:
+    """``message`` as a user turn rendered by the tokenizer's chat template, ready for the reply.
+
+    Raises :class:`ConfigError` when the model has no chat template (a base model).
+    """
+    from doctune.modeling import chat_template
+
+    template = chat_template(tokenizer)
+    if template is None:
+        raise ConfigError("This model has no chat template (it is a base, completion model), so "
+                          "--chat cannot format a conversation. Generate without --chat, or use an "
+                          "instruct model or one trained on chat data.")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
 def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None, *,
-                  on_text: Callable[[str], None] | None = None) -> Generation:
-    """Complete ``prompt``; each finished piece of text goes to ``on_text`` as it comes."""
+                  on_text: Callable[[str], None] | None = None, chat: bool = False,
+                  system: str | None = None) -> Generation:
+    """Complete ``prompt``; each finished piece of text goes to ``on_text`` as it comes.
+
+    ``chat=True``: ``prompt`` is a user message (``system`` an optional system message),
+    rendered by :func:`chat_prompt`; the reply stops at end-of-text or end of turn.
+    """
     import torch
 
     from doctune.inference import context_length
+    from doctune.modeling import stop_token_ids
 
     s = (sampling or Sampling()).check()
     model, tok = loaded.model, loaded.tokenizer
-    ids = prompt_ids(tok, prompt)  # (1, P)
+    # a chat template writes its own BOS where the model wants one
+    ids = prompt_ids(tok, chat_prompt(tok, prompt, system=system) if chat else prompt)  # (1, P)
     n_ctx = context_length(model)
     dropped = 0
     if n_ctx is not None:
@@ -61,6 +87,8 @@ def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None,
         dropped = max(0, ids.shape[1] + s.max_new_tokens - n_ctx)
         ids = ids[:, dropped:]
     kwargs = generate_kwargs(s, tok)
+    if chat:  # stop at the end of the turn as well as at end-of-text
+        kwargs["eos_token_id"] = stop_token_ids(tok) or tok.eos_token_id
     if on_text is not None:
         kwargs["streamer"] = _streamer(tok, on_text)
     if s.seed is not None:
@@ -74,10 +102,12 @@ def generate_text(loaded: Loaded, prompt: str, sampling: Sampling | None = None,
 
 
 def interactive(loaded: Loaded, sampling: Sampling, *, prompts: Iterable[str],
-                write: Callable[[str], None], ask: Callable[[], None] | None = None) -> int:
+                write: Callable[[str], None], ask: Callable[[], None] | None = None,
+                chat: bool = False) -> int:
     """Answer each prompt from ``prompts`` (e.g. lines of stdin) until it ends or says ``exit``.
 
     With a seed, the n-th prompt uses ``seed + n`` so that answers differ yet replay exactly.
+    ``chat=True`` treats each line as a user message (see :func:`generate_text`).
     Returns how many prompts were answered.
     """
     n = 0
@@ -89,7 +119,7 @@ def interactive(loaded: Loaded, sampling: Sampling, *, prompts: Iterable[str],
             break
         if prompt.strip():
             seed = None if sampling.seed is None else sampling.seed + n
-            generate_text(loaded, prompt, replace(sampling, seed=seed), on_text=write)
+            generate_text(loaded, prompt, replace(sampling, seed=seed), on_text=write, chat=chat)
             write("\n")
             n += 1
         if ask:

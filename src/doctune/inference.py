@@ -8,6 +8,7 @@
   and the checkpoint's weights loaded into it;
 * a bare PEFT adapter folder (``adapter_config.json``): loaded onto the base it names;
 * a transformers model folder (a merged or exported one, or any local model);
+* a GGUF file or ``ollama:NAME[:TAG]`` (see :mod:`doctune.sources`);
 * a Hugging Face hub id.
 
 ``resolve_source`` answers what a source is without importing torch, so commands can
@@ -84,7 +85,11 @@ def resolve_source(source: str | Path, *, base: str | Path | None = None) -> Sou
                              "adapter folder or a Hugging Face hub id (e.g. `distilgpt2`).")
         return Source("hub", given, given)
     if not path.is_dir():
-        raise ModelError(f"{path} is a file; pass the folder that holds the model.")
+        from doctune.sources import is_gguf_file
+
+        if is_gguf_file(path):  # a GGUF file: loaded dequantised, with the tokenizer inside it
+            return Source("model", given, str(path.resolve()))
+        raise ModelError(f"{path} is a file; pass the folder that holds the model (or a .gguf file).")
     path = path.resolve()
     if RunDir.is_run(path):
         run = RunDir.open(path)
@@ -165,7 +170,7 @@ def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
     if src.lora:
         lo = cfg.lora
         model = apply_lora(_load_base(src), r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
-                           target_modules=lo.target_modules)
+                           target_modules=lo.target_modules, dora=lo.dora)
     elif is_scratch(cfg.model.name):  # every weight is in the checkpoint: the init does not matter
         model = build_scratch_model(cfg.model.name, tokenizer, block_size=cfg.data.block_size)
     else:

@@ -5,7 +5,9 @@
 * a from-scratch preset, ``scratch:tiny`` or ``scratch:small``: a GPT-2 architecture
   built from a config, with a byte-level BPE tokenizer trained on the user's docs;
 * a local folder holding a transformers model (``config.json`` + weights);
-* a Hugging Face hub id (``distilgpt2``, ``gpt2``, ``gpt2-medium``, any causal LM).
+* a GGUF file (``model.gguf``, as llama.cpp and Ollama use) or ``ollama:NAME[:TAG]``, a model
+  pulled by Ollama: loaded through transformers' GGUF support, dequantised to fp32;
+* a Hugging Face hub id (``distilgpt2``, ``gpt2``, ``HuggingFaceTB/SmolLM2-135M-Instruct``, any causal LM).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from doctune.config import is_scratch
 from doctune.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -23,6 +26,48 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EOS_TOKEN = "<|endoftext|>"
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""ChatML, the chat format used when a model has no template of its own and is trained on
+chat data: ``<|im_start|>ROLE\\nCONTENT<|im_end|>\\n`` per message (Qwen and SmolLM2's own format)."""
+
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>")
+"""Tokens chat templates end a turn with: ChatML (Qwen, SmolLM2), Llama 3, Gemma, Phi-3."""
+
+
+def chat_template(tokenizer: Any) -> str | None:
+    """The tokenizer's own chat template (Jinja), or None for a base model without one."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default")
+    return template if isinstance(template, str) and template.strip() else None
+
+
+def end_of_turn_token(tokenizer: Any) -> str | None:
+    """The token the chat template ends each turn with, when it is one token of the vocabulary."""
+    template = chat_template(tokenizer)
+    if template is None:
+        return None
+    vocab = tokenizer.get_vocab()
+    return next((t for t in END_OF_TURN_TOKENS if t in template and t in vocab), None)
+
+
+def stop_tokens(tokenizer: Any) -> list[str]:
+    """Tokens that end a reply: end-of-text, and the chat template's end of turn (no repeats)."""
+    found = [tokenizer.eos_token, end_of_turn_token(tokenizer)]
+    return list(dict.fromkeys(t for t in found if t))
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of :func:`stop_tokens` (what generation stops at)."""
+    vocab = tokenizer.get_vocab()
+    return [int(vocab[t]) for t in stop_tokens(tokenizer) if t in vocab]
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,46 @@ def build_scratch_model(name: str, tokenizer: PreTrainedTokenizerBase, *, block_
     return AutoModelForCausalLM.from_config(cfg, **kwargs)
 
 
+# ---------------------------------------------------------------------------
+# Where a model comes from: preset, folder, hub id, GGUF file or Ollama model (doctune.sources)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``model.name`` points at, before anything is loaded."""
+
+    kind: Literal["scratch", "folder", "gguf", "hub"]
+    given: str
+    """``model.name`` as written."""
+    path: str
+    """The preset name, the folder, the hub id, or the GGUF file (absolute)."""
+
+    @property
+    def gguf_file(self) -> Path | None:
+        """The GGUF file to read (None unless ``kind == "gguf"``)."""
+        return Path(self.path) if self.kind == "gguf" else None
+
+
+def resolve_model_source(name: str) -> ModelSource:
+    """Say what ``model.name`` is: a scratch preset, a folder, a GGUF file, or a hub id.
+
+    ``ollama:NAME[:TAG]`` resolves to the GGUF blob Ollama keeps for that model (see
+    :func:`doctune.sources.gguf_file_of`). Raises :class:`ModelError` for a missing file or one
+    that is not GGUF.
+    """
+    from doctune.sources import gguf_file_of
+
+    if is_scratch(name):
+        return ModelSource("scratch", name, name)
+    gguf = gguf_file_of(name)
+    if gguf is not None:
+        return ModelSource("gguf", name, str(gguf))
+    local = Path(name).expanduser()
+    if local.exists():
+        return ModelSource("folder", name, str(local.resolve()))
+    return ModelSource("hub", name, name)
+
+
 def _offline_hint(name: str) -> str:
     return (f"Could not load model {name!r}: it is not a local folder and it could not be "
             "downloaded from the Hugging Face hub (offline, or no cached copy). Either point "
@@ -116,21 +201,39 @@ def _offline_hint(name: str) -> str:
 
 def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code: bool = False,
                     attn_implementation: str | None = None) -> PreTrainedModel:
-    """Load a causal LM from a hub id or local folder, safetensors preferred, in fp32."""
+    """Load a causal LM from a hub id, local folder or GGUF file, safetensors preferred, in fp32.
+
+    A GGUF file (or ``ollama:NAME``) is dequantised to fp32 by transformers; see
+    :func:`resolve_model_source`.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    src = resolve_model_source(name)
     local = Path(name).expanduser()
-    if (name.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
-        raise ModelError(f"{local} is not a transformers model folder (no config.json in it). "
-                         "Pass a folder saved with `save_pretrained`, a hub id, or a scratch preset.")
-    source = str(local) if local.exists() else name
+    if (src.kind == "folder" or (src.kind == "hub" and name.startswith((".", "/", "~")))) and \
+            not (local / "config.json").is_file():
+        raise ModelError(f"{local} is not a transformers model folder (no config.json in it). Pass "
+                         "a folder saved with `save_pretrained`, a .gguf file, a hub id, or a scratch preset.")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
                               "dtype": torch.float32}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    from doctune.sources import gguf_config, quiet_gguf
+
+    where = src.path
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        if src.gguf_file is not None:
+            from transformers.utils.quantization_config import GgufConfig
+
+            # dequantize=True: plain fp32 Linear layers to train (transformers would otherwise
+            # keep quantised blocks where a GGUF kernel exists, as a model that cannot train
+            # nor be saved)
+            where = str(src.gguf_file.parent)
+            kwargs.update(gguf_file=src.gguf_file.name, config=gguf_config(src.gguf_file),
+                          quantization_config=GgufConfig(dequantize=True))
+        with quiet_gguf():
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as e:
         raise ModelError(_offline_hint(name) + f"\n  (transformers said: {str(e).splitlines()[0]})") from None
     except ValueError as e:
@@ -140,7 +243,15 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
         if "Unrecognized configuration class" in str(e) or "does not recognize" in str(e):
             raise ModelError(f"{name!r} is not a causal language model transformers can load "
                              f"with AutoModelForCausalLM: {str(e).splitlines()[0]}") from None
+        if src.gguf_file is not None and "not supported" in str(e):
+            raise ModelError(f"transformers cannot read the GGUF file {src.gguf_file}: "
+                             f"{str(e).splitlines()[0]} Start from the model's transformers folder "
+                             "or hub id instead.") from None
         raise
+    if src.gguf_file is not None:
+        # PEFT looks for config.json beside `name_or_path` (the GGUF's folder) when it saves an
+        # adapter, and warns when it finds none; the run records the GGUF file itself instead.
+        model.name_or_path = ""
     _use_fused_gelu(model)
     return model
 
@@ -166,28 +277,48 @@ def _use_fused_gelu(model: PreTrainedModel) -> None:
 # LoRA
 
 
+_LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS: dict[str, list[str]] = {
+    # every linear layer of attention and MLP (not the embeddings nor the output head):
+    # adapting the MLP as well as attention is what makes LoRA come close to full fine-tuning
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # Conv1D; c_proj is both attn.c_proj and mlp.c_proj
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                     "smollm3", "olmo", "olmo2", "granite", "starcoder2"), _LLAMA_LINEAR),
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+}
+"""LoRA's default targets per ``model_type``; ``lora.target_modules`` overrides them."""
+
+
 def default_lora_targets(model: PreTrainedModel) -> list[str]:
-    """The modules LoRA adapts by default for ``model``'s architecture (attention projections)."""
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    """The modules LoRA adapts by default: all linear layers of attention and MLP.
+
+    From :data:`LORA_TARGETS` for the architectures doctune knows, else the names of every
+    ``Linear``/``Conv1D`` layer inside the model other than its output head.
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
 
     model_type = getattr(model.config, "model_type", "")
-    targets = DEFAULTS.get(model_type)
-    if isinstance(targets, list) and targets:
-        return list(targets)
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    for guess in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"], ["qkv_proj"], ["Wqkv"]):
-        if set(guess) <= names:
-            return guess
-    raise ConfigError(f"doctune has no default LoRA targets for model type {model_type!r}; set "
-                      "`lora.target_modules` to the names of its attention projection layers.")
+    if model_type in LORA_TARGETS:
+        return list(LORA_TARGETS[model_type])
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                    if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head and "." in n})
+    if not names:
+        raise ConfigError(f"doctune has no default LoRA targets for model type {model_type!r}; set "
+                          "`lora.target_modules` to the names of its attention and MLP layers.")
+    return names
 
 
 def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float,
-               target_modules: list[str] | None = None) -> Any:
+               target_modules: list[str] | None = None, dora: bool = False) -> Any:
     """Wrap ``model`` in a PEFT LoRA model; only the adapter weights stay trainable.
 
     GPT-2 stores its projections as ``Conv1D`` (weight shaped [in, out]); PEFT needs
     ``fan_in_fan_out=True`` for those, which is set here from the modules actually targeted.
+    ``dora=True`` trains DoRA (PEFT's ``use_dora``): each adapted weight's magnitude as well.
     """
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
@@ -203,7 +334,7 @@ def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float,
         raise ConfigError(f"`lora.target_modules` {targets} mix Conv1D and Linear layers; LoRA "
                           "needs one kind per adapter. Target one kind only.")
     cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                     target_modules=targets, fan_in_fan_out=all(conv1d))
+                     target_modules=targets, fan_in_fan_out=all(conv1d), use_dora=dora)
     with warnings.catch_warnings():  # PEFT asks transformers 5 by a deprecated attribute name
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
         return get_peft_model(model, cfg)

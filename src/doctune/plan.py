@@ -161,11 +161,15 @@ def plan_precision(choice: str, device: str) -> str:
 
 
 def _model_config(cfg: Config) -> Any:
-    from doctune.modeling import preset_config
+    from doctune.modeling import preset_config, resolve_model_source
+    from doctune.sources import gguf_config
 
     name = cfg.model.name
     if is_scratch(name):
         return preset_config(name, n_positions=cfg.data.block_size)
+    src = resolve_model_source(name)
+    if src.gguf_file is not None:
+        return gguf_config(src.gguf_file)
     from transformers import AutoConfig
 
     try:

@@ -27,7 +27,7 @@ per-token objects the Rust encoder builds stay well under a few hundred MB."""
 
 
 def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
-    """Load a fast tokenizer from a local folder or a Hugging Face hub id.
+    """Load a fast tokenizer from a local folder, a Hugging Face hub id, or a GGUF model.
 
     A folder is one written by ``save_pretrained``, or GPT-2's original ``vocab.json`` +
     ``merges.txt`` alone (byte-level BPE with ``<|endoftext|>``).
@@ -39,6 +39,11 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
 
     name = str(name_or_dir)
     local = Path(name).expanduser()
+    from doctune.sources import gguf_file_of, load_gguf_tokenizer
+
+    gguf = gguf_file_of(name)
+    if gguf is not None:  # a .gguf file or ollama:NAME: the tokenizer stored in it
+        return load_gguf_tokenizer(gguf)
     looks_local = name.startswith((".", "/", "~")) or local.exists()
     if looks_local and not local.is_dir():
         raise ModelError(f"tokenizer folder `{local}` does not exist; pass a folder saved with "

@@ -78,10 +78,12 @@ def hf_usage(out: Path) -> list[str]:
             "```", ""]
 
 
-def model_card(src: Source, *, out: Path, title: str, usage: list[str] | None = None) -> str:
+def model_card(src: Source, *, out: Path, title: str, usage: list[str] | None = None,
+               chat: bool = False) -> str:
     """The README.md text for a model exported from ``src`` into ``out``.
 
-    ``usage`` replaces the default "Use" lines (transformers and ``doctune generate``).
+    ``usage`` replaces the default "Use" lines (transformers and ``doctune generate``);
+    ``chat`` says the model keeps a chat template (an instruct model).
     """
     run = src.run
     base = (run.facts.base_model if run else None) or src.base
@@ -92,8 +94,11 @@ def model_card(src: Source, *, out: Path, title: str, usage: list[str] | None = 
     front.append("---")
     lines = [*front, "", f"# {title}", "",
              "A language model fine-tuned with [doctune](https://pypi.org/project/doctune/) on a "
-             "folder of Markdown/MDX documentation. It continues text in the style and with the "
-             "facts of those docs; it is a base (completion) model, not a chat model.", ""]
+             "folder of Markdown/MDX documentation. " + (
+                 "It keeps its chat template (in the tokenizer files, and in the GGUF and the "
+                 "Ollama Modelfile): talk to it as a chat model." if chat else
+                 "It continues text in the style and with the facts of those docs; it is a base "
+                 "(completion) model, not a chat model."), ""]
     if run is not None:
         lines += ["## Results", "", *_results(run.facts), "## Training", "", *_settings(run),
                   "", "## Data", "", *_data(run), ""]

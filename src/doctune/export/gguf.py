@@ -1,8 +1,8 @@
 """Export to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama ``Modelfile`` beside it.
 
 Supported: GPT-2 (gpt2, distilgpt2, gpt2-medium/large/xl and doctune's ``scratch:*``
-presets), Llama (``model_type`` "llama": SmolLM/SmolLM2, Llama 3) and Qwen2 (Qwen2,
-Qwen2.5), with a byte-level BPE tokenizer (SentencePiece ones, as TinyLlama's, are not
+presets), Llama (``model_type`` "llama": SmolLM/SmolLM2, Llama 3), Qwen2 (Qwen2,
+Qwen2.5), Qwen3, Gemma 3 (text) and Phi-3, with a byte-level BPE tokenizer (SentencePiece ones, as TinyLlama's, are not
 written yet). The layout follows llama.cpp's own ``convert_hf_to_gguf.py``: for GPT-2 (class ``GPT2Model``) the Conv1D weights, stored
 ``[in, out]`` by transformers, are transposed to ``[out, in]``; the Llama-family specifics
 are in :mod:`doctune.export.gguf_llama`, the tokenizer in :mod:`doctune.export.gguf_vocab`.
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import ExportError
+from doctune.export.modelfile import modelfile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 QUANTS = ("f16", "q8_0", "f32")
 SUPPORTED = ("GPT-2 (gpt2, distilgpt2, gpt2-medium/large/xl, scratch:tiny, scratch:small), "
-             "Llama (SmolLM, SmolLM2, Llama 3) and Qwen2 (Qwen2, Qwen2.5), with a byte-level "
-             "BPE tokenizer")
+             "Llama (SmolLM, SmolLM2, Llama 3), Qwen2 (Qwen2, Qwen2.5), Qwen3, Gemma 3 (text, "
+             "Gemma3ForCausalLM) and Phi-3, with a byte-level BPE tokenizer")
 # GELU written three ways in transformers, all the tanh approximation llama.cpp computes.
 _TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 _CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -49,7 +50,7 @@ def check_architecture(config: Any) -> str:
     model_type = getattr(config, "model_type", None)
     if model_type in gguf_llama.ARCHES:
         gguf_llama.check_config(config)
-        return str(model_type)
+        return gguf_llama.gguf_arch(config)
     if model_type != "gpt2":
         raise ExportError(
             f"GGUF export supports {SUPPORTED}; this model is {model_type!r}. Export a "
@@ -126,7 +127,7 @@ def _add_tensor(writer: Any, new_name: str, data: np.ndarray, quant: str) -> str
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", name: str = "model") -> list[str]:
-    """Write ``model`` (a transformers GPT-2, Llama or Qwen2 in fp32) and its tokenizer to ``path``.
+    """Write ``model`` (a transformers model of an architecture above, fp32) and its tokenizer to ``path``.
 
     Returns notes (e.g. tensors kept in F16 because Q8_0 needs rows divisible by 32).
     """
@@ -162,39 +163,6 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", na
     return notes
 
 
-REPEAT_PENALTY = 1.1
-"""Ollama's repeat_penalty in the Modelfile: small models loop without a little of it."""
-MAX_NUM_CTX = 8192
-"""The Modelfile's num_ctx at most: Ollama allocates the KV cache for all of it up front, and
-Llama 3.2's 131072 positions would take gigabytes of a laptop's memory."""
-
-
-def modelfile(gguf_name: str, *, num_ctx: int, stop: str | None) -> str:
-    """An Ollama ``Modelfile`` for the GGUF file ``gguf_name`` in the same folder.
-
-    Sampling defaults are those of ``doctune generate``; ``num_ctx`` is capped at
-    :data:`MAX_NUM_CTX`.
-    """
-    from doctune.generate import Sampling
-
-    s = Sampling()
-    num_ctx = min(num_ctx, MAX_NUM_CTX)
-    lines = ["# Ollama model file written by doctune. Create and run the model with:",
-             "#   ollama create my-docs -f Modelfile",
-             '#   ollama run my-docs "How do I"',
-             f"FROM ./{gguf_name}",
-             "",
-             "# A base (completion) model: the prompt is passed through unchanged.",
-             'TEMPLATE """{{ .Prompt }}"""',
-             f"PARAMETER num_ctx {num_ctx}",
-             f"PARAMETER temperature {s.temperature:g}",
-             f"PARAMETER top_p {s.top_p:g}",
-             f"PARAMETER repeat_penalty {REPEAT_PENALTY:g}"]
-    if stop:
-        lines.append(f'PARAMETER stop "{stop}"')
-    return "\n".join(lines) + "\n"
-
-
 def _gguf_usage(gguf_name: str, out: Path) -> list[str]:
     return ["```bash", f'llama-cli -m {out / gguf_name} -p "How do I" -n 64',
             f"cd {out} && ollama create my-docs -f Modelfile && ollama run my-docs \"How do I\"",
@@ -219,6 +187,7 @@ def export_gguf(source: str | Path, out: Path, *, quant: str = "f16", base: str 
         staging_dir,
     )
     from doctune.inference import context_length, resolve_source
+    from doctune.modeling import chat_template, stop_tokens
 
     _import_gguf()
     if quant not in QUANTS:
@@ -233,10 +202,12 @@ def export_gguf(source: str | Path, out: Path, *, quant: str = "f16", base: str 
     try:
         notes = write_gguf(loaded.model, loaded.tokenizer, tmp / file_name, quant=quant, name=name)
         tok = loaded.tokenizer
-        (tmp / "Modelfile").write_text(modelfile(file_name, num_ctx=context_length(loaded.model) or 1024,
-                                                 stop=tok.eos_token), encoding="utf-8")
+        text = modelfile(file_name, num_ctx=context_length(loaded.model) or 1024, stop=stop_tokens(tok),
+                         chat_template=chat_template(tok))
+        (tmp / "Modelfile").write_text(text, encoding="utf-8")
         card = model_card(src, out=out, title=f"{name} (doctune, GGUF {quant})",
-                          usage=_gguf_usage(file_name, out) + [f"- {n}" for n in notes])
+                          usage=_gguf_usage(file_name, out) + [f"- {n}" for n in notes],
+                          chat=chat_template(tok) is not None)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = publish(tmp, out)
     except BaseException:

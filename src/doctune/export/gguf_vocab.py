@@ -17,6 +17,7 @@ from hashlib import sha256
 from typing import Any
 
 from doctune.errors import ExportError
+from doctune.modeling import chat_template, end_of_turn_token
 
 # convert_hf_to_gguf.py's `chktxt`, character for character: the hash below is of the ids
 # the tokenizer gives for it, so one changed character changes every hash.
@@ -174,8 +175,10 @@ def tokenizer_fields(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     if eos is None:
         raise ExportError("The tokenizer has no end-of-text token; llama.cpp needs one to stop.")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    eot = end_of_turn_token(tokenizer)
     return {"tokens": tokens, "types": types, "merges": _merges(spec), "pre": pre, "eos": eos,
-            "bos": bos, "unk": tokenizer.unk_token_id, "pad": tokenizer.pad_token_id}
+            "bos": bos, "unk": tokenizer.unk_token_id, "pad": tokenizer.pad_token_id,
+            "eot": vocab[eot] if eot is not None else None, "chat_template": chat_template(tokenizer)}
 
 
 def add_tokenizer(writer: Any, tok: dict[str, Any]) -> None:
@@ -187,6 +190,10 @@ def add_tokenizer(writer: Any, tok: dict[str, Any]) -> None:
     writer.add_token_merges(tok["merges"])
     writer.add_bos_token_id(tok["bos"])
     writer.add_eos_token_id(tok["eos"])
+    if tok.get("eot") is not None:  # llama.cpp stops a chat reply here (end of generation)
+        writer.add_eot_token_id(tok["eot"])
+    if tok.get("chat_template"):
+        writer.add_chat_template(tok["chat_template"])
     if tok["unk"] is not None:
         writer.add_unk_token_id(tok["unk"])
     if tok["pad"] is not None:

@@ -1,7 +1,8 @@
 """Merge a LoRA run into its base and write a standard Hugging Face model folder.
 
 The folder holds ``model.safetensors``, ``config.json``, ``generation_config.json``, the
-tokenizer files and a model card ``README.md``; ``from_pretrained`` (and the hub) read it
+tokenizer files (with the chat template, if the model has one; ``generation_config`` then
+stops at its end-of-turn token too) and a model card ``README.md``; ``from_pretrained`` (and the hub) read it
 with no doctune and no PEFT. A full fine-tune is re-saved the same way, with the card.
 """
 
@@ -85,7 +86,7 @@ def load_merged(src: Source) -> Loaded:
 def export_name(src: Source) -> str:
     """A short name for exported files: the run's folder name, else the model's."""
     model = Path(src.model.rstrip("/"))
-    name = src.run.path.name if src.run else model.name
+    name = src.run.path.name if src.run else model.name.removesuffix(".gguf")
     if not name or model == RunDir(model.parent).final_dir:  # a run's final/ given directly
         name = model.parent.name or "model"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
@@ -99,6 +100,7 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
     """
     from doctune.export.card import model_card
     from doctune.inference import resolve_source
+    from doctune.modeling import chat_template, stop_token_ids
 
     src = resolve_source(source, base=base)
     out = check_out_dir(out, src, force=force)
@@ -107,12 +109,16 @@ def merge_to_folder(source: str | Path, out: Path, *, base: str | Path | None = 
     try:
         model = loaded.model
         model.config.use_cache = True  # training may have turned it off (checkpointing)
+        stops = stop_token_ids(loaded.tokenizer)
+        if len(stops) > 1:  # a chat model: `generate` stops at the end of a turn too
+            model.generation_config.eos_token_id = stops
         model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         if not (tmp / "generation_config.json").is_file():
             model.generation_config.save_pretrained(tmp)
         title = f"{export_name(src)} (doctune)"
-        (tmp / "README.md").write_text(model_card(src, out=out, title=title), encoding="utf-8")
+        card = model_card(src, out=out, title=title, chat=chat_template(loaded.tokenizer) is not None)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         files = publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

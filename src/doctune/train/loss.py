@@ -36,9 +36,10 @@ large enough for the matrix multiplications to run near their peak."""
 _LINEAR_HEAD_TYPES = frozenset({
     "gpt2", "gpt_neox", "gptj", "gpt_bigcode", "llama", "mistral", "mixtral", "qwen2",
     "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "stablelm", "starcoder2", "olmo",
-    "olmo2", "smollm3", "opt", "bloom", "falcon", "gemma",
+    "olmo2", "smollm3", "opt", "bloom", "falcon", "gemma", "gemma2", "gemma3_text",
 })
 # Config attributes that change the logits after the projection (Gemma 2/3, Cohere, Granite).
+# (Gemma scales its embeddings by sqrt(hidden), but inside the backbone: the head stays linear.)
 _HEAD_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
