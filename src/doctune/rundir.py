@@ -83,6 +83,14 @@ class RunFacts(BaseModel):
     compile_s: float | None = None
     compiled_step_s: float | None = None
     eager_step_s: float | None = None
+    source_gguf: str | None = None
+    """The GGUF file the weights were loaded from (dequantised), when the run started from one."""
+    gguf_architecture: str | None = None
+    gguf_file_type: str | None = None
+    """The GGUF's quantisation, e.g. ``Q4_1``."""
+    quantized: bool | None = None
+    """True when the starting weights were stored quantised (so they are an approximation)."""
+    quant_types: dict[str, int] | None = None
     knowledge: dict[str, Any] | None = None
     """The knowledge mix: shares, examples per pass, distinct examples, what was left out."""
 

@@ -31,6 +31,8 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = _SAMPLING.max_new_tokens,
     seed: Annotated[int | None, typer.Option(help="Seed: same seed, same text.")] = _SAMPLING.seed,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Read prompts from stdin, one per line (`\\n` for a line break; `exit` ends).")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Treat the prompt as a user message: format it with the model's chat template and stop at the end of the turn.")] = False,
+    system: Annotated[str | None, typer.Option("--system", help="A system message for --chat.")] = None,
     base: BaseOpt = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
@@ -38,6 +40,8 @@ def generate(
     """Continue a prompt with a trained model, streaming tokens as they come.
 
     Example: `doctune generate runs/mydocs "To install the CLI," --max-new-tokens 80 --seed 1`
+
+    An instruct model: `doctune generate runs/mydocs --chat "How do I start the dev server?"`
     """
     import json
 
@@ -45,6 +49,8 @@ def generate(
     from doctune.generate import interactive as prompt_loop
     from doctune.inference import load_for_inference
 
+    if system is not None and not chat:
+        raise ConfigError("--system goes with --chat (a system message is part of a conversation).")
     if prompt is None and not interactive:
         raise ConfigError('give a prompt (`doctune generate MODEL "Once"`) or use --interactive.')
     sampling = Sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
@@ -57,16 +63,17 @@ def generate(
     loaded = load_for_inference(model, device=device, base=base)
     if interactive:
         ask = None if json_ or not sys.stdin.isatty() else (lambda: write("> "))
-        prompt_loop(loaded, sampling, prompts=sys.stdin, write=write, ask=ask)
+        prompt_loop(loaded, sampling, prompts=sys.stdin, write=write, ask=ask, chat=chat)
         return
     assert prompt is not None
     if json_:
-        g = generate_text(loaded, prompt, sampling)
+        g = generate_text(loaded, prompt, sampling, chat=chat, system=system)
         typer.echo(json.dumps({"prompt": g.prompt, "text": g.text, "new_tokens": g.new_tokens,
                                "prompt_tokens": g.prompt_tokens, **loaded.info}, indent=1))
         return
-    write(prompt)
-    g = generate_text(loaded, prompt, sampling, on_text=write)
+    if not chat:  # a completion continues the prompt; a chat answer stands alone
+        write(prompt)
+    g = generate_text(loaded, prompt, sampling, on_text=write, chat=chat, system=system)
     write("\n")
     if g.dropped_prompt_tokens:
         typer.echo(f"note: the first {g.dropped_prompt_tokens} prompt tokens were cut to fit "

@@ -27,17 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from doctune.errors import ModelError
+from doctune.modeling import DEFAULT_CHAT_TEMPLATE  # ChatML, for a tokenizer that has none
 
 IGNORE_INDEX = -100
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-"""ChatML, the chat template used for a tokenizer that has none (as SmolLM2 and Qwen use)."""
-
 # Strings that are special tokens in the families doctune knows; if one is in a rendering
 # but not a single token of the tokenizer, it would be learnt as plain text.
 _SPECIAL_LOOKING = re.compile(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>|<bos>|<eos>")

@@ -168,11 +168,15 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
                   "params_trainable": trainable, "total_steps": plan.total_steps,
                   "train_windows": len(train), "val_windows": len(val) if val else 0,
                   "processes": env.world, "parallel": env.parallel,
-                  "knowledge": knowledge.summary if knowledge else None})
+                  "knowledge": knowledge.summary if knowledge else None,
+                  **_source_facts(cfg.model.name)})
     resume_step = run.latest_checkpoint().step if resume else 0
     monitor = (_monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
                if env.is_main else dist.SilentMonitor())
-    lora_note = f", LoRA r={cfg.lora.r}" if cfg.lora.enabled else ""
+    lora_note = (f", LoRA r={cfg.lora.r}" + (" (DoRA)" if cfg.lora.dora else "")
+                 if cfg.lora.enabled else "")
+    if facts.gguf_file_type:
+        lora_note += f"; from GGUF {facts.gguf_file_type}, dequantised to fp32"
     space = _space_warning(cfg, run, model) if env.is_main else []
     t = cfg.train
     each = f" on each of {env.world} processes" if env.active else ""
@@ -441,11 +445,20 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
     if cfg.lora.enabled:
         lo = cfg.lora
         model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
-                           target_modules=lo.target_modules)
+                           target_modules=lo.target_modules, dora=lo.dora)
     return model, base
 
 
 # ---- optimizer ---------------------------------------------------------------------------
+
+
+def _source_facts(name: str) -> dict[str, Any]:
+    """Where the weights came from, for a GGUF starting model (file, architecture, quantisation)."""
+    from doctune.modeling import resolve_model_source
+    from doctune.sources import gguf_facts
+
+    src = resolve_model_source(name)
+    return gguf_facts(src.gguf_file) if src.gguf_file is not None else {}
 
 
 def _optimizer(cfg: Config, model: Any, device: torch.device, precision: Precision,
