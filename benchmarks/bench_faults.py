@@ -56,7 +56,8 @@ def write_config(work: Path, run: Path, model: Path, docs: Path, steps: int) -> 
            "model": {"name": str(model)},
            "train": {"output_dir": str(run), "max_steps": steps, "micro_batch_size": 2,
                      "grad_accum": 1, "lr": 3e-4, "warmup_steps": 2, "eval_every": 0,
-                     "save_every": 1, "keep_checkpoints": 2, "seed": 7, "num_threads": 1},
+                     "save_every": 1, "keep_checkpoints": 2, "seed": 7, "num_threads": 1,
+                     "precision": "fp32"},  # the goal: bitwise equal on a CPU in fp32
            "log": {"tensorboard": False, "report": False, "progress": False}}
     path = work / f"{run.name}.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
