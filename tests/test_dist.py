@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import doctune.train.dist as dist
+import test_train
 from doctune.errors import ConfigError
 from doctune.rundir import RunDir
 from doctune.train.loop import train
@@ -86,26 +87,9 @@ def one_process_gradients(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     monkeypatch.setattr(loop, "_clip", clip)
 
 
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_train import write_docs
-
-    return write_docs(tmp_path_factory.mktemp("docs"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
-    """A 2-layer GPT-2 (hidden 32) without dropout, its output layer tied to its embedding."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=50257,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=50256, eos_token_id=50256)
-    out = tmp_path_factory.mktemp("tiny-nodrop")
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(gpt2_tokenizer_dir).save_pretrained(out)
-    return out
+# the docs and the tiny GPT-2 (no dropout, output layer tied to the embedding) of test_train
+docs = test_train.docs
+model_dir = test_train.model_dir
 
 
 @pytest.fixture(scope="module")
