@@ -14,8 +14,8 @@ length of its mix). Printed per recipe: held-out-question EM and MC accuracy bef
 after, trained-question EM, held-out (control) document perplexity, general-text
 perplexity change, stop rate, tokens trained (that carry loss), wall time.
 
-    python benchmarks/bench_knowledge.py --quick      # ~10 min on 2 CPU cores
-    python benchmarks/bench_knowledge.py              # the config/ pages, ~1 hour
+    python benchmarks/bench_knowledge.py --quick      # 4 pages, 2k tokens: ~3 min on 2 idle cores
+    python benchmarks/bench_knowledge.py              # the config/ pages, 80k tokens per recipe
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ QUICK_PAGES = ["config/preview-options.md", "config/ssr-options.md",
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"include": QUICK_PAGES, "block_size": 128, "budget": 2048, "max_questions": 8,
               "max_text_tokens": 256, "control_fraction": 0.25},
-    "full": {"include": ["config/*.md"], "block_size": 256, "budget": 40_000,
+    "full": {"include": ["config/*.md"], "block_size": 256, "budget": 80_000,
              "max_questions": 100, "max_text_tokens": 4096, "control_fraction": 0.15},
 }
 RECIPES: dict[str, dict[str, float]] = {
@@ -55,10 +55,10 @@ def base_overrides(args: argparse.Namespace, mode: dict[str, Any], model: Path,
     return [f"data.path={args.corpus}", f"data.include={json.dumps(mode['include'])}",
             f"data.block_size={mode['block_size']}", "data.overlap=16",
             "data.val_fraction=0", f"model.name={model}", "lora.enabled=true", "lora.r=16",
-            "lora.alpha=32", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,up_proj,down_proj]",
+            "lora.alpha=32",  # on every linear layer: doctune's default
             f"train.output_dir={out}", f"train.micro_batch_size={MICRO_BATCH}",
             "train.grad_accum=1", "train.lr=2e-3", "train.warmup_steps=2",
-            "train.precision=fp32", "train.compile=off", "train.eval_every=0",
+            f"train.precision={args.precision}", "train.compile=off", "train.eval_every=0",
             "train.save_every=0", "train.sample_max_new_tokens=1", "log.tensorboard=false",
             "log.report=false", "log.progress=false", f"knowledge.synth_dir={synth}"]
 
@@ -149,9 +149,14 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench_knowledge")
     p.add_argument("--teacher-url", help="an OpenAI-compatible server (llama.cpp, Ollama) for synth")
     p.add_argument("--teacher-model", default="teacher")
+    p.add_argument("--precision", default="auto", help="train.precision: auto (bf16 where the "
+                   "device has it natively), bf16, fp16 or fp32")
+    p.add_argument("--budget", type=int, default=None, help="input tokens per recipe (default: "
+                   "2,048 quick, 80,000 full)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
-    mode = MODES["quick" if args.quick else "full"]
+    mode = dict(MODES["quick" if args.quick else "full"])
+    mode["budget"] = args.budget or mode["budget"]
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
@@ -179,7 +184,8 @@ def main() -> None:
         rows.append(run_recipe(name, shares, args, mode, model, synth_dir))
         print(f"{name} done ({time.perf_counter() - started:.0f} s)", flush=True)
     chance = base.get("heldout_mc_chance")
-    print(f"\nSmolLM2-135M-Instruct, LoRA r=16, {'quick' if args.quick else 'full'} mode, "
+    print(f"\nSmolLM2-135M-Instruct, LoRA r=16 on every linear layer, precision "
+          f"{args.precision}, {'quick' if args.quick else 'full'} mode, "
           f"budget {mode['budget']:,} input tokens per recipe; MC chance "
           f"{fmt(chance)}, {base.get('heldout_mc_acc_n', 0)} held-out MC items, "
           f"{base.get('heldout_em_n', 0)} held-out / {base.get('trained_em_n', 0)} trained "

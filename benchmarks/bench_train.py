@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
             for rep, runner in ((rep, r) for rep in range(args.repeat) for r in runners):
                 work = work_root / f"{shape}-{name}-{runner}-{rep}"
-                work.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(work, ignore_errors=True)  # a kept --work from an earlier run
+                work.mkdir(parents=True)
                 print(f"[{shape} {name}] {runner} (load average {os.getloadavg()[0]:.2f}) ...",
                       flush=True)
                 side = (run_baseline(job, work, args.echo) if runner == "baseline"
