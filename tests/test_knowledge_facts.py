@@ -155,6 +155,11 @@ def test_split_is_stable_when_docs_are_added() -> None:
 
 def test_split_keeps_a_document_to_train_on_and_checks_fractions() -> None:
     assert control_documents(["only.md"], seed=0, fraction=0.99) == ()
+    few = [f"config/{k}.md" for k in range(8)]
+    by_hash = sorted(few, key=lambda d: unit_hash("doc:" + d, 0))
+    assert all(unit_hash("doc:" + d, 0) >= 0.05 for d in few)  # the threshold picks none...
+    assert control_documents(few, seed=0, fraction=0.05) == (by_hash[0],)  # ...so one is taken
+    assert control_documents(few, seed=0, fraction=0.0) == ()
     with pytest.raises(ConfigError, match="heldout_fraction"):
         split_facts([], seed=0, heldout_fraction=1.5)
     assert 0.0 <= unit_hash("x", 1) < 1.0 and unit_hash("x", 1) == unit_hash("x", 1)

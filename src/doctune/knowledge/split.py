@@ -47,11 +47,15 @@ class SplitPlan:
 def control_documents(docs: Iterable[str], *, seed: int, fraction: float) -> tuple[str, ...]:
     """The documents kept out of training as a control (sorted).
 
-    Each document is a control when its hash falls under ``fraction``; when that would
-    leave no document to train on, none is.
+    Each document is a control when its hash falls under ``fraction`` (so adding documents
+    does not move the others); when that picks none of a few documents, the one with the
+    lowest hash is (a control is the only measure of what training did to unseen text);
+    when it would leave no document to train on, none is.
     """
     docs = sorted(set(docs))
     chosen = tuple(d for d in docs if unit_hash("doc:" + d, seed) < fraction)
+    if not chosen and fraction > 0 and len(docs) >= 2:
+        chosen = (min(docs, key=lambda d: unit_hash("doc:" + d, seed)),)
     return () if len(chosen) == len(docs) else chosen
 
 
