@@ -131,3 +131,34 @@ def test_generate_chat_needs_a_template(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"no chat template.*without --chat"):
         chat_prompt(bpe_tokenizer("smollm"), "hi")
+
+
+SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+           "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize(("family", "default"), [
+    ("smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+    ("qwen2.5", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+    ("llama3.2", None),  # dates in the system header, but no default text
+    ("gemma3", None),  # no system turn: the text goes into the user's
+    ("doctune", None),
+    ("base", None),
+])
+def test_the_default_system_prompt_goes_into_the_modelfile(family: str, default: str | None,
+                                                           gpt2_tokenizer_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from chat_templates import build_chat_tokenizer
+    from doctune.export.modelfile import default_system_prompt
+
+    tok = AutoTokenizer.from_pretrained(build_chat_tokenizer(
+        "qwen2.5" if family in ("smollm2", "doctune") else family, gpt2_tokenizer_dir, tmp_path))
+    tok.chat_template = {"smollm2": SMOLLM2, "doctune": DEFAULT_CHAT_TEMPLATE}.get(family, tok.chat_template)
+    assert default_system_prompt(tok) == default
+    text = modelfile("m.gguf", num_ctx=2048, stop="<|im_end|>", chat_template=tok.chat_template,
+                     system=default)
+    assert (f'\nSYSTEM """{default}"""\n' in text) == (default is not None)
+    assert ("SYSTEM" in text) == (default is not None)

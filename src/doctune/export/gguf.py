@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doctune.errors import ExportError
-from doctune.export.modelfile import modelfile
+from doctune.export.modelfile import default_system_prompt, modelfile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -203,7 +203,7 @@ def export_gguf(source: str | Path, out: Path, *, quant: str = "f16", base: str 
         notes = write_gguf(loaded.model, loaded.tokenizer, tmp / file_name, quant=quant, name=name)
         tok = loaded.tokenizer
         text = modelfile(file_name, num_ctx=context_length(loaded.model) or 1024, stop=stop_tokens(tok),
-                         chat_template=chat_template(tok))
+                         chat_template=chat_template(tok), system=default_system_prompt(tok))
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
         card = model_card(src, out=out, title=f"{name} (doctune, GGUF {quant})",
                           usage=_gguf_usage(file_name, out) + [f"- {n}" for n in notes],

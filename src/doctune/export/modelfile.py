@@ -11,6 +11,7 @@ without a chat template is a completion model: the prompt goes in unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 REPEAT_PENALTY = 1.1
 """Ollama's repeat_penalty in the Modelfile: small models loop without a little of it."""
@@ -70,17 +71,47 @@ def chat_format(chat_template: str | None) -> ChatFormat:
     return GENERIC
 
 
+def default_system_prompt(tokenizer: Any) -> str | None:
+    """The system text a chat template puts in when the conversation has none (SmolLM2's
+    "You are a helpful AI assistant named SmolLM...", Qwen2.5's "You are Qwen..."), or None.
+
+    Found by rendering one user turn with a marker system turn and without one: where the
+    second has text in the marker's place, that text is the default. Ollama never runs the
+    Jinja template, so the Modelfile states it as ``SYSTEM``."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark, user = "doctune-system-marker", "doctune-user-marker"
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True))
+
+    try:
+        with_mark = render([{"role": "system", "content": mark}, {"role": "user", "content": user}])
+        without = render([{"role": "user", "content": user}])
+    except Exception:  # a template that refuses a system turn (or any other input) has none
+        return None
+    if with_mark.count(mark) != 1:
+        return None
+    pre, post = with_mark.split(mark)
+    if len(without) < len(pre) + len(post) or not (without.startswith(pre) and without.endswith(post)):
+        return None
+    text = without[len(pre):len(without) - len(post)]
+    return text if text.strip() else None
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def modelfile(gguf_name: str, *, num_ctx: int, stop: str | list[str] | None,
-              chat_template: str | None = None) -> str:
+              chat_template: str | None = None, system: str | None = None) -> str:
     """An Ollama ``Modelfile`` for the GGUF file ``gguf_name`` in the same folder.
 
     ``stop`` is the end-of-text token (or the model's stop tokens); the chat format's own
     stop strings are added. Sampling defaults are those of ``doctune generate``;
-    ``num_ctx`` is capped at :data:`MAX_NUM_CTX`.
+    ``num_ctx`` is capped at :data:`MAX_NUM_CTX`. ``system`` (the template's default system
+    prompt, :func:`default_system_prompt`) becomes the ``SYSTEM`` line.
     """
     from doctune.generate import Sampling
 
@@ -103,4 +134,7 @@ def modelfile(gguf_name: str, *, num_ctx: int, stop: str | list[str] | None,
              f"PARAMETER top_p {s.top_p:g}",
              f"PARAMETER repeat_penalty {REPEAT_PENALTY:g}"]
     lines += [f"PARAMETER stop {_quote(t)}" for t in stops]
+    if system and fmt.name not in ("completion",):
+        lines += ["", "# The chat template's default system prompt (used when a chat has none).",
+                  f'SYSTEM """{system.replace(chr(34) * 3, chr(39) * 3)}"""']
     return "\n".join(lines) + "\n"
