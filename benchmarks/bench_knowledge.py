@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -202,6 +203,8 @@ def main() -> None:
                    "2,048 quick, 80,000 full)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
+    # a SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the teacher server is stopped too
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     mode = dict(MODES["quick" if args.quick else "full"])
     mode["budget"] = args.budget or mode["budget"]
     args.work.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,27 @@ def test_falls_back_to_plain_content_when_schema_is_refused(tmp_path: Path) -> N
     with fake_openai(answer) as server:
         results = _teacher(server.url, tmp_path, [], max_workers=1).run([PORT, HOST])
     assert [len(r.qa) for r in results] == [1, 0]
-    assert [("response_format" in b) for b in server.requests] == [True, False, False]
+    # json_schema refused, then json_object refused: plain content from then on
+    assert [b.get("response_format", {}).get("type") for b in server.requests] == [
+        "json_schema", "json_object", None, None]
+
+
+def test_llama_cpp_python_server_gets_json_object_with_the_schema(tmp_path: Path) -> None:
+    """llama-cpp-python's server answers an unknown response_format with a 500 naming it, and
+    constrains the reply by a schema given with json_object."""
+    def answer(body: dict[str, Any], n: int) -> tuple[int, Any]:
+        kind = body.get("response_format", {}).get("type")
+        if kind == "json_schema":
+            return 500, {"error": {"message": "[{'type': 'literal_error', 'loc': ('body', "
+                                   "'response_format', 'type'), 'msg': \"Input should be 'text' "
+                                   "or 'json_object'\"}]"}}
+        assert kind == "json_object" and body["response_format"]["schema"]["type"] == "object"
+        return 200, GOOD
+    with fake_openai(answer) as server:
+        results = _teacher(server.url, tmp_path, [], max_workers=1).run([PORT, HOST])
+    assert [len(r.qa) for r in results] == [1, 0] and all(r.error is None for r in results)
+    assert [b["response_format"]["type"] for b in server.requests] == [
+        "json_schema", "json_object", "json_object"]  # no retries, no backoff
 
 
 def test_parse_reply_and_supported() -> None:

@@ -186,7 +186,7 @@ class Teacher:
         self.cache_dir = Path(cache_dir)
         self._sleep = sleep
         self._key = api_key(config)
-        self._schema_ok = True  # until the server refuses response_format json_schema
+        self._format = 0  # index into _response_formats(): lowered when a server refuses one
         if client is None:
             from openai import OpenAI
 
@@ -273,7 +273,7 @@ class Teacher:
         return result
 
     def _complete(self, section: Section) -> str:
-        from openai import BadRequestError
+        from openai import BadRequestError, InternalServerError, UnprocessableEntityError
 
         cfg = self.config
         prompt = USER_PROMPT.format(doc=section.doc, title=" > ".join(section.path) or section.doc,
@@ -283,16 +283,28 @@ class Teacher:
             "model": cfg.model, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
             "messages": [{"role": "system", "content": SYSTEM_PROMPT},
                          {"role": "user", "content": prompt}]}
-        if self._schema_ok:
-            fmt = {"type": "json_schema", "json_schema": {
-                "name": "study_material", "schema": RESPONSE_SCHEMA, "strict": True}}
+        while self._format < len(FORMATS) - 1:
+            fmt = FORMATS[self._format]
             try:
                 reply = self._client.chat.completions.create(response_format=fmt, **kwargs)
                 return str(reply.choices[0].message.content or "")
-            except BadRequestError:
-                self._schema_ok = False  # the server does not take a schema: plain content
+            except (BadRequestError, UnprocessableEntityError, InternalServerError) as e:
+                # a server that does not take this response_format: the next, simpler one.
+                # (llama.cpp's Python server answers an unknown one with a 500.)
+                if isinstance(e, InternalServerError) and "response_format" not in str(e):
+                    raise
+                self._format = max(self._format, FORMATS.index(fmt) + 1)
         reply = self._client.chat.completions.create(**kwargs)
         return str(reply.choices[0].message.content or "")
+
+
+FORMATS: tuple[dict[str, Any] | None, ...] = (
+    {"type": "json_schema", "json_schema": {"name": "study_material", "schema": RESPONSE_SCHEMA,
+                                            "strict": True}},  # OpenAI, vLLM, Ollama, llama-server
+    {"type": "json_object", "schema": RESPONSE_SCHEMA},  # llama-cpp-python's server
+    None,  # plain text: the reply is parsed as JSON all the same
+)
+"""The ``response_format`` asked for, in order; a server that refuses one gets the next."""
 
 
 def _retryable(error: Exception) -> bool:
