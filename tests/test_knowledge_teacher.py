@@ -105,7 +105,7 @@ def test_key_is_sent_but_never_written_or_shown(tmp_path: Path) -> None:
         text = f.read_text(encoding="utf-8")
         assert SECRET not in text and "sk-test" not in text
         data = json.loads(text)
-        assert data["model"] == "teacher-7b" and data["prompt_version"] == "1"
+        assert data["model"] == "teacher-7b" and data["prompt_version"] == "2"
     leak = {"error": {"message": f"Incorrect API key provided: {SECRET}"}}
     with fake_openai(lambda body, n: (401, leak)) as server:
         (res,) = _teacher(server.url, tmp_path / "x", []).run([PORT])
@@ -203,3 +203,18 @@ def test_a_torn_cache_file_is_asked_again(tmp_path: Path) -> None:
         (res,) = teacher.run([PORT])
         assert not res.cached and len(server.requests) == 2 and len(res.qa) == 1
         assert json.loads(cache_file.read_text(encoding="utf-8"))["qa"] == res.qa
+
+
+def test_rephrasings_must_be_about_their_section(tmp_path: Path) -> None:
+    from doctune.knowledge.teacher import grounded
+
+    section = "The dev server listens on port `5173` by default. Set `server.port` to change it."
+    assert grounded("By default the dev server uses port 5173; change it with server.port.", section)
+    assert not grounded("...", section)  # a small teacher echoing the prompt's example
+    assert not grounded("Port 5173.", section)  # too short to be a rephrasing
+    assert not grounded("Kubernetes pods restart after their liveness probes fail repeatedly.", section)
+    reply = json.dumps({"qa": [], "rephrasings": ["...", "The dev server listens on 5173 unless server.port says otherwise."]})
+    with fake_openai(lambda body, n: (200, reply)) as server:
+        (res,) = _teacher(server.url, tmp_path, []).run([PORT])
+    assert res.rephrasings == ["The dev server listens on 5173 unless server.port says otherwise."]
+    assert res.dropped_rephrasings == ["..."]

@@ -14,7 +14,8 @@ rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``ou
 - ``manifest.json``: ``version``, ``seed``, ``heldout_fraction``, ``control_fraction``,
   ``docs`` (documents read), ``control_docs`` (documents the lead's training must leave
   out), ``counts`` (lines per file, and facts per split and per kind), ``teacher``
-  (``null``, or ``{"model", "sections", "asked", "cached", "failed", "dropped_qa"}`` —
+  (``null``, or ``{"model", "sections", "asked", "cached", "failed", "dropped_qa",
+  "dropped_rephrasings"}`` —
   never a key or a URL);
 - ``cache/teacher/``: the teacher's answers per section (see
   :mod:`~doctune.knowledge.teacher`), so a re-run after a docs change asks only about
@@ -158,7 +159,8 @@ def _run_teacher(config: TeacherConfig, texts: Sequence[tuple[str, str]], cache:
     failed = [r for r in results if r.error]
     info = {"model": config.model, "sections": len(sections),
             "asked": sum(1 for r in results if not r.cached), "cached": sum(r.cached for r in results),
-            "failed": len(failed), "dropped_qa": sum(len(r.dropped) for r in results)}
+            "failed": len(failed), "dropped_qa": sum(len(r.dropped) for r in results),
+            "dropped_rephrasings": sum(len(r.dropped_rephrasings) for r in results)}
     errors = [f"teacher gave nothing for a section of {r.error}" for r in failed if r.error]
     return [r for r in results if not r.error], info, errors
 
@@ -270,6 +272,7 @@ def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
     if t:
         lines.append(f"teacher {t['model']}: {t['sections']} sections, {t['asked']} asked, "
                      f"{t['cached']} from cache, {t['failed']} failed, {t['dropped_qa']} "
-                     "answers dropped (not in the section)")
+                     "answers dropped (not in the section), "
+                     f"{t.get('dropped_rephrasings', 0)} rephrasings dropped (not about it)")
     lines += format_issues(summary.skipped, summary.warnings, max_lines=max_lines)
     return "\n".join(lines)

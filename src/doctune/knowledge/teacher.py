@@ -36,7 +36,7 @@ from typing import Any
 from doctune.errors import ConfigError, DataError
 from doctune.knowledge.sections import Section
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"  # 2: rephrasings checked against the section
 DEFAULT_KEY_ENV = "DOCTUNE_TEACHER_API_KEY"
 FALLBACK_KEY_ENV = "OPENAI_API_KEY"
 NO_KEY = "not-needed"
@@ -112,6 +112,7 @@ class SectionResult:
     qa: list[dict[str, str]] = field(default_factory=list)
     dropped: list[dict[str, str]] = field(default_factory=list)
     rephrasings: list[str] = field(default_factory=list)
+    dropped_rephrasings: list[str] = field(default_factory=list)
     cached: bool = False
     requests: int = 0
     error: str | None = None
@@ -132,6 +133,23 @@ def supported(answer: str, section_text: str) -> bool:
     span of ``section_text``, white space collapsed and case folded."""
     core = answer.strip().strip("\"'`").rstrip(".;:,!").strip()
     return bool(core) and _norm(core) in _norm(section_text)
+
+
+MIN_REPHRASING_WORDS = 5
+GROUNDED_SHARE = 0.4
+
+
+def grounded(rephrasing: str, section_text: str) -> bool:
+    """Whether a rephrasing is about its section: at least :data:`MIN_REPHRASING_WORDS` words,
+    and at least :data:`GROUNDED_SHARE` of its distinct words of 3+ letters found in the
+    section (a rewording keeps the names and terms; an echo of the prompt's "..." or a made-up
+    paragraph does not)."""
+    words = re.findall(r"[a-z0-9_]+", rephrasing.lower())
+    if len(words) < MIN_REPHRASING_WORDS:
+        return False
+    distinct = {w for w in words if len(w) >= 3}
+    section = set(re.findall(r"[a-z0-9_]+", section_text.lower()))
+    return bool(distinct) and len(distinct & section) >= GROUNDED_SHARE * len(distinct)
 
 
 def parse_reply(content: str) -> dict[str, Any]:
@@ -186,7 +204,7 @@ class Teacher:
         self.cache_dir = Path(cache_dir)
         self._sleep = sleep
         self._key = api_key(config)
-        self._format = 0  # index into _response_formats(): lowered when a server refuses one
+        self._format = 0  # index into FORMATS: raised when a server refuses one
         if client is None:
             from openai import OpenAI
 
@@ -233,7 +251,9 @@ class Teacher:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return SectionResult(section, qa=list(data["qa"]), dropped=list(data["dropped"]),
-                                 rephrasings=list(data["rephrasings"]), cached=True)
+                                 rephrasings=list(data["rephrasings"]),
+                                 dropped_rephrasings=list(data.get("dropped_rephrasings", [])),
+                                 cached=True)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent, torn or edited by hand: ask again
 
@@ -241,7 +261,8 @@ class Teacher:
         sec = result.section
         data = {"model": self.config.model, "prompt_version": PROMPT_VERSION,
                 "section_hash": sec.content_hash, "doc": sec.doc, "section": list(sec.path),
-                "qa": result.qa, "dropped": result.dropped, "rephrasings": result.rephrasings}
+                "qa": result.qa, "dropped": result.dropped, "rephrasings": result.rephrasings,
+                "dropped_rephrasings": result.dropped_rephrasings}
         path = self._path(sec)
         tmp = path.with_suffix(f".tmp{os.getpid()}.{id(result)}")
         tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -255,7 +276,7 @@ class Teacher:
             result.requests += 1
             try:
                 content = self._complete(section)
-                qa, result.rephrasings = _pairs(parse_reply(content))
+                qa, reph = _pairs(parse_reply(content))
             except ValueError as e:  # unreadable JSON: ask again
                 result.error = f"{section.doc}: {e}"
                 continue
@@ -267,6 +288,8 @@ class Teacher:
                 continue
             result.qa = [p for p in qa if supported(p["answer"], section.text)]
             result.dropped = [p for p in qa if not supported(p["answer"], section.text)]
+            result.rephrasings = [r for r in reph if grounded(r, section.text)]
+            result.dropped_rephrasings = [r for r in reph if not grounded(r, section.text)]
             result.error = None
             self._write_cache(result)
             return result
