@@ -14,8 +14,9 @@ length of its mix). Printed per recipe: held-out-question EM and MC accuracy bef
 after, trained-question EM, held-out (control) document perplexity, general-text
 perplexity change, stop rate, tokens trained (that carry loss), wall time.
 
-    python benchmarks/bench_knowledge.py --quick      # 4 pages, 2k tokens: ~3 min on 2 idle cores
-    python benchmarks/bench_knowledge.py              # the config/ pages, 80k tokens per recipe
+    python benchmarks/bench_knowledge.py --quick      # 4 pages, 2k tokens: ~2.5 min on 2 idle cores
+    python benchmarks/bench_knowledge.py              # the config/ pages, 80k tokens per recipe: ~35 min
+    python benchmarks/bench_knowledge.py --quick --teacher-gguf smollm2   # + a llama.cpp teacher
 """
 
 from __future__ import annotations
