@@ -70,6 +70,7 @@ def test_writes_consistent_files_deterministically(docs: Path, tmp_path: Path) -
         assert m["options"][m["answer_index"]] == by_id[m["fact_id"]]["answer"]
         assert m["chance"] == 1 / m["num_options"]
     assert {r["split"] for r in reph} <= {"trained", "heldout", "control"}
+    assert len({r["text"] for r in reph}) == len(reph)  # a sentence of two facts: once
     assert set(manifest["counts"]["facts_by_split"]) == {"trained", "heldout", "control"}
     first = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
     synthesize(docs, out, seed=5, control_fraction=0.2)
@@ -133,3 +134,17 @@ def test_teacher_pairs_cache_and_changed_docs(docs: Path, tmp_path: Path,
         if p.is_file():
             text = p.read_text(encoding="utf-8")
             assert SECRET not in text and "127.0.0.1" not in text
+
+
+def test_a_sentence_holding_two_facts_is_restated_once(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Build\n\n## Output\n\nUse `outDir` together with `emptyOutDir` to "
+                               "clear the folder before each build of the site.\n", encoding="utf-8")
+    (docs / "b.md").write_text("# Other\n\n## Port\n\n- **Default:** `5173`\n\nThe port to "
+                               "listen on.\n", encoding="utf-8")
+    synthesize(docs, tmp_path / "out", seed=0, control_fraction=0.0)
+    facts = [f for f in _lines(tmp_path / "out" / "facts.jsonl") if f["doc"] == "a.md"]
+    assert {f["answer"] for f in facts} >= {"outDir", "emptyOutDir"}
+    texts = [r["text"] for r in _lines(tmp_path / "out" / "rephrasings.jsonl")]
+    assert len(texts) == len(set(texts)) and any("emptyOutDir" in t for t in texts)

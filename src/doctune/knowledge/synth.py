@@ -214,6 +214,9 @@ def synthesize(
         t_qa, t_reph = _teacher_rows(results, controls, teacher.model, seed=seed,
                                      heldout_fraction=heldout_fraction)
         qa, reph = qa + t_qa, reph + t_reph
+    # one sentence holding two facts (two identifiers, say) restates as the same text twice:
+    # trained once (the first, by fact order), not weighted double
+    reph = _first_of_each_text(reph)
     keep = _unambiguous_questions(qa)
     qa = [q for q in qa if q.question in keep]
     mc: list[MCItem] = [m for m in mc_items(facts, plan.splits, seed=seed) if m.question in keep]
@@ -250,6 +253,17 @@ def _write_all(out: Path, facts: Sequence[Fact], splits: dict[str, str],
     counts["qa_by_split"] = dict(sorted(Counter(q.split for q in qa).items()))
     counts["qa_by_source"] = dict(sorted(Counter(q.source for q in qa).items()))
     return counts
+
+
+def _first_of_each_text(reph: Sequence[Rephrasing]) -> list[Rephrasing]:
+    """``reph`` without the rephrasings whose text came before, in order."""
+    seen: set[str] = set()
+    out = []
+    for r in reph:
+        if r.text not in seen:
+            seen.add(r.text)
+            out.append(r)
+    return out
 
 
 def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
