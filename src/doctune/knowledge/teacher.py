@@ -306,17 +306,16 @@ class Teacher:
             "model": cfg.model, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
             "messages": [{"role": "system", "content": SYSTEM_PROMPT},
                          {"role": "user", "content": prompt}]}
-        while self._format < len(FORMATS) - 1:
-            fmt = FORMATS[self._format]
+        while (k := self._format) < len(FORMATS) - 1:
             try:
-                reply = self._client.chat.completions.create(response_format=fmt, **kwargs)
+                reply = self._client.chat.completions.create(response_format=FORMATS[k], **kwargs)
                 return str(reply.choices[0].message.content or "")
             except (BadRequestError, UnprocessableEntityError, InternalServerError) as e:
                 # a server that does not take this response_format: the next, simpler one.
                 # (llama.cpp's Python server answers an unknown one with a 500.)
                 if isinstance(e, InternalServerError) and "response_format" not in str(e):
                     raise
-                self._format = max(self._format, FORMATS.index(fmt) + 1)
+                self._format = max(self._format, k + 1)  # another thread may be past it
         reply = self._client.chat.completions.create(**kwargs)
         return str(reply.choices[0].message.content or "")
 
