@@ -197,3 +197,23 @@ def test_bf16_projection_with_an_odd_vocabulary() -> None:
     loss, (dh, _, _) = chunked_linear_cross_entropy(h, w, b, y, rows=7, dtype=torch.bfloat16)
     assert float(loss) == pytest.approx(float(ref), rel=1e-5)
     assert dh is not None and torch.allclose(dh, ref_dh.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_bf16_gradients_ignore_whatever_the_buffers_held_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh buffers hold what earlier allocations left, NaN included (an evaluation before
+    the first step did, with PyTorch 2.13's bf16 CPU product): the gradients must not see it."""
+    torch.manual_seed(0)
+    n, c, vocab = 60, 32, 50257  # 60 rows take the bf16 kernel that reads a row's padding
+    h, w = torch.randn(n, c), torch.randn(vocab, c) * 0.02
+    y = torch.randint(0, vocab, (n,))
+    real_empty = torch.empty
+
+    def garbage(*size: object, **kw: object) -> torch.Tensor:
+        t = real_empty(*size, **kw)  # type: ignore[call-overload]
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    loss, (dh, _, _) = chunked_linear_cross_entropy(h, w, None, y, rows=333, dtype=torch.bfloat16)
+    monkeypatch.setattr(torch, "empty", garbage)
+    loss2, (dh2, _, _) = chunked_linear_cross_entropy(h, w, None, y, rows=333, dtype=torch.bfloat16)
+    assert dh is not None and dh2 is not None and torch.isfinite(dh2).all()
+    assert float(loss2) == float(loss) and torch.equal(dh2, dh)

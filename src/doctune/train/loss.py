@@ -198,6 +198,24 @@ def _project(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torc
             torch.addmm(b[lo:hi], h, w[lo:hi].t(), out=out[:, lo:hi])
 
 
+def _chunk_buffers(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, *,
+                   in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and fp32 probabilities of one chunk, (rows, V) each (one buffer in fp32).
+
+    Two reusable buffers instead of fresh allocations per chunk: large CPU tensors are
+    mmapped, page-faulted in and unmapped on each allocation. The logits' rows are padded to
+    a multiple of 8 and the product is split at the last multiple of 8 below V: a BLAS
+    product whose output width is odd (GPT-2: 50,257) runs ~25% below peak. The padding
+    columns are zeroed: PyTorch's bf16 CPU product reads a strided operand's row up to its
+    stride (masked to zero), so garbage there, e.g. a NaN, would leak into the gradients.
+    """
+    padded = -(-vocab // _ALIGN) * _ALIGN
+    buffer = torch.empty(rows, padded, dtype=dtype, device=device)
+    buffer[:, vocab:].zero_()
+    logits = buffer[:, :vocab]
+    return logits, (logits if in_place else torch.empty(rows, vocab, device=device))
+
+
 def chunked_linear_cross_entropy(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -227,16 +245,9 @@ def chunked_linear_cross_entropy(
     # Weight/bias gradients accumulate over chunks in fp32 (a sum of M outer products).
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_weight else None
     grad_b = torch.zeros(vocab, dtype=torch.float32, device=h.device) if need_bias else None
-    # Two reusable chunk buffers instead of fresh allocations per chunk: large CPU tensors
-    # are mmapped, page-faulted in and unmapped on each allocation. The logits buffer's rows
-    # are padded to a multiple of 8 and the product is split at the last multiple of 8 below
-    # V: a BLAS product whose output width is odd (GPT-2: 50,257) runs ~25% below peak.
-    # Only the first V columns are ever read.
     aligned = vocab // _ALIGN * _ALIGN
-    padded = -(-vocab // _ALIGN) * _ALIGN
-    logits = torch.empty(rows, padded, dtype=mm_dtype, device=h.device)[:, :vocab]  # (rows, V)
     in_place = mm_dtype == torch.float32  # the softmax overwrites the logits
-    probs = logits if in_place else torch.empty(rows, vocab, device=h.device)
+    logits, probs = _chunk_buffers(rows, vocab, mm_dtype, h.device, in_place=in_place)
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     need_grad = need_h or need_weight or need_bias
     with torch.no_grad():
