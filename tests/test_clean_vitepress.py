@@ -141,6 +141,23 @@ def test_toc_snippet_imports_and_heading_anchors() -> None:
     assert clean(src) == "# Guide\n\n## Custom Anchor\n\nText.\n"
 
 
+def test_toc_in_any_case_and_anchors_with_non_ascii_ids() -> None:
+    """VitePress matches `[[TOC]]` in any case and takes any id up to the brace."""
+    src = """
+    # Über uns {#über–uns}
+
+    [[TOC]]
+
+    ## Release notes {#v2.0–beta_1}
+
+    [[Toc]]
+
+    Text with `[[TOC]]` in code stays.
+    """
+    assert clean(src) == ("# Über uns\n\n## Release notes\n\n"
+                          "Text with `[[TOC]]` in code stays.\n")
+
+
 def test_detection_by_folder_and_by_content(tmp_path: Path) -> None:
     site = tmp_path / "docs"
     (site / ".vitepress").mkdir(parents=True)

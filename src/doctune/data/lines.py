@@ -49,13 +49,15 @@ _GH_ALERT = re.compile(
 )
 # A link definition pointing nowhere is the Markdown comment idiom: [//]: # (text)
 _LINK_COMMENT = re.compile(r"[ \t]{0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>)(?:[ \t].*)?")
-_HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[\w.:-]+[ \t]*\\?\}[ \t]*")
+# The id is anything up to the brace: VitePress takes `{#über–uns}` (an en dash) as well.
+_HEADING_ID = re.compile(r"([ \t]{0,3}#{1,6}[ \t].*?)[ \t]*\\?\{[ \t]*#[^\s{}\\]+[ \t]*\\?\}[ \t]*")
 # Containers that lay out their content rather than label it (VitePress, Starlight...).
 _UNTITLED = frozenset(("code-group", "raw", "v-pre", "tabs", "steps", "columns", "center",
                        "details", "div", "section"))
 # Whole-line template tags: Hugo shortcodes, Liquid/Jekyll/GitBook tags, VitePress TOC and
-# code imports. Read as Markdown they would print as text.
-_TEMPLATE_LINE = re.compile(r"[ \t]*(?:\{\{[<%].*[>%]\}\}|\{%.*%\}|\[\[toc\]\]|<<< .*)[ \t]*")
+# code imports (VitePress matches `[[toc]]` in any case). Read as Markdown they would print
+# as text.
+_TEMPLATE_LINE = re.compile(r"[ \t]*(?:\{\{[<%].*[>%]\}\}|\{%.*%\}|\[\[(?i:toc)\]\]|<<< .*)[ \t]*")
 _ESM_LINE = re.compile(r"(?:import|export)(?=[\s{*'\"])")
 _CANDIDATE = re.compile(r"^[ \t]*(?:import|export|```|~~~|:::|>|\[|#|\{[{%]|<<< )", re.M)
 
