@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from doctune.atomic import write_json
 from doctune.errors import ConfigError, DataError
 from doctune.knowledge.sections import Section
 
@@ -263,10 +264,7 @@ class Teacher:
                 "section_hash": sec.content_hash, "doc": sec.doc, "section": list(sec.path),
                 "qa": result.qa, "dropped": result.dropped, "rephrasings": result.rephrasings,
                 "dropped_rephrasings": result.dropped_rephrasings}
-        path = self._path(sec)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{id(result)}")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(path)
+        write_json(self._path(sec), data)
 
     def _ask(self, section: Section) -> SectionResult:
         result = SectionResult(section)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from doctune.atomic import write_text
 from doctune.errors import ConfigError
 
 # TensorBoard tag of each metrics key; keys not listed go under "other/".
@@ -65,9 +65,7 @@ def truncate_jsonl(path: Path, keep_through_step: int) -> None:
     if not path.is_file():
         return
     kept = [row for row in read_jsonl(path) if int(row.get("step", 0)) <= keep_through_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(_dumps(row) + "\n" for row in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(_dumps(row) + "\n" for row in kept))
 
 
 def _dumps(row: dict[str, Any]) -> str:
