@@ -112,6 +112,7 @@ def llama_server(gguf: Path, log: Path, *, timeout: float = 300.0) -> Iterator[s
 def mean_window_tokens(cfg: Any, work: Path) -> float:
     """Mean input tokens of a window of this recipe's training set (no model needed)."""
     from doctune.data.prepare import prepare
+    from doctune.data.settings import DataSettings
     from doctune.data.store import TokenStore
     from doctune.data.tokenize import load_tokenizer
     from doctune.rundir import RunDir
@@ -121,9 +122,8 @@ def mean_window_tokens(cfg: Any, work: Path) -> float:
     knowledge = load_knowledge(cfg, RunDir(work))
     assert knowledge is not None
     tok = load_tokenizer(cfg.model.name)
-    prepare(Path(d.path), work / "store", tokenizer=tok, block_size=d.block_size,
-            overlap=d.overlap, val_fraction=0.0, seed=d.seed, include=tuple(d.include),
-            exclude=tuple(knowledge.exclude), dialect=d.dialect)
+    settings = DataSettings.from_config(d, exclude=knowledge.exclude).but(val_fraction=0.0)
+    prepare(Path(d.path), work / "store", settings, tokenizer=tok)
     mixed = mix_training_set(cfg, knowledge, tok, TokenStore.open(work / "store").split("train"))
     return sum(len(mixed[i].ids) for i in range(len(mixed))) / len(mixed)
 

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from doctune.data.prepare import prepare
+    from doctune.data.settings import DataSettings
 
     tok = _tokenizer(args.tokenizer)
     texts = _raw_texts(args.corpora)
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         times["encode_batch_fast"].append(t)
         del _enc
         with tempfile.TemporaryDirectory(prefix="bench-prepare-") as out:
-            t, s = _timed(lambda: prepare(args.corpora, Path(out), tokenizer=tok,
-                                          workers=args.workers), cpu["prepare"])
+            t, s = _timed(lambda: prepare(args.corpora, Path(out), DataSettings.of(),
+                                          tokenizer=tok, workers=args.workers), cpu["prepare"])
         times["prepare"].append(t)
         phases.append(s.timings)
         summary = s.to_dict()

@@ -25,6 +25,7 @@ import test_train
 from doctune.errors import ConfigError
 from doctune.rundir import RunDir
 from doctune.train.loop import train
+from doctune.train.loss import LossModule
 from test_train import final_weights, make_cfg, metrics
 
 HERE = Path(__file__).parent
@@ -291,7 +292,7 @@ def test_fsdp_gets_one_dtype_for_mixed_dtype_parameters(model_dir: Path, one_ran
 
     ids = torch.tensor([[15496, 995, 13, 383]])
     with pytest.raises(AssertionError, match="uniform"):  # the trap, without doctune
-        fully_shard(dist.LossModule(mixed_model(), fused=True))(ids, ids)
+        fully_shard(LossModule(mixed_model(), fused=True))(ids, ids)
     model = mixed_model()
     module = dist.wrap(dist.DistEnv(parallel="fsdp"), model, fused=True, device=torch.device("cpu"))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
@@ -314,8 +315,8 @@ def test_resume_on_more_processes_keeps_the_global_batch_or_says_why_not(
                        grad_accum=6, world_size=1)
     run.checkpoint(2).state.write_text(json.dumps(asdict(saved)))
     notes: list[str] = []
-    two = _resume_accum(cfg, dist.DistEnv(rank=0, world=2), True, notes)
+    two = _resume_accum(cfg, dist.DistEnv(rank=0, world=2), run, notes)
     assert two.train.grad_accum == 3 and "train.grad_accum 6 -> 3" in notes[0]
-    assert _resume_accum(cfg, dist.DistEnv(), True, []) is cfg  # the same number of processes
+    assert _resume_accum(cfg, dist.DistEnv(), run, []) is cfg  # the same number of processes
     with pytest.raises(ConfigError, match="4 processes cannot share them evenly"):
-        _resume_accum(cfg, dist.DistEnv(rank=0, world=4), True, [])
+        _resume_accum(cfg, dist.DistEnv(rank=0, world=4), run, [])

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from chat_templates import FAMILIES, build_chat_tokenizer
+from doctune.data.store import IGNORE_INDEX
 from doctune.errors import ModelError
 from doctune.knowledge.chat import (
     CHATML_TOKENS,
     DEFAULT_CHAT_TEMPLATE,
-    IGNORE_INDEX,
     chat_template_of,
     end_of_turn_id,
     prepare_chat_tokenizer,

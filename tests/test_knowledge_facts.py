@@ -150,7 +150,7 @@ def test_split_is_stable_when_docs_are_added() -> None:
         want = ("control" if f.doc in b.control_docs else
                 "heldout" if unit_hash("fact:" + f.id, 7) < 0.25 else "trained")
         assert b.splits[f.id] == want
-    assert split_facts(big, seed=8).splits != b.splits
+    assert split_facts(big, seed=8, heldout_fraction=0.25, control_fraction=0.1).splits != b.splits
 
 
 def test_split_keeps_a_document_to_train_on_and_checks_fractions() -> None:
@@ -161,7 +161,7 @@ def test_split_keeps_a_document_to_train_on_and_checks_fractions() -> None:
     assert control_documents(few, seed=0, fraction=0.05) == (by_hash[0],)  # ...so one is taken
     assert control_documents(few, seed=0, fraction=0.0) == ()
     with pytest.raises(ConfigError, match="heldout_fraction"):
-        split_facts([], seed=0, heldout_fraction=1.5)
+        split_facts([], seed=0, heldout_fraction=1.5, control_fraction=0.1)
     assert 0.0 <= unit_hash("x", 1) < 1.0 and unit_hash("x", 1) == unit_hash("x", 1)
 
 

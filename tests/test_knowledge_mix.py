@@ -134,7 +134,10 @@ def _cfg(docs: Path, model: Path, out: Path, *overrides: str) -> list[str]:
 
 def test_training_windows_leave_out_heldout_questions_and_control_docs(
         docs: Path, tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
-    from doctune.train.setup import build_run
+    from doctune.config import resolve
+    from doctune.rundir import RunDir
+    from doctune.train.dist import DistEnv
+    from doctune.train.inputs import load_inputs
 
     synth = tmp_path / "synth"
     summary = synthesize(docs, synth, seed=3, control_fraction=0.3, heldout_fraction=0.3)
@@ -143,12 +146,9 @@ def test_training_windows_leave_out_heldout_questions_and_control_docs(
     cfg = load_config(None, _cfg(docs, model, tmp_path / "run", f"knowledge.synth_dir={synth}",
                                  "knowledge.qa_share=0.3", "knowledge.rephrase_share=0.2",
                                  "knowledge.replay_share=0.1", "train.max_steps=1"))
-    run = build_run(cfg, resume=False, quiet=True)
-    try:
-        texts = [run.tokenizer.decode(run.train[i].ids.tolist()) for i in range(len(run.train))]
-        tok = run.tokenizer
-    finally:
-        run.monitor.close()
+    inputs = load_inputs(resolve(cfg), DistEnv(), RunDir(tmp_path / "run"), resume=False)
+    train, tok = inputs.train, inputs.tokenizer
+    texts = [tok.decode(train[i].ids.tolist()) for i in range(len(train))]
     qa = [json.loads(x) for x in (synth / "qa.jsonl").read_text().splitlines()]
     trained = {q["question"] for q in qa if q["split"] == "trained"}
     held = {q["question"] for q in qa if q["split"] != "trained"} - trained
@@ -159,16 +159,16 @@ def test_training_windows_leave_out_heldout_questions_and_control_docs(
     for rel in summary.control_docs:  # no sentence of a control document anywhere
         body = DOCS[rel].split("\n\n")[1]
         assert body[:40] not in joined, rel
-    facts = run.facts.knowledge
-    assert facts is not None
+    assert inputs.knowledge is not None
+    facts = inputs.knowledge.summary
     assert facts["control_docs"] == summary.control_docs
     counts = facts["counts"]
-    assert sum(counts.values()) == len(run.train)
+    assert sum(counts.values()) == len(train)
     avail = facts["available"]
     assert avail["qa"] == len(trained)
     n = max(math.ceil(avail["docs"] / 0.4), math.ceil(avail["qa"] / 0.3),
             math.ceil(avail["rephrasings"] / 0.2))
-    assert len(run.train) == n
+    assert len(train) == n
     assert counts == {"qa": round(n * 0.3), "rephrasings": round(n * 0.2),
                       "replay": round(n * 0.1), "docs": n - sum(round(n * x) for x in (0.3, 0.2, 0.1))}
     assert "<|im_end|>" in tok.get_vocab() and tok.chat_template

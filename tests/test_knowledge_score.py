@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from chat_templates import build_chat_tokenizer
-from doctune.knowledge.chat import IGNORE_INDEX, prepare_chat_tokenizer, render_prompt, render_qa
+from doctune.data.store import IGNORE_INDEX
+from doctune.knowledge.chat import prepare_chat_tokenizer, render_prompt, render_qa
 from doctune.knowledge.metrics import mc_choice
 from doctune.knowledge.score import (
     greedy_answers,

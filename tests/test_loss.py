@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from doctune.data.store import IGNORE_INDEX
 from doctune.train.loss import (
-    IGNORE_INDEX,
     FusedLinearCrossEntropy,
     causal_lm_loss,
     chunked_linear_cross_entropy,

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from doctune.data.prepare import format_summary, prepare
+from doctune.data.settings import DataSettings
 from doctune.data.store import TokenStore
 from doctune.data.tokenize import load_tokenizer
 from doctune.errors import DataError, ModelError
@@ -45,8 +46,7 @@ def test_exact_windows_and_packing(tmp_path: Path, tok: Any) -> None:
     _words(tmp_path / "src" / "a.md", 39)  # 40 tokens + EOS = 41
     _words(tmp_path / "src" / "b.md", 8)  # 10 with EOS
     _words(tmp_path / "src" / "c.md", 1)  # 3 with EOS
-    s = prepare(tmp_path / "src", tmp_path / "out", tokenizer=tok, block_size=16, overlap=4,
-                val_fraction=0.0)
+    s = prepare(tmp_path / "src", tmp_path / "out", DataSettings.of(block_size=16, overlap=4, val_fraction=0.0), tokenizer=tok)
     assert s.tokens == {"train": 54, "val": 0, "total": 54}
     assert s.windows == {"train": 5, "val": 0, "total": 5}
     store = TokenStore.open(tmp_path / "out")
@@ -67,7 +67,7 @@ def test_fixture_docs_summary(docs: Path, tmp_path: Path, tok: Any) -> None:
     from doctune.data.clean import clean_markdown
     from doctune.data.dialect import detect_dialect
 
-    s = prepare(docs, tmp_path / "out", tokenizer=tok, block_size=128, overlap=16)
+    s = prepare(docs, tmp_path / "out", DataSettings.of(block_size=128, overlap=16), tokenizer=tok)
     assert (s.files_found, s.files_used, s.files_skipped, s.duplicates_removed) == (8, 7, 0, 1)
     assert s.duplicates == [{"rel": "versioned/redux/compose.md", "same_as": "redux/compose.md",
                              "bytes": 1991}]
@@ -96,17 +96,15 @@ def test_split_is_stable_when_files_are_added(tmp_path: Path, tok: Any) -> None:
     src = tmp_path / "src"
     for i in range(30):
         _words(src / f"page{i:02d}.md", 3 + i)
-    first = prepare(src, tmp_path / "out", tokenizer=tok, block_size=32, overlap=8,
-                    val_fraction=0.2)
+    first = prepare(src, tmp_path / "out", DataSettings.of(block_size=32, overlap=8, val_fraction=0.2), tokenizer=tok)
     before = {d["rel"]: d["split"] for d in TokenStore.open(tmp_path / "out").manifest["documents"]}
     assert first.documents == {"train": 26, "val": 4, "total": 30}
     for i in range(30, 40):
         _words(src / f"page{i:02d}.md", 3 + i)
-    prepare(src, tmp_path / "out", tokenizer=tok, block_size=32, overlap=8, val_fraction=0.2)
+    prepare(src, tmp_path / "out", DataSettings.of(block_size=32, overlap=8, val_fraction=0.2), tokenizer=tok)
     after = {d["rel"]: d["split"] for d in TokenStore.open(tmp_path / "out").manifest["documents"]}
     assert {rel: after[rel] for rel in before} == before
-    other = prepare(src, tmp_path / "out2", tokenizer=tok, block_size=32, overlap=8,
-                    val_fraction=0.2, seed=1)
+    other = prepare(src, tmp_path / "out2", DataSettings.of(block_size=32, overlap=8, val_fraction=0.2, seed=1), tokenizer=tok)
     assert other.documents["val"] != 0
     assert {d["rel"]: d["split"] for d in TokenStore.open(tmp_path / "out2").manifest["documents"]} != after
 
@@ -114,17 +112,17 @@ def test_split_is_stable_when_files_are_added(tmp_path: Path, tok: Any) -> None:
 def test_tiny_corpus_still_gets_a_validation_document(tmp_path: Path, tok: Any) -> None:
     _words(tmp_path / "src" / "a.md", 5)
     _words(tmp_path / "src" / "b.md", 6)
-    s = prepare(tmp_path / "src", tmp_path / "out", tokenizer=tok, block_size=16, overlap=2)
+    s = prepare(tmp_path / "src", tmp_path / "out", DataSettings.of(block_size=16, overlap=2), tokenizer=tok)
     assert s.documents == {"train": 1, "val": 1, "total": 2}
 
 
 def test_second_run_reuses_and_a_changed_file_is_the_only_one_redone(
         docs: Path, tmp_path: Path, tok: Any) -> None:
     out = tmp_path / "out"
-    s1 = prepare(docs, out, tokenizer=tok, block_size=64, overlap=8)
+    s1 = prepare(docs, out, DataSettings.of(block_size=64, overlap=8), tokenizer=tok)
     assert s1.cache == {"cleaned": 8, "clean_hits": 0, "tokenized": 7, "token_hits": 0}
     stamp = (out / "tokens.bin").stat().st_mtime_ns
-    s2 = prepare(docs, out, tokenizer=tok, block_size=64, overlap=8)
+    s2 = prepare(docs, out, DataSettings.of(block_size=64, overlap=8), tokenizer=tok)
     assert s2.cache == {"cleaned": 0, "clean_hits": 8, "tokenized": 0, "token_hits": 7}
     assert s2.store_reused and (out / "tokens.bin").stat().st_mtime_ns == stamp
     assert s2.tokens == s1.tokens and s2.windows == s1.windows
@@ -132,7 +130,7 @@ def test_second_run_reuses_and_a_changed_file_is_the_only_one_redone(
     old = TokenStore.open(out).manifest["documents"]
     with (docs / "redux" / "CoreConcepts.md").open("a", encoding="utf-8") as f:
         f.write("\nOne more paragraph about reducers.\n")
-    s3 = prepare(docs, out, tokenizer=tok, block_size=64, overlap=8)
+    s3 = prepare(docs, out, DataSettings.of(block_size=64, overlap=8), tokenizer=tok)
     assert s3.cache == {"cleaned": 1, "clean_hits": 7, "tokenized": 1, "token_hits": 6}
     assert not s3.store_reused and s3.tokens["total"] == s1.tokens["total"] + 9
     new = TokenStore.open(out).manifest["documents"]
@@ -140,14 +138,14 @@ def test_second_run_reuses_and_a_changed_file_is_the_only_one_redone(
     assert changed == ["redux/CoreConcepts.md"]
 
     # New window settings re-cut the store without cleaning or tokenising anything.
-    s4 = prepare(docs, out, tokenizer=tok, block_size=32, overlap=8)
+    s4 = prepare(docs, out, DataSettings.of(block_size=32, overlap=8), tokenizer=tok)
     assert s4.cache == {"cleaned": 0, "clean_hits": 8, "tokenized": 0, "token_hits": 7}
     assert not s4.store_reused and s4.tokens == s3.tokens and s4.windows["total"] > s3.windows["total"]
 
 
 def test_worker_processes_give_the_same_store(docs: Path, tmp_path: Path, tok: Any) -> None:
-    prepare(docs, tmp_path / "one", tokenizer=tok, workers=1)
-    prepare(docs, tmp_path / "two", tokenizer=tok, workers=2)
+    prepare(docs, tmp_path / "one", DataSettings.of(), tokenizer=tok, workers=1)
+    prepare(docs, tmp_path / "two", DataSettings.of(), tokenizer=tok, workers=2)
     for name in ("tokens.bin", "train.windows.npy", "val.segments.npy"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
@@ -159,7 +157,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path: Path, tok: Any) -> None:
     (src / "empty.md").write_bytes(b"")
     (src / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     (src / "only-imports.mdx").write_text("import X from './x'\n\n<X />\n", encoding="utf-8")
-    s = prepare(src, tmp_path / "out", tokenizer=tok, block_size=16, overlap=2)
+    s = prepare(src, tmp_path / "out", DataSettings.of(block_size=16, overlap=2), tokenizer=tok)
     assert (s.files_found, s.files_used) == (5, 1)
     reasons = {x["rel"]: x["reason"] for x in s.skipped}
     assert sorted(reasons) == ["empty.md", "image.md", "latin1.md", "only-imports.mdx"]
@@ -174,9 +172,9 @@ def test_no_usable_document_is_an_error(tmp_path: Path, tok: Any) -> None:
     src.mkdir()
     (src / "empty.md").write_bytes(b"")
     with pytest.raises(DataError, match=r"no usable document .*empty\.md: empty file"):
-        prepare(src, tmp_path / "out", tokenizer=tok)
+        prepare(src, tmp_path / "out", DataSettings.of(), tokenizer=tok)
     with pytest.raises(DataError, match="does not exist"):
-        prepare(tmp_path / "missing", tmp_path / "out", tokenizer=tok)
+        prepare(tmp_path / "missing", tmp_path / "out", DataSettings.of(), tokenizer=tok)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -186,7 +184,7 @@ def test_no_usable_document_is_an_error(tmp_path: Path, tok: Any) -> None:
 ])
 def test_bad_settings(tmp_path: Path, tok: Any, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(DataError, match=match):
-        prepare(tmp_path, tmp_path / "out", tokenizer=tok, **kwargs)
+        prepare(tmp_path, tmp_path / "out", DataSettings.of().but(**kwargs), tokenizer=tok)
 
 
 def test_tokenizer_errors_name_the_way_out(tmp_path: Path) -> None:

@@ -128,8 +128,8 @@ train(load_config(cfg_file), quiet=True)
 
 @pytest.mark.parametrize(("owner", "name", "at", "where"), [
     ("safetensors", "save_file", 3, "weights of step-15 written, nothing else"),
-    ("checkpoint", "_fsync_dir", 5, "step-15 complete in its staging folder, not yet renamed"),
-    ("checkpoint", "_fsync_dir", 6, "step-15 in place, step-5 not yet pruned"),
+    ("checkpoint", "fsync_dir", 5, "step-15 complete in its staging folder, not yet renamed"),
+    ("checkpoint", "fsync_dir", 6, "step-15 in place, step-5 not yet pruned"),
 ])
 def test_a_kill_inside_the_checkpoint_writer_loses_nothing(
         docs: Path, tiny_gpt2_dir: Path, tmp_path: Path, uninterrupted: Path,

@@ -93,17 +93,17 @@ def test_facts_of_an_older_run_open_and_a_newer_one_is_refused(tmp_path: Path) -
 
 def test_a_command_reads_config_yaml_once(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import doctune.config
+    import doctune.rundir
     from doctune.export.merge import merge_to_folder
 
     run = shared_run("lora", tmp_path_factory, tiny_gpt2_dir)
     calls: list[Path] = []
-    real = doctune.config.load_config
+    real = doctune.rundir.load_config
 
     def counting(path: Path | None = None, *args: object, **kw: object) -> Config:
         calls.append(Path(str(path)))
         return real(path, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(doctune.config, "load_config", counting)
+    monkeypatch.setattr(doctune.rundir, "load_config", counting)
     merge_to_folder(run, tmp_path_factory.mktemp("merged") / "out")
     assert calls == [run.resolve() / "config.yaml"]

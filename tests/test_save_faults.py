@@ -89,12 +89,12 @@ def test_an_unwritable_folder_says_so(docs: Path, tiny_gpt2_dir: Path, tmp_path:
 
 def test_a_failed_final_save_leaves_the_checkpoints(docs: Path, tiny_gpt2_dir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import doctune.train.setup as setup
+    import doctune.train.finish as finish
 
     def refuse(adapter_dir: Path, base: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(setup, "_point_adapter_at_base", refuse)
+    monkeypatch.setattr(finish, "_point_adapter_at_base", refuse)
     run = tmp_path / "run"
     with pytest.raises(CheckpointError, match=r"Could not save the final model in .*the disk is full"
                                               r".*The last good checkpoint, .*step-4, is intact"):

@@ -245,9 +245,9 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(docs: Path, mo
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(docs: Path, model_dir: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import doctune.train.dist as dist  # the training loss is computed in dist.LossModule
+    import doctune.train.loss as loss  # the training loss is computed in loss.LossModule
 
-    real = dist.causal_lm_loss
+    real = loss.causal_lm_loss
     calls = {"n": 0}
 
     def poisoned(model, input_ids, labels, attention_mask=None, **kw):  # type: ignore[no-untyped-def]
@@ -257,7 +257,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(docs: Path, model_dir: Pa
             loss_sum = loss_sum * float("nan")
         return loss_sum, n
 
-    monkeypatch.setattr(dist, "causal_lm_loss", poisoned)
+    monkeypatch.setattr(loss, "causal_lm_loss", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"loss became nan at step 3.*learning rate.*step-2"):
         train(make_cfg(docs, model_dir, run, "train.eval_every=0", "train.max_steps=6"), quiet=True)

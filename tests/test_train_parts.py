@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from doctune.data.store import IGNORE_INDEX
 from doctune.device import Precision, resolve_device, resolve_precision
 from doctune.errors import ConfigError
 from doctune.train.batches import BatchOrder, collate, count_loss_tokens
-from doctune.train.loss import IGNORE_INDEX
 from doctune.train.optim import lr_lambda
 
 

@@ -235,6 +235,11 @@ class KnowledgeConfig(_Section):
         return bool(self.synth_dir or self.auto or self.replay_share)
 
 
+class EvalConfig(_Section):
+    batch_size: int = Field(8, ge=1, le=65536)
+    """Windows (or questions) per forward pass when a finished model is scored: `doctune eval` and the knowledge evaluation."""
+
+
 class Config(_Section):
     """A whole doctune run."""
 
@@ -245,6 +250,7 @@ class Config(_Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -289,13 +295,6 @@ def resolve(cfg: Config) -> Config:
     if not is_scratch(cfg.model.name) and (local.is_dir() or local.is_file()):  # a folder or a .gguf
         cfg.model.name = str(local.resolve())
     return cfg
-
-
-def cache_dir(cfg: Config) -> Path:
-    """Where the token store of ``cfg``'s run lives: ``data.cache_dir``, else inside the run."""
-    from doctune.rundir import RunDir
-
-    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunDir(cfg.train.output_dir).data_dir
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if _mps_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("Device cuda was asked for, but PyTorch sees no CUDA GPU. Install a CUDA "
                           "build of PyTorch, or choose device auto (cpu here).")
-    if name == "mps" and not _mps_available():
+    if name == "mps" and not mps_available():
         raise ConfigError("Device mps was asked for, but MPS is not available (it needs an Apple "
                           "Silicon Mac with macOS 12.3+ and a PyTorch build for it). Choose device auto.")
     if name not in {"cuda", "mps", "cpu"}:
@@ -41,7 +41,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
+    """True when this PyTorch can use Apple's Metal (MPS) backend."""
     import torch
 
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
@@ -133,11 +134,6 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
     if choice == "fp32":
         return Precision("fp32", None, False, "fp32, as configured")
     raise ConfigError(f"The precision must be auto, bf16, fp16 or fp32, got {choice!r}.")
-
-
-def mps_available() -> bool:
-    """True when this PyTorch can use Apple's Metal (MPS) backend."""
-    return _mps_available()
 
 
 def empty_cache(device: torch.device) -> None:

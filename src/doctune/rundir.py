@@ -24,19 +24,17 @@ one ``RunDir`` and pass it down; it reads ``config.yaml`` and ``run.json`` at mo
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from doctune.atomic import TMP_GLOB, write_text
+from doctune.config import Config, dump_config, load_config
 from doctune.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from doctune.config import Config
 
 RUN_FORMAT = 1
 """Version of the run folder's layout and of ``run.json``. 0 is a run written before it was
@@ -183,13 +181,17 @@ class RunDir:
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
         """An existing run folder (absolute), or a :class:`CheckpointError` that says what to pass."""
-        p = Path(path).expanduser()
-        if not cls.is_run(p):
-            raise CheckpointError(f"{p} is not a doctune run folder (no config.yaml in it). Pass "
-                                  "the folder a previous `doctune train` wrote (its `--out`).")
-        run = cls(p.resolve())
-        run.facts  # noqa: B018 (a run from a newer doctune is refused here, before any work)
+        run = cls(Path(path).expanduser().resolve())
+        run.require_run()
         return run
+
+    def require_run(self) -> None:
+        """A :class:`CheckpointError` that says what to pass unless this folder holds a run
+        that this doctune can read."""
+        if not self.is_run(self.path):
+            raise CheckpointError(f"{self.path} is not a doctune run folder (no config.yaml in "
+                                  "it). Pass the folder a previous `doctune train` wrote (its `--out`).")
+        self.facts  # noqa: B018 (a run from a newer doctune is refused here, before any work)
 
     def check_new(self, *, overwrite: bool = False) -> None:
         """Refuse to start a new run where it would mix with other files: a file, a folder
@@ -227,7 +229,7 @@ class RunDir:
                 self.knowledge_eval_file, self.tokenizer_dir, self.base_dir,
                 self.checkpoints_dir, self.final_dir, self.final_staging,
                 self.path / "wandb",  # what W&B writes when given the run folder
-                *self.path.glob(".*.tmp")}
+                *self.path.glob(TMP_GLOB)}
 
     def run_files(self) -> list[Path]:
         """The run's own files and folders present here (the reusable token store left out)."""
@@ -250,23 +252,17 @@ class RunDir:
     def config(self, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
         """The configuration the run was trained with; ``overrides``/``extra`` as in
         :func:`doctune.config.load_config`. Parsed once for a plain read."""
-        from doctune.config import load_config
-
         if overrides or extra:
             return load_config(self.config_file, overrides, extra)
         return self._config
 
     @cached_property
     def _config(self) -> Config:
-        from doctune.config import load_config
-
         return load_config(self.config_file)
 
     def write_config(self, cfg: Config) -> None:
         """Save ``cfg`` as ``config.yaml`` (atomically); later reads return it."""
-        from doctune.config import dump_config
-
-        _write_atomic(self.config_file, dump_config(cfg))
+        write_text(self.config_file, dump_config(cfg))
         self.__dict__["_config"] = cfg
 
     @cached_property
@@ -294,7 +290,7 @@ class RunDir:
         """Save ``facts`` (default: the ones held) as ``run.json``, atomically."""
         if facts is not None:
             self.__dict__["facts"] = facts
-        _write_atomic(self.facts_file, json.dumps(self.facts.to_json(), indent=1))
+        write_text(self.facts_file, json.dumps(self.facts.to_json(), indent=1))
 
     def knowledge_eval(self) -> dict[str, Any] | None:
         """``knowledge_eval.json``, or None when the run has none (or it cannot be read)."""
@@ -304,7 +300,7 @@ class RunDir:
             return None
 
     def write_knowledge_eval(self, result: dict[str, Any]) -> None:
-        _write_atomic(self.knowledge_eval_file, json.dumps(result, indent=1))
+        write_text(self.knowledge_eval_file, json.dumps(result, indent=1))
 
     def data_summary(self) -> dict[str, Any]:
         """``data_summary.json`` (empty when absent or unreadable: it is informative only)."""
@@ -315,7 +311,11 @@ class RunDir:
         return data
 
     def write_data_summary(self, summary: dict[str, Any]) -> None:
-        _write_atomic(self.data_summary_file, json.dumps(summary, indent=1, default=str))
+        write_text(self.data_summary_file, json.dumps(summary, indent=1, default=str))
+
+    def token_store(self, cache_dir: Path | None) -> Path:
+        """Where this run's token store lives: ``data.cache_dir`` when set, else ``data/``."""
+        return Path(cache_dir) if cache_dir is not None else self.data_dir
 
     # ---- checkpoints and the final model -----------------------------------------------
     def checkpoint(self, step: int) -> CheckpointDir:
@@ -412,14 +412,3 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object.")
     return data
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)

@@ -92,6 +92,7 @@ def prepare(
     from doctune.config import is_scratch, load_config
     from doctune.data.prepare import format_summary
     from doctune.data.prepare import prepare as run_prepare
+    from doctune.data.settings import DataSettings
     from doctune.paths import check_apart
 
     cfg = load_config(config, set_, {
@@ -110,10 +111,8 @@ def prepare(
     if is_scratch(name):
         raise ConfigError(f"{name} trains its own tokenizer during `doctune train`; `prepare` needs "
                           "an existing one: `--tokenizer gpt2` (a hub id or a local folder).")
-    summary = run_prepare(Path(d.path), Path(d.cache_dir), tokenizer=name, block_size=d.block_size,
-                          overlap=d.overlap, val_fraction=d.val_fraction, seed=d.seed,
-                          include=tuple(d.include), exclude=tuple(d.exclude), dialect=d.dialect,
-                          title_heading=d.title_heading)
+    summary = run_prepare(Path(d.path), Path(d.cache_dir), DataSettings.from_config(d),
+                          tokenizer=name)
     typer.echo(json.dumps(summary.to_dict(), indent=2) if json_ else format_summary(summary))
 
 

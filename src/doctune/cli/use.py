@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from doctune.cli.app import JsonOpt, app
+from doctune.config import default_of
 from doctune.errors import ConfigError
 from doctune.sampling import Sampling
 
@@ -87,7 +88,7 @@ def eval_(
     compare: Annotated[str | None, typer.Option("--compare", help="Also score this model (`base` = the run's base) and show both.")] = None,
     block_size: Annotated[int | None, typer.Option(help="Window size (default: the run's `data.block_size`).")] = None,
     overlap: Annotated[int | None, typer.Option(help="Window overlap (default: the run's `data.overlap`).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.", min=1)] = default_of("eval.batch_size"),
     precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's).")] = None,
     base: BaseOpt = None,
     device: DeviceOpt = "auto",
@@ -115,7 +116,7 @@ def eval_(
 
     from rich.console import Console
 
-    from doctune.evaluate import evaluate, notes, results_table
+    from doctune.perplexity import evaluate, notes, results_table
 
     result, other = evaluate(model, data, compare=compare, base=base, device=device,
                              precision=precision, block_size=block_size, overlap=overlap,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ import numpy as np
 from doctune.data.cache import Cache, Cleaned, ReadFile, cleaner_version, read_and_clean
 from doctune.data.chunk import check_sizes
 from doctune.data.dialect import DIALECTS as CLEAN_DIALECTS
+from doctune.data.settings import DataSettings
 from doctune.data.store import FORMAT, MANIFEST, VERSION, TokenStore, write_store
 from doctune.data.tokenize import encode_batch, identity, load_tokenizer, token_dtype
 from doctune.errors import DataError
@@ -104,20 +105,14 @@ class _Doc:
 def prepare(
     src: Path,
     out: Path,
+    settings: DataSettings,
     *,
     tokenizer: str | Path | PreTrainedTokenizerBase | Tokenizer | None = None,
     make_tokenizer: Callable[[list[str]], PreTrainedTokenizerBase] | None = None,
-    block_size: int = 512,
-    overlap: int = 64,
-    val_fraction: float = 0.05,
-    seed: int = 0,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    dialect: str = "auto",
-    title_heading: bool = True,
     workers: int | None = None,
 ) -> PrepareSummary:
-    """Turn the docs under ``src`` into a token store in ``out`` and say what was done.
+    """Turn the docs under ``src`` into a token store in ``out``, read and cut as ``settings``
+    say, and say what was done.
 
     ``tokenizer`` is a hub id, a local folder or an already loaded fast tokenizer; or,
     instead, ``make_tokenizer`` trains one on the cleaned texts (a from-scratch model's), so
@@ -127,14 +122,12 @@ def prepare(
     settings or when no usable document is left.
     """
     started = time.perf_counter()
-    _check_settings(block_size, overlap, val_fraction, dialect)
+    s = settings
+    _check_settings(s.block_size, s.overlap, s.val_fraction, s.dialect)
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if (tokenizer is None) == (make_tokenizer is None):
         raise ValueError("prepare() takes a tokenizer or make_tokenizer, not both or neither")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-    settings = {"block_size": block_size, "overlap": overlap, "val_fraction": val_fraction,
-                "seed": seed, "include": list(include), "exclude": list(exclude),
-                "dialect": dialect, "title_heading": title_heading}
 
     previous = _open_previous(out)
     # a tokenizer still to be trained needs every text: no cleaning result is reused then
@@ -142,49 +135,67 @@ def prepare(
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     files, skipped, n_found = read_and_clean(
-        src, cache, include=include, exclude=exclude, dialect=dialect,
-        title_heading=title_heading, workers=workers)
-    for f in files:
-        if f.clean.empty:
-            skipped.append({"rel": f.rel, "reason": "no text left after cleaning"})
-    skipped.sort(key=lambda s: s["rel"])
+        src, cache, include=s.include, exclude=s.exclude, dialect=s.dialect,
+        title_heading=s.title_heading, workers=workers)
     timings["read_clean"] = time.perf_counter() - tick
-    docs = [_Doc(f.rel, f.content_hash, f.n_bytes, f.clean) for f in files if not f.clean.empty]
-    docs, duplicates = _dedupe(docs)
-    if not docs:
-        reasons = "; ".join(f"{s['rel']}: {s['reason']}" for s in skipped[:5])
-        raise DataError(f"no usable document under `{src}` ({len(skipped)} skipped: "
-                        f"{reasons}). Fix or remove these files, or point SRC elsewhere.")
-    _split(docs, val_fraction=val_fraction, seed=seed)
+    docs, duplicates = _usable_docs(src, files, skipped)
+    _split(docs, val_fraction=s.val_fraction, seed=s.seed)
     if make_tokenizer is not None:
         tok = make_tokenizer([d.clean.text or "" for d in docs])
     assert tok is not None
     tok_id = identity(tok)
 
-    fingerprint = _fingerprint(settings, tok_id["hash"], docs)
+    fingerprint = _fingerprint(s.to_dict(), tok_id["hash"], docs)
     reused = previous is not None and previous.manifest.get("fingerprint") == fingerprint
     if reused:
         assert previous is not None
         manifest = previous.manifest
         cache.token_hits += len(docs)
     else:
-        dtype = token_dtype(tok_id["vocab_size"])
-        tick = time.perf_counter()
-        ids = _token_ids(docs, cache, tok, dtype)
-        timings["tokenize"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        manifest = write_store(
-            out, doc_tokens=ids, eos_id=tok_id["eos_id"], dtype=dtype,
-            split_of=[d.split for d in docs], block_size=block_size, overlap=overlap,
-            manifest={"fingerprint": fingerprint, "settings": settings, "tokenizer": tok_id,
-                      "src": str(src), "documents": [_doc_entry(d) for d in docs],
-                      "duplicates": duplicates, "skipped": skipped})
-        timings["write"] = time.perf_counter() - tick
+        manifest = _write_tokens(out, src, s, docs, cache, tok, tok_id, timings, {
+            "fingerprint": fingerprint, "duplicates": duplicates, "skipped": skipped})
     cache.save()
     timings["total"] = time.perf_counter() - started
     return _summary(src, out, manifest, files=files, docs=docs, n_found=n_found,
                     skipped=skipped, duplicates=duplicates, cache=cache, reused=reused,
                     tokenizer=tok_id, timings=timings)
+
+
+def _usable_docs(src: Path, files: list[ReadFile], skipped: list[dict[str, str]],
+                 ) -> tuple[list[_Doc], list[dict[str, Any]]]:
+    """The files with text left after cleaning, exact duplicates removed (``skipped`` gains
+    the empty ones, sorted); a :class:`DataError` that lists why when none is left."""
+    for f in files:
+        if f.clean.empty:
+            skipped.append({"rel": f.rel, "reason": "no text left after cleaning"})
+    skipped.sort(key=lambda s: s["rel"])
+    docs = [_Doc(f.rel, f.content_hash, f.n_bytes, f.clean) for f in files if not f.clean.empty]
+    docs, duplicates = _dedupe(docs)
+    if not docs:
+        reasons = "; ".join(f"{s['rel']}: {s['reason']}" for s in skipped[:5])
+        raise DataError(f"no usable document under `{src}` ({len(skipped)} skipped: "
+                        f"{reasons}). Fix or remove these files, or point SRC elsewhere.")
+    return docs, duplicates
+
+
+def _write_tokens(out: Path, src: Path, settings: DataSettings, docs: list[_Doc], cache: Cache,
+                  tok: Any, tok_id: dict[str, Any], timings: dict[str, float],
+                  manifest: dict[str, Any]) -> dict[str, Any]:
+    """Tokenise ``docs`` (reusing cached ids) and write the store; its manifest."""
+    dtype = token_dtype(tok_id["vocab_size"])
+    tick = time.perf_counter()
+    ids = _token_ids(docs, cache, tok, dtype)
+    timings["tokenize"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    written = write_store(
+        out, doc_tokens=ids, eos_id=tok_id["eos_id"], dtype=dtype,
+        split_of=[d.split for d in docs], block_size=settings.block_size,
+        overlap=settings.overlap,
+        manifest={"fingerprint": manifest["fingerprint"], "settings": settings.to_dict(),
+                  "tokenizer": tok_id, "src": str(src), "documents": [_doc_entry(d) for d in docs],
+                  "duplicates": manifest["duplicates"], "skipped": manifest["skipped"]})
+    timings["write"] = time.perf_counter() - tick
+    return written
 
 
 def _summary(src: Path, out: Path, manifest: dict[str, Any], *, files: list[ReadFile],

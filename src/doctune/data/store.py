@@ -19,7 +19,6 @@ Files are written under temporary names and renamed; ``manifest.json`` comes las
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from doctune.atomic import atomic_open
 from doctune.data.chunk import Span, pack, windows
 from doctune.errors import DataError
 
@@ -35,6 +35,10 @@ VERSION = 1
 SPLITS: tuple[Literal["train", "val"], ...] = ("train", "val")
 MANIFEST = "manifest.json"
 TOKENS = "tokens.bin"
+
+IGNORE_INDEX = -100
+"""The label of a position that carries no loss (context-only overlap, a prompt, padding):
+PyTorch's cross-entropy skips it. Training, evaluation and the knowledge mix all use this one."""
 
 
 @dataclass(frozen=True)
@@ -240,11 +244,9 @@ def write_store(
 
 
 def atomic_write(path: Path, data: bytes | np.ndarray) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """Write ``data`` (bytes, or an array in ``.npy`` format) to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
         if isinstance(data, np.ndarray):
             np.save(f, data, allow_pickle=False)
         else:
             f.write(data)
-    os.replace(tmp, path)

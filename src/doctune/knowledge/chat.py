@@ -1,7 +1,7 @@
 """Training examples rendered with a tokenizer's chat template, with loss masks.
 
 A question/answer pair becomes ``input_ids`` and ``labels`` where the prompt (system and
-user turns, and the assistant header) carries no loss (``-100``) and the answer plus the
+user turns, and the assistant header) carries no loss (``IGNORE_INDEX``) and the answer plus the
 end-of-turn token that closes it carry the loss; the example ends at that token. The
 prompt is tokenised on its own, exactly as :func:`render_prompt` gives it to the model at
 inference, and the answer after it, so training sees the token boundary generation sees.
@@ -26,10 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from doctune.data.store import IGNORE_INDEX
 from doctune.errors import ModelError
 from doctune.modeling import DEFAULT_CHAT_TEMPLATE  # ChatML, for a tokenizer that has none
 
-IGNORE_INDEX = -100
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 # Strings that are special tokens in the families doctune knows; if one is in a rendering
 # but not a single token of the tokenizer, it would be learnt as plain text.

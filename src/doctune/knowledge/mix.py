@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from doctune.data.store import Window, WindowSet
+from doctune.data.store import IGNORE_INDEX, Window, WindowSet
 from doctune.errors import DataError
 from doctune.knowledge.chat import render_document, render_qa
 
@@ -122,8 +122,8 @@ def qa_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_size
         if len(ex.input_ids) > block_size:
             too_long += 1
             continue
-        start = next(k for k, x in enumerate(ex.labels) if x != -100)
-        assert all(x != -100 for x in ex.labels[start:])  # one answer span, at the end
+        start = next(k for k, x in enumerate(ex.labels) if x != IGNORE_INDEX)
+        assert all(x != IGNORE_INDEX for x in ex.labels[start:])  # one answer span, at the end
         out.append(_window(ex.input_ids, start))
     return out, too_long
 

@@ -59,8 +59,8 @@ def control_documents(docs: Iterable[str], *, seed: int, fraction: float) -> tup
     return () if len(chosen) == len(docs) else chosen
 
 
-def split_facts(facts: Sequence[Fact], *, seed: int, heldout_fraction: float = 0.2,
-                control_fraction: float = 0.1, docs: Iterable[str] | None = None) -> SplitPlan:
+def split_facts(facts: Sequence[Fact], *, seed: int, heldout_fraction: float,
+                control_fraction: float, docs: Iterable[str] | None = None) -> SplitPlan:
     """Mark each fact ``trained``, ``heldout`` (question not trained) or ``control``.
 
     A fact's split depends only on its id, its document, ``seed`` and the fractions.

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from doctune.atomic import atomic_open, write_json
+from doctune.config import default_of
 from doctune.data.cleantree import format_issues
 from doctune.data.corpus import Skipped
 from doctune.errors import DataError
@@ -113,13 +115,11 @@ def cleaned_docs(docs_dir: Path, include: Sequence[str], exclude: Sequence[str],
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    tmp.replace(path)
     return n
 
 
@@ -174,8 +174,8 @@ def synthesize(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     dialect: str = "auto",
-    heldout_fraction: float = 0.2,
-    control_fraction: float = 0.1,
+    heldout_fraction: float = default_of("knowledge.heldout_fraction"),
+    control_fraction: float = default_of("knowledge.control_fraction"),
     questions_per_fact: int = 2,
     rephrasings_per_fact: int = 2,
     progress: Callable[[int, int], None] | None = None,
@@ -222,14 +222,8 @@ def synthesize(
     mc: list[MCItem] = [m for m in mc_items(facts, plan.splits, seed=seed) if m.question in keep]
     summary.counts = _write_all(out, facts, plan.splits, qa, reph, mc)
     summary.seconds = time.perf_counter() - started
-    _write_json(out / "manifest.json", summary.manifest())
+    write_json(out / "manifest.json", summary.manifest())
     return summary
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _write_all(out: Path, facts: Sequence[Fact], splits: dict[str, str],

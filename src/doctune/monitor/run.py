@@ -1,6 +1,6 @@
-"""The one object the training loop talks to about what it is doing.
+"""What the training loop talks to about what it is doing: the :class:`Monitor` protocol.
 
-``RunMonitor`` fans each call out to the display (bar or plain lines), ``metrics.jsonl``,
+``RunMonitor`` (rank 0) fans each call out to the display (bar or plain lines), ``metrics.jsonl``,
 TensorBoard and W&B, adds the memory numbers to every logged step, and warns once when the
 machine is about to run out of memory. It holds no training logic.
 """
@@ -8,7 +8,7 @@ machine is about to run out of memory. It holds no training logic.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from doctune.monitor.loggers import JsonlLogger, MetricsLogger, TensorBoardLogger, WandbLogger
 from doctune.monitor.memory import MemoryTracker, low_memory_warning
@@ -18,6 +18,49 @@ from doctune.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
+
+
+class Monitor(Protocol):
+    """What the loop reports to; :class:`RunMonitor` and :class:`NullMonitor` implement it."""
+
+    def header(self, lines: list[str]) -> None: ...
+    def log_step(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_samples(self, step: int, samples: list[tuple[str, str]]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def warn(self, text: str) -> None: ...
+    def summary(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullMonitor:
+    """A monitor that records nothing: the processes other than rank 0, which alone prints
+    and writes metrics."""
+
+    def header(self, lines: list[str]) -> None:
+        pass
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_samples(self, step: int, samples: list[tuple[str, str]]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def warn(self, text: str) -> None:
+        pass
+
+    def summary(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 class RunMonitor:
     """Progress, loggers and memory tracking of one training run in the folder ``run``.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from doctune.train.loss import IGNORE_INDEX
+from doctune.data.store import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import numpy as np

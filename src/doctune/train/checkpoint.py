@@ -16,16 +16,16 @@ mid-save never touches the last good checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import shutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from doctune.atomic import fsync_dir, fsync_file
+from doctune.config import Config
 from doctune.errors import CheckpointError
-from doctune.paths import save_failed
+from doctune.paths import free_bytes, save_failed
 from doctune.rundir import CheckpointDir, RunDir
 
 if TYPE_CHECKING:
@@ -87,19 +87,6 @@ def check_resumable(saved: TrainState, now: TrainState) -> list[str]:
                      "another order, so the result will be close to, not identical with, an "
                      "uninterrupted run")
     return notes
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:
@@ -179,9 +166,8 @@ def save_checkpoint(
                     "rng": rng_states(device)}, tmp.trainer)
         tmp.state.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")  # last: completes it
         for f in tmp.path.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp.path)
+            fsync_file(f)
+        fsync_dir(tmp.path)
         if final.path.exists():  # a re-save of the same step (e.g. signal right after a periodic save)
             old = run.checkpoint_replaced(state.step)
             final.path.rename(old)
@@ -189,7 +175,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.path.rename(final.path)
-        _fsync_dir(run.checkpoints_dir)
+        fsync_dir(run.checkpoints_dir)
     except OSError as e:
         shutil.rmtree(tmp.path, ignore_errors=True)
         raise save_failed(e, what=f"checkpoint step-{state.step}", folder=run.checkpoints_dir,
@@ -253,3 +239,31 @@ def load_checkpoint(
     if scaler is not None and trainer.get("scaler"):
         scaler.load_state_dict(trainer["scaler"])
     return state, trainer["rng"]
+
+
+def space_warning(cfg: Config, folder: RunDir, model: torch.nn.Module) -> list[str]:
+    """A warning when the disk cannot hold the checkpoints kept at once plus the final model."""
+    from doctune.train.finish import final_bytes
+
+    ckpt = checkpoint_bytes({n: p for n, p in model.named_parameters() if p.requires_grad}, None)
+    # one more checkpoint than kept: the newest is written before the oldest is removed
+    needed = ckpt * (cfg.train.keep_checkpoints + 1) + final_bytes(model, lora=cfg.lora.enabled)
+    free = free_bytes(folder.path)
+    if free >= needed:
+        return []
+    return [f"warning: {folder.path} is on a disk with {free / 1e6:,.0f} MB free, but this run "
+            f"needs ~{needed / 1e6:,.0f} MB ({cfg.train.keep_checkpoints} checkpoints kept + 1 "
+            f"being written, {ckpt / 1e6:,.0f} MB each, and the final model). Free some space, "
+            "lower `train.keep_checkpoints`, or choose another `train.output_dir`."]
+
+
+def latest_state(folder: RunDir) -> TrainState | None:
+    """The counters of the run's newest checkpoint; None when there is none or it cannot be
+    read (:func:`load_checkpoint` then says what is wrong with it)."""
+    ckpts = folder.checkpoints() if RunDir.is_run(folder.path) else []
+    if not ckpts:
+        return None
+    try:
+        return TrainState(**json.loads(ckpts[-1].state.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None

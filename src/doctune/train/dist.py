@@ -12,7 +12,7 @@ The rules that keep N processes exactly equal to one:
   micro-batch of it and normalises its loss by the loss tokens of the *whole* step, times
   ``world``, so that the averaged gradient is the one-process gradient;
 * gradients are reduced on the last micro-step of an accumulation only;
-* one module (:class:`LossModule`) computes the loss in its ``forward``: the fused loss calls
+* one module (:class:`~doctune.train.loss.LossModule`) computes the loss in its ``forward``: the fused loss calls
   the backbone directly, which would bypass a DDP/FSDP wrapper of the language model;
 * rank 0 alone writes files; checkpoints hold full tensors (gathered here), so a run can
   resume on another number of processes.
@@ -30,8 +30,7 @@ import torch
 import torch.distributed as td
 
 from doctune.errors import ConfigError, DoctuneError
-from doctune.monitor.run import RunMonitor
-from doctune.train.loss import causal_lm_loss
+from doctune.train.loss import LossModule
 
 T = TypeVar("T")
 
@@ -171,24 +170,6 @@ def choose_parallel(setting: str, *, fits_one_device: Callable[[], bool]) -> str
 
 
 # ---- the module the ranks train ----------------------------------------------------------
-
-
-class LossModule(torch.nn.Module):
-    """The model and its loss as one module: ``forward(input_ids, labels) -> loss_sum``.
-
-    DDP and FSDP hook the ``forward`` of the module they wrap. The fused loss runs the
-    backbone and the output layer directly, not the language model's ``forward``, so the
-    wrapper must sit around the loss, not around the language model.
-    """
-
-    def __init__(self, model: torch.nn.Module, *, fused: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.fused = fused
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss_sum, _ = causal_lm_loss(self.model, input_ids, labels, fused=self.fused)
-        return loss_sum
 
 
 def wrap(env: DistEnv, model: torch.nn.Module, *, fused: bool,
@@ -352,37 +333,3 @@ def optimizer_state_like(state: dict[str, Any], optimizer: torch.optim.Optimizer
     out["state"] = {i: {k: like_param(v, by_id[i]) if v.shape == by_id[i].shape else v
                         for k, v in s.items()} for i, s in state["state"].items()}
     return out
-
-
-# ---- what the other ranks log: nothing ----------------------------------------------------
-
-
-class SilentMonitor(RunMonitor):
-    """The monitor of ranks other than 0: rank 0 alone prints and writes metrics."""
-
-    def __init__(self) -> None:  # no files, no display
-        pass
-
-    def header(self, lines: list[str]) -> None:
-        pass
-
-    def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def log_samples(self, step: int, samples: list[tuple[str, str]]) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def warn(self, text: str) -> None:
-        pass
-
-    def summary(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -1,8 +1,10 @@
-"""The training loop: docs folder in, fine-tuned model out.
+"""What happens when you type ``doctune train``: docs folder in, fine-tuned model out.
 
-``train(cfg)`` reads top to bottom: set-up (run folder, device, data, model, optimizer),
-then one loop over optimizer steps with commented sections (micro-steps, clip/step, log,
-evaluate/sample, checkpoint), then the final save. ``step`` counts optimizer updates,
+``train(cfg)`` reads top to bottom: seven set-up phases, each returning a typed part
+(:mod:`doctune.train.parts`: hardware, fitted config, run folder, inputs, model, optimizer,
+monitor), then ``train_loop`` over optimizer steps with commented sections (micro-steps,
+clip/step, log, evaluate/sample, checkpoint) and the final save, then the end of the run
+(knowledge evaluation, report, summary; :mod:`doctune.train.finish`). ``step`` counts optimizer updates,
 ``micro_step`` forward/backward passes over all processes (and is the data position).
 
 Under ``torchrun`` every process runs this same loop on its share of each step
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from doctune.config import Config
 from doctune.device import release_if_near_budget
 from doctune.errors import TrainingError
-from doctune.train import dist
+from doctune.rundir import RunDir
+from doctune.train import dist, finish, setup
 from doctune.train.batches import BatchOrder, collate, count_loss_tokens
 from doctune.train.checkpoint import (
     TrainState,
@@ -32,9 +35,11 @@ from doctune.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from doctune.train.evaluate import evaluate_sums, perplexity
-from doctune.train.setup import RunSetup, build_run
+from doctune.train.inputs import load_inputs
+from doctune.train.model import build_model
+from doctune.train.parts import Run
 from doctune.train.speed import CompileTracker, eager
+from doctune.train.validation import evaluate_sums, perplexity
 
 if TYPE_CHECKING:
     import torch
@@ -85,51 +90,78 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
           overwrite: bool = False) -> RunResult:
     """Run (or resume) the training described by ``cfg``; see the module docstring.
     ``overwrite`` starts anew in a folder that holds an earlier run (its files are removed)."""
-
     from doctune.device import resolve_device
 
-    # ---- set-up: processes, run folder, device, data, model, optimizer -----------------
     env = dist.detect()
     with dist.process_group(env, resolve_device(cfg.train.device)) as device:
-        run = build_run(cfg, resume=resume, quiet=quiet, overwrite=overwrite, env=env,
-                        device=device)
+        t0 = time.perf_counter()
+        folder = RunDir(Path(cfg.train.output_dir).expanduser().resolve())  # the one of this run
+        hw = setup.hardware(cfg, device)                       # 1. device, precision, attention
+        fitted = setup.fit(cfg, env, hw, folder if resume else None)  # 2. memory, DDP/FSDP
+        cfg, env = fitted.cfg, fitted.env
+        setup.open_run_folder(folder, cfg, env, resume=resume, overwrite=overwrite)  # 3.
+        setup.seed_everything(cfg.train.seed)
+        inputs = load_inputs(cfg, env, folder, resume=resume)  # 4. tokenizer, windows, mix
+        setup.seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
+        model = build_model(cfg, env, folder, inputs.tokenizer, hw, resume=resume)  # 5.
+        optim = setup.make_optimizer(cfg, model.model, hw, train_windows=len(inputs.train),
+                                     world=env.world)           # 6. AdamW, schedule, scaler
+        monitor = setup.open_monitor(cfg, env, folder, hw, resume=resume, quiet=quiet,
+                                     total_steps=optim.schedule.total_steps)  # 7.
+        facts = setup.run_facts(cfg, env, folder, hw, inputs, model, optim, resume=resume)
+        run = Run(cfg, env, hw, folder, inputs, model, optim, monitor, facts, t0,
+                  fitted.memory_budget_mb)
         try:
-            return _train(run, resume)
+            monitor.header(setup.header(cfg, env, folder, hw, fitted, inputs, model, optim, facts))
+            result = train_loop(run, resume)
+            if not result.stopped_early:                       # the end: evaluate, report
+                finish.evaluate_knowledge(run)
+                _summary(run, result, finish.write_report(run))
+            return result
         finally:
-            run.monitor.close()
+            monitor.close()
 
 
-def _train(run: RunSetup, resume: bool) -> RunResult:
-    import torch
-
-    cfg = run.cfg
-    model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
-    device, prec, mon, env, module = run.device, run.precision, run.monitor, run.dist, run.module
-    t = cfg.train
-    order = BatchOrder(len(run.train), t.micro_batch_size, t.seed)
-    state = TrainState(step=0, micro_step=0, tokens_seen=0, total_steps=run.total_steps,
+def _start(run: Run, resume: bool) -> tuple[TrainState, float | None]:
+    """The counters to start from (a checkpoint's on resume) and the validation loss before
+    training (evaluated and sampled now for a new run; recorded in ``run.json`` on resume)."""
+    t, env, mon = run.cfg.train, run.env, run.monitor
+    state = TrainState(step=0, micro_step=0, tokens_seen=0, total_steps=run.optim.schedule.total_steps,
                        micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum * env.world,
-                       seed=t.seed, data_fingerprint=run.data_fingerprint, device=device.type,
-                       world_size=env.world)
-    val_before: float | None = None
-
-    if resume:
-        ckpt = run.rundir.latest_checkpoint()
-        saved, rng = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
-        for note in check_resumable(saved, state):
-            mon.warn(note)
-        state = replace(state, step=saved.step, micro_step=saved.micro_step,
-                        tokens_seen=saved.tokens_seen)
-        set_rng_states(rng)
-        val_before = run.facts.val_loss_before
-        mon.message(f"resumed from {ckpt.path} (step {state.step} of {state.total_steps})")
-        if state.step >= run.total_steps:
-            mon.warn("that checkpoint is already at the last step; saving the final model")
-    else:
+                       seed=t.seed, data_fingerprint=run.inputs.fingerprint,
+                       device=run.hw.device.type, world_size=env.world)
+    if not resume:
         val_before = _evaluate(run, 0)
         run.facts.update({"val_loss_before": val_before, "val_ppl_before": _ppl(val_before)})
-        run.write_facts()  # a resumed run reads the starting perplexity back from here
+        _write_facts(run)  # a resumed run reads the starting perplexity back from here
         _sample(run, 0)
+        return state, val_before
+    o = run.optim
+    ckpt = run.folder.latest_checkpoint()
+    saved, rng = load_checkpoint(ckpt, model=run.model.model, optimizer=o.optimizer,
+                                 scheduler=o.scheduler, scaler=o.scaler)
+    for note in check_resumable(saved, state):
+        mon.warn(note)
+    state = replace(state, step=saved.step, micro_step=saved.micro_step,
+                    tokens_seen=saved.tokens_seen)
+    set_rng_states(rng)
+    mon.message(f"resumed from {ckpt.path} (step {state.step} of {state.total_steps})")
+    if state.step >= state.total_steps:
+        mon.warn("that checkpoint is already at the last step; saving the final model")
+    return state, run.facts.val_loss_before
+
+
+def train_loop(run: Run, resume: bool) -> RunResult:
+    """The optimizer steps from the start (or the checkpoint) to the end, then the final
+    evaluation and model; see the module docstring."""
+    import torch
+
+    t, env, mon = run.cfg.train, run.env, run.monitor
+    model, module, device, prec = run.model.model, run.model.module, run.hw.device, run.hw.precision
+    opt, sched, scaler = run.optim.optimizer, run.optim.scheduler, run.optim.scaler
+    windows, total_steps = run.inputs.train, run.optim.schedule.total_steps
+    order = BatchOrder(len(windows), t.micro_batch_size, t.seed)
+    state, val_before = _start(run, resume)
 
     # ---- the loop ------------------------------------------------------------------
     flag = _StopFlag()
@@ -140,14 +172,14 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
         mon.message(said)
     t_start = time.perf_counter()
     with _catch_signals(flag):
-        while state.step < run.total_steps and not stop_signal:
+        while state.step < total_steps and not stop_signal:
             t_step = time.perf_counter()
             # the micro-batches of this step over all processes, collated up front (token ids
             # only): the loss is weighted by the real tokens of the whole step, so 4
             # micro-batches of 1 == 1 micro-batch of 4 == 2 processes x 2 micro-batches of 1.
             # This process trains on micro-batches rank, rank + world, rank + 2 world, ...
-            step_micro = [collate([run.train[i] for i in order.indices(state.micro_step + k)],
-                                  run.pad_id) for k in range(t.grad_accum * env.world)]
+            step_micro = [collate([windows[i] for i in order.indices(state.micro_step + k)],
+                                  run.inputs.pad_id) for k in range(t.grad_accum * env.world)]
             step_tokens = sum(count_loss_tokens(labels) for _, labels in step_micro)
             micro = step_micro[env.rank::env.world]
             loss_total = torch.zeros((), device=device)
@@ -158,7 +190,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                 # `* world` undoes the average: the sum is the one-process gradient
                 with dist.grad_sync(env, module, last=k == len(micro) - 1):
                     with prec.autocast(device):
-                        loss_sum = module(input_ids, labels)
+                        loss_sum = module(input_ids, labels)  # (,) summed over the real tokens
                     loss = loss_sum * env.world / max(step_tokens, 1)
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_total += loss_sum.detach() / max(step_tokens, 1)
@@ -174,7 +206,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             grad_norm = _clip(model, t.max_grad_norm)
             if scaler is None and not math.isfinite(grad_norm):  # (the scaler skips such steps itself)
                 raise TrainingError(_nan_message(state.step + 1, grad_norm, run, what="gradient norm"))
-            lr = sched.get_last_lr()[0]  # the rate this update uses
+            lr = float(sched.get_last_lr()[0])  # the rate this update uses
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -193,9 +225,9 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
             stop_signal = int(stop)
             if state.step == 1:
                 run.facts.time_to_first_step_s = round(time.perf_counter() - run.t0, 3)
-            if (said := compiler.after_step(model, step_s, run.total_steps - state.step)) is not None:
+            if (said := compiler.after_step(model, step_s, total_steps - state.step)) is not None:
                 mon.message(said)
-            if state.step % t.log_every == 0 or state.step == run.total_steps:
+            if state.step % t.log_every == 0 or state.step == total_steps:
                 mon.log_step(state.step, {
                     "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_sec": step_input_tokens / step_s, "step_time_s": step_s,
@@ -203,7 +235,7 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                     "epoch": order.epoch_of(state.micro_step)})
 
             # ---- evaluate, sample, checkpoint ------------------------------------------
-            last = state.step == run.total_steps
+            last = state.step == total_steps
             with eager(compiler.compiled):  # no second compile for evaluation and sampling
                 if t.eval_every and state.step % t.eval_every == 0 and not last:
                     _evaluate(run, state.step)
@@ -211,39 +243,51 @@ def _train(run: RunSetup, resume: bool) -> RunResult:
                     _sample(run, state.step)
             if (t.save_every and state.step % t.save_every == 0) or last or stop_signal:
                 _save_checkpoint(run, state)
-    train_s = time.perf_counter() - t_start
-    run.facts.update(compiler.facts())
+    run.facts.update({"train_time_s": round(time.perf_counter() - t_start, 2), **compiler.facts()})
 
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
     if stop_signal:
-        name = signal.Signals(stop_signal).name
-        mon.summary(f"{name} received: saved checkpoint {run.rundir.checkpoint(state.step).path}; "
-                    f"continue with `doctune train --resume {run.rundir.path}`")
-        return RunResult(run_dir=run.rundir.path, final_dir=None, steps=state.step,
-                         tokens_seen=state.tokens_seen, val_loss_before=val_before,
-                         val_loss_after=None, stopped_early=True)
+        return _stopped(run, state, stop_signal, val_before)
     with eager(compiler.compiled):
         val_after = _evaluate(run, state.step)
         _sample(run, state.step)
-    final = run.save_final()
+    final = finish.save_final(run)
     run.facts.update({"steps": state.step, "tokens_seen": state.tokens_seen,
-                      "train_time_s": round(train_s, 2),
                       "val_loss_before": val_before, "val_ppl_before": _ppl(val_before),
                       "val_loss_after": val_after, "val_ppl_after": _ppl(val_after)})
-    run.write_facts()
-    report = run.write_report()
-    lines = [f"final model: {final}", f"metrics:     {run.rundir.metrics_file}"]
+    _write_facts(run)
     if (said := compiler.summary()) is not None:
-        lines.insert(0, said)
-    if report is not None:
-        lines.append(f"report:      {report}")
-    if val_before is not None and val_after is not None:
-        lines.insert(0, f"validation perplexity: {_ppl(val_before):.2f} -> {_ppl(val_after):.2f}")
-    for line in lines:
-        mon.summary(line)
-    return RunResult(run_dir=run.rundir.path, final_dir=final, steps=state.step,
+        mon.summary(said)
+    return RunResult(run_dir=run.folder.path, final_dir=final, steps=state.step,
                      tokens_seen=state.tokens_seen, val_loss_before=val_before,
                      val_loss_after=val_after)
+
+
+def _stopped(run: Run, state: TrainState, stop_signal: int, val_before: float | None) -> RunResult:
+    """A signal stopped the run: the checkpoint just saved, and how to continue."""
+    name = signal.Signals(stop_signal).name
+    run.monitor.summary(f"{name} received: saved checkpoint {run.folder.checkpoint(state.step).path}; "
+                        f"continue with `doctune train --resume {run.folder.path}`")
+    return RunResult(run_dir=run.folder.path, final_dir=None, steps=state.step,
+                     tokens_seen=state.tokens_seen, val_loss_before=val_before,
+                     val_loss_after=None, stopped_early=True)
+
+
+def _summary(run: Run, result: RunResult, report: Path | None) -> None:
+    """The last lines: perplexity before -> after, where the model, metrics and report are."""
+    before, after = result.val_loss_before, result.val_loss_after
+    if before is not None and after is not None:
+        run.monitor.summary(f"validation perplexity: {_ppl(before):.2f} -> {_ppl(after):.2f}")
+    run.monitor.summary(f"final model: {result.final_dir}")
+    run.monitor.summary(f"metrics:     {run.folder.metrics_file}")
+    if report is not None:
+        run.monitor.summary(f"report:      {report}")
+
+
+def _write_facts(run: Run) -> None:
+    """``run.json``: what the run was and how it went (rank 0 writes it)."""
+    if run.env.is_main:
+        run.folder.write_facts(run.facts)
 
 
 def _ppl(loss: float | None) -> float | None:
@@ -268,62 +312,61 @@ def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
-def _evaluate(run: RunSetup, step: int) -> float | None:
+def _evaluate(run: Run, step: int) -> float | None:
     """Validation loss at ``step``, logged with its perplexity; None without a validation split."""
     from doctune.device import empty_cache
 
-    if run.val is None or len(run.val) == 0:
+    val = run.inputs.val
+    if val is None or len(val) == 0:
         return None
-    t, env = run.cfg.train, run.dist
-    with dist.whole_model(env, run.module):  # each process takes every world-th batch
-        total, count = evaluate_sums(run.model, run.val, batch_size=t.micro_batch_size,
-                                     device=run.device, precision=run.precision, pad_id=run.pad_id,
-                                     max_batches=t.eval_batches, fused=t.fused_loss,
-                                     rank=env.rank, world=env.world)
+    t, env, hw = run.cfg.train, run.env, run.hw
+    with dist.whole_model(env, run.model.module):  # each process takes every world-th batch
+        total, count = evaluate_sums(run.model.model, val, batch_size=t.micro_batch_size,
+                                     device=hw.device, precision=hw.precision,
+                                     pad_id=run.inputs.pad_id, max_batches=t.eval_batches,
+                                     fused=t.fused_loss, rank=env.rank, world=env.world)
     summed, tokens = dist.sum_over_ranks(env, total, count)
     loss, n_tok = (summed / tokens if tokens else float("nan")), int(tokens)
-    empty_cache(run.device)
+    empty_cache(hw.device)
     run.monitor.log_eval(step, {"val_loss": loss, "val_ppl": perplexity(loss), "val_tokens": n_tok})
     return loss
 
 
-def _sample(run: RunSetup, step: int) -> None:
+def _sample(run: Run, step: int) -> None:
     """Generate the fixed-seed samples at ``step`` without disturbing the training RNG."""
-
-    env = run.dist
+    env, prompts = run.env, run.inputs.prompts
     # a sharded model generates on every process (each gathers the layers); otherwise rank 0
-    if not run.prompts or (env.parallel != "fsdp" and not env.is_main):
+    if not prompts or (env.parallel != "fsdp" and not env.is_main):
         return
     from doctune.monitor.samples import generate_samples
 
     # generate_samples forks the RNG itself: training's random stream is left as it was
-    with dist.whole_model(env, run.module):
-        samples = generate_samples(run.model, run.tokenizer, run.prompts, device=run.device,
+    with dist.whole_model(env, run.model.module):
+        samples = generate_samples(run.model.model, run.inputs.tokenizer, prompts,
+                                   device=run.hw.device,
                                    max_new_tokens=run.cfg.train.sample_max_new_tokens,
                                    seed=run.cfg.train.seed)
     run.monitor.log_samples(step, samples)
 
 
-def _save_checkpoint(run: RunSetup, state: TrainState) -> None:
+def _save_checkpoint(run: Run, state: TrainState) -> None:
     """Every process gathers a sharded model's full tensors; rank 0 writes them, whole and
     atomic, in the one-process format; the others wait until it has (and fail with it)."""
-    env, t = run.dist, run.cfg.train
+    env, o, model = run.env, run.optim, run.model.model
     sharded = env.parallel == "fsdp"
-    weights = dist.full_state(run.model, trainable_only=True) if sharded else None
-    opt_state = dist.full_optimizer_state(run.optimizer) if sharded else None
+    weights = dist.full_state(model, trainable_only=True) if sharded else None
+    opt_state = dist.full_optimizer_state(o.optimizer) if sharded else None
     dist.main_first(env, lambda: save_checkpoint(
-        run.rundir, state, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
-        scaler=run.scaler, device=run.device, keep=t.keep_checkpoints, weights=weights,
-        optimizer_state=opt_state))
+        run.folder, state, model=model, optimizer=o.optimizer, scheduler=o.scheduler,
+        scaler=o.scaler, device=run.hw.device, keep=run.cfg.train.keep_checkpoints,
+        weights=weights, optimizer_state=opt_state))
 
 
-def _nan_message(step: int, value: float, run: RunSetup, what: str = "training loss") -> str:
-    ckpts = run.rundir.checkpoints()
+def _nan_message(step: int, value: float, run: Run, what: str = "training loss") -> str:
+    ckpts = run.folder.checkpoints()
     keep = (f"The last good checkpoint is {ckpts[-1].path}; it was not overwritten."
             if ckpts else "No checkpoint had been saved yet.")
     return (f"The {what} became {value} at step {step}. Likely causes: a learning rate too "
             f"high for this model (train.lr={run.cfg.train.lr}; try 3x lower or more warm-up), "
-            f"fp16 overflow (precision={run.precision.name}; try bf16 or fp32), or no gradient "
+            f"fp16 overflow (precision={run.hw.precision.name}; try bf16 or fp32), or no gradient "
             f"clipping (train.max_grad_norm={run.cfg.train.max_grad_norm}). {keep}")
-
-

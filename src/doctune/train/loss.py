@@ -23,9 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from doctune.data.store import IGNORE_INDEX
 from doctune.modeling import unwrap_peft
-
-IGNORE_INDEX = -100
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 """Budget for one chunk of fp32 logits: 64 MB is ~330 rows of a 50,257-word vocabulary,
@@ -287,3 +286,21 @@ def chunked_linear_cross_entropy(
     out_w = grad_w.to(weight.dtype) if grad_w is not None else None
     out_b = grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None
     return loss, (grad_h, out_w, out_b)
+
+
+class LossModule(torch.nn.Module):
+    """The model and its loss as one module: ``forward(input_ids, labels) -> loss_sum``.
+
+    DDP and FSDP hook the ``forward`` of the module they wrap. The fused loss runs the
+    backbone and the output layer directly, not the language model's ``forward``, so the
+    wrapper must sit around the loss, not around the language model.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, fused: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.fused = fused
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss_sum, _ = causal_lm_loss(self.model, input_ids, labels, fused=self.fused)
+        return loss_sum

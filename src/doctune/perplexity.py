@@ -20,27 +20,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from doctune.data.settings import DataSettings
 from doctune.errors import DataError
 from doctune.modeling import pad_token_id
-from doctune.train.evaluate import perplexity
+from doctune.train.validation import perplexity
 
 if TYPE_CHECKING:
     import numpy as np
 
     from doctune.data.store import WindowSet
     from doctune.inference import Loaded
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How the docs are read and cut: the training run's data settings."""
-
-    block_size: int
-    overlap: int
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    dialect: str = "auto"
-    title_heading: bool = True
 
 
 @dataclass
@@ -74,20 +63,21 @@ class EvalResult:
         return asdict(self)
 
 
-def settings_for(loaded: Loaded, *, block_size: int | None = None, overlap: int | None = None) -> EvalSettings:
+def settings_for(loaded: Loaded, *, block_size: int | None = None, overlap: int | None = None) -> DataSettings:
     """The run's data settings (defaults of the config schema for a plain model), capped by
-    the model's context; explicit ``block_size``/``overlap`` win."""
-    from doctune.config import Config
+    the model's context; explicit ``block_size``/``overlap`` win. Every document is scored
+    (``val_fraction`` 0)."""
+    from doctune.config import DataConfig
     from doctune.inference import context_length
 
     run = loaded.source.run
-    d = run.config().data if run else Config().data
-    bs = block_size or d.block_size
+    settings = DataSettings.from_config(run.config().data if run else DataConfig())
+    bs = block_size or settings.block_size
     n_ctx = context_length(loaded.model)
     if block_size is None and n_ctx is not None:
         bs = min(bs, n_ctx)
-    ov = overlap if overlap is not None else min(d.overlap, bs // 2)
-    return EvalSettings(bs, ov, tuple(d.include), tuple(d.exclude), d.dialect, d.title_heading)
+    ov = overlap if overlap is not None else min(settings.overlap, bs // 2)
+    return settings.but(block_size=bs, overlap=ov, val_fraction=0.0)
 
 
 def _doc_of_offsets(documents: Sequence[dict[str, Any]]) -> list[int]:
@@ -116,13 +106,14 @@ def _rows(windows: WindowSet, starts: list[int]) -> list[tuple[int, int, np.ndar
 
 
 def score_windows(loaded: Loaded, windows: WindowSet, documents: Sequence[dict[str, Any]], *,
-                  batch_size: int = 8, precision: str = "auto") -> dict[int, tuple[float, int]]:
+                  batch_size: int, precision: str = "auto") -> dict[int, tuple[float, int]]:
     """``{doc: (loss_sum, n_tokens)}`` over ``windows``; each token counted once, for its document."""
     import torch
 
+    from doctune.data.store import IGNORE_INDEX
     from doctune.device import resolve_precision
     from doctune.train.batches import collate
-    from doctune.train.loss import IGNORE_INDEX, causal_lm_loss
+    from doctune.train.loss import causal_lm_loss
 
     prec = resolve_precision(precision, loaded.device)
     tok = loaded.tokenizer
@@ -150,7 +141,7 @@ def score_windows(loaded: Loaded, windows: WindowSet, documents: Sequence[dict[s
     return sums
 
 
-def evaluate_docs(loaded: Loaded, docs: Path, settings: EvalSettings, *, batch_size: int = 8,
+def evaluate_docs(loaded: Loaded, docs: Path, settings: DataSettings, *, batch_size: int,
                   precision: str = "auto", workdir: Path | None = None) -> EvalResult:
     """Perplexity of ``loaded`` on the docs under ``docs``, per document and overall.
 
@@ -166,11 +157,8 @@ def evaluate_docs(loaded: Loaded, docs: Path, settings: EvalSettings, *, batch_s
         raise DataError(f"--data {docs} does not exist; pass the docs folder (or one file) to score.")
     with tempfile.TemporaryDirectory(prefix="doctune-eval-") as tmp:
         store_dir = workdir or Path(tmp)
-        summary = prepare(docs, store_dir, tokenizer=loaded.tokenizer,
-                          block_size=settings.block_size, overlap=settings.overlap,
-                          val_fraction=0.0, seed=0, include=settings.include,
-                          exclude=settings.exclude, dialect=settings.dialect,
-                          title_heading=settings.title_heading)
+        summary = prepare(docs, store_dir, settings.but(val_fraction=0.0),
+                          tokenizer=loaded.tokenizer)
         store = TokenStore.open(store_dir)
         documents = store.manifest["documents"]
         sums = score_windows(loaded, store.split("train"), documents, batch_size=batch_size,
@@ -185,7 +173,7 @@ def evaluate_docs(loaded: Loaded, docs: Path, settings: EvalSettings, *, batch_s
     count = sum(c for _, c in sums.values())
     loss = total / count if count else float("nan")
     return EvalResult(model=loaded.source.given, loss=loss, ppl=perplexity(loss), tokens=count,
-                      documents=scores, settings=asdict(settings), tokenizer_hash=tok_hash,
+                      documents=scores, settings=settings.to_dict(), tokenizer_hash=tok_hash,
                       skipped=list(summary.skipped))
 
 
@@ -210,7 +198,7 @@ def _compare_source(loaded: Loaded, compare: str) -> str:
 def evaluate(source: str | Path, docs: Path, *, compare: str | None = None,
              base: str | Path | None = None, device: str = "auto", precision: str | None = None,
              block_size: int | None = None, overlap: int | None = None,
-             batch_size: int = 8) -> tuple[EvalResult, EvalResult | None]:
+             batch_size: int) -> tuple[EvalResult, EvalResult | None]:
     """Score ``source`` (and ``compare``, with the same data settings) on the docs in ``docs``.
 
     ``precision`` defaults to the run's ``train.precision`` (``auto`` for a plain model),

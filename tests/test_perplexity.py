@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from doctune.cli import app
 from doctune.data.chunk import windows as cut_windows
 from doctune.data.prepare import prepare
+from doctune.data.settings import DataSettings
 from doctune.data.store import TokenStore
-from doctune.evaluate import EvalSettings, evaluate, evaluate_docs, settings_for
 from doctune.inference import Loaded, load_for_inference
+from doctune.perplexity import evaluate, evaluate_docs, settings_for
 from runfolders import shared_run
 
 WORDS = ["the", "model", "reads", "docs", "and", "writes", "text", "with", "care", "for", "every", "token", "in", "a", "window"]
@@ -46,9 +47,8 @@ def loaded(run: Path) -> Loaded:
     return load_for_inference(run, device="cpu", dtype="fp32")
 
 
-def _store(loaded: Loaded, docs: Path, tmp: Path, s: EvalSettings) -> TokenStore:
-    prepare(docs, tmp, tokenizer=loaded.tokenizer, block_size=s.block_size, overlap=s.overlap,
-            val_fraction=0.0, seed=0)
+def _store(loaded: Loaded, docs: Path, tmp: Path, s: DataSettings) -> TokenStore:
+    prepare(docs, tmp, s, tokenizer=loaded.tokenizer)
     return TokenStore.open(tmp)
 
 
@@ -67,8 +67,8 @@ def _token_losses(model: torch.nn.Module, ids: np.ndarray) -> torch.Tensor:
 
 def test_long_document_by_hand(loaded: Loaded, docs: Path, tmp_path: Path) -> None:
     """One document cut into overlapping windows: each token scored once, with its window's context."""
-    s = EvalSettings(block_size=32, overlap=8)
-    result = evaluate_docs(loaded, docs / "guide" / "long.md", s, precision="fp32")
+    s = DataSettings.of(block_size=32, overlap=8, val_fraction=0.0)
+    result = evaluate_docs(loaded, docs / "guide" / "long.md", s, batch_size=8, precision="fp32")
     ids = _doc_ids(_store(loaded, docs / "guide" / "long.md", tmp_path, s), 0)  # tokens + EOS
     full, tail = cut_windows(len(ids), block_size=32, overlap=8)
     losses: list[torch.Tensor] = []
@@ -85,8 +85,8 @@ def test_long_document_by_hand(loaded: Loaded, docs: Path, tmp_path: Path) -> No
 
 def test_packed_documents_by_hand(loaded: Loaded, docs: Path, tmp_path: Path) -> None:
     """Short documents share windows; each token's loss still goes to its own document."""
-    s = EvalSettings(block_size=48, overlap=8)
-    result = evaluate_docs(loaded, docs, s, precision="fp32")
+    s = DataSettings.of(block_size=48, overlap=8, val_fraction=0.0)
+    result = evaluate_docs(loaded, docs, s, batch_size=8, precision="fp32")
     store = _store(loaded, docs, tmp_path, s)
     split = store.split("train")
     starts = [doc["offset"] for doc in store.manifest["documents"]]
@@ -113,11 +113,11 @@ def test_packed_documents_by_hand(loaded: Loaded, docs: Path, tmp_path: Path) ->
 
 def test_overall_equals_training_validation(loaded: Loaded, docs: Path, tmp_path: Path) -> None:
     from doctune.device import resolve_precision
-    from doctune.train.evaluate import evaluate_loss
+    from doctune.train.validation import evaluate_loss
 
     s = settings_for(loaded)
     assert (s.block_size, s.overlap) == (64, 8)  # the run's data settings
-    result = evaluate_docs(loaded, docs, s, precision="fp32")
+    result = evaluate_docs(loaded, docs, s, batch_size=8, precision="fp32")
     split = _store(loaded, docs, tmp_path, s).split("train")
     loss, count = evaluate_loss(loaded.model, split, batch_size=4, device=torch.device("cpu"),
                                 precision=resolve_precision("fp32", torch.device("cpu")), pad_id=50256)
@@ -131,7 +131,7 @@ def test_settings_for_plain_model(tiny_gpt2_dir: Path) -> None:
 
 
 def test_compare_and_cli(run: Path, docs: Path) -> None:
-    result, base = evaluate(run, docs, compare="base", device="cpu", precision="fp32")
+    result, base = evaluate(run, docs, compare="base", device="cpu", precision="fp32", batch_size=8)
     assert (base is not None and base.model.endswith("tiny-gpt20")) or base is not None
     assert [d.rel for d in base.documents] == [d.rel for d in result.documents]
     assert base.ppl != pytest.approx(result.ppl)  # the adapter changed the model

@@ -1,0 +1,94 @@
+"""The end of a run: the final model (``final/``), the knowledge evaluation and the report.
+
+Every rank calls :func:`save_final` (a sharded model is gathered first); rank 0 writes.
+The evaluation and the report are rank 0's and never lose a finished run: a failure is
+a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from doctune.paths import save_failed
+from doctune.train import dist
+from doctune.train.parts import Run
+
+if TYPE_CHECKING:
+    import torch
+
+
+def save_final(run: Run) -> Path:
+    """Write ``final/``: a transformers model folder, or a PEFT adapter, with the tokenizer,
+    staged under another name and renamed into place."""
+    model = run.model.model
+    # the whole state dict, gathered, when sharded (FSDP); the model holds it otherwise
+    state = dist.full_state(model, trainable_only=False) if run.env.parallel == "fsdp" else None
+    dist.main_first(run.env, lambda: _write_final(run, state))
+    return run.folder.final_dir
+
+
+def _write_final(run: Run, state: dict[str, Any] | None) -> None:
+    folder, model, lora = run.folder, run.model.model, run.cfg.lora.enabled
+    final, tmp = folder.final_dir, folder.final_staging
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        # PEFT saves the adapter; transformers the whole model
+        if state is not None:
+            model.save_pretrained(str(tmp), state_dict=state)
+        else:
+            model.save_pretrained(str(tmp))
+        run.inputs.tokenizer.save_pretrained(tmp)
+        if lora and run.facts.base_model:
+            _point_adapter_at_base(tmp, run.facts.base_model)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise save_failed(e, what="the final model", folder=folder.path,
+                          needed_bytes=final_bytes(model, lora=lora), run=folder) from None
+
+
+def final_bytes(model: torch.nn.Module, *, lora: bool) -> int:
+    """The size of ``final/``: the adapter for LoRA, else every weight."""
+    params = [p for p in model.parameters() if p.requires_grad or not lora]
+    return sum(p.numel() * p.element_size() for p in params) + 16 * 2**20  # + tokenizer files
+
+
+def _point_adapter_at_base(adapter_dir: Path, base: str) -> None:
+    cfg_path = adapter_dir / "adapter_config.json"
+    data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = base
+    cfg_path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def evaluate_knowledge(run: Run) -> None:
+    """When the run trained questions and writes a report: base vs tuned knowledge scores
+    into ``knowledge_eval.json`` for it (rank 0; what ``doctune eval --knowledge`` computes)."""
+    k = run.inputs.knowledge
+    if k is None or not k.trains_qa or not run.cfg.log.report or not run.env.is_main:
+        return
+    from doctune.knowledge.evaluate import evaluate_run
+
+    try:
+        run.folder.write_knowledge_eval(evaluate_run(run.folder.path, device=run.hw.device.type))
+    except Exception as e:  # an evaluation failure must never lose a finished run
+        run.monitor.warn(f"could not evaluate what the model knows: {e}; run "
+                         f"`doctune eval {run.folder.path} --knowledge` to try again")
+
+
+def write_report(run: Run) -> Path | None:
+    """``report.html`` with its plots (rank 0; None when off or it could not be written)."""
+    from doctune.monitor.report import write_report as write_html
+
+    if not run.cfg.log.report or not run.env.is_main:
+        return None
+    try:
+        return write_html(run.folder)
+    except Exception as e:  # a report failure must never lose a finished run
+        run.monitor.warn(f"could not write the report: {e}")
+        return None
