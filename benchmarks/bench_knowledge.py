@@ -129,7 +129,7 @@ def mean_window_tokens(cfg: Any, work: Path) -> float:
 
 
 def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[str, Any]) -> dict[str, Any]:
-    from doctune.knowledge.evaluate import score_model
+    from doctune.knowledge.exam import score_model
 
     return score_model(model, tokenizer, synth, control_texts=texts,
                        block_size=mode["block_size"], max_questions=mode["max_questions"],
@@ -140,7 +140,7 @@ def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
                mode: dict[str, Any], model: Path, synth_dir: Path) -> dict[str, Any]:
     from doctune.config import load_config
     from doctune.inference import load_for_inference
-    from doctune.knowledge.evaluate import control_texts
+    from doctune.knowledge.exam import control_texts
     from doctune.knowledge.mix import load_synth
     from doctune.train.loop import train
 
@@ -212,7 +212,7 @@ def main() -> None:
     started = time.perf_counter()
 
     from doctune.inference import load_for_inference
-    from doctune.knowledge.evaluate import control_texts
+    from doctune.knowledge.exam import control_texts
     from doctune.knowledge.mix import load_synth
     from doctune.knowledge.synth import synthesize
     from doctune.knowledge.teacher import TeacherConfig

@@ -180,7 +180,7 @@ def test_tiny_model_learns_its_trained_questions(tmp_path: Path) -> None:
     The run records the mix and the evaluation compares base and tuned."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from doctune.knowledge.evaluate import evaluate_run
+    from doctune.knowledge.exam import evaluate_run
     from doctune.modeling import train_tokenizer
     from doctune.train.loop import train
 

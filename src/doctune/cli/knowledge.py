@@ -118,7 +118,7 @@ def knowledge_eval(model: str, *, synth_dir: Path | None, device: str,
     from rich.console import Console
 
     from doctune.errors import ConfigError
-    from doctune.knowledge.evaluate import evaluate_run, knowledge_table
+    from doctune.knowledge.exam import evaluate_run, knowledge_table
     from doctune.rundir import RunDir
 
     if not RunDir.is_run(model):

@@ -173,7 +173,7 @@ def _knowledge_html(run: RunDir) -> str:
     result = run.knowledge_eval()
     if not result:
         return ""
-    from doctune.knowledge.evaluate import comparison_rows
+    from doctune.knowledge.exam import comparison_rows
 
     head = "".join(f"<th>{h}</th>" for h in ("", "base", "tuned", "change"))
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>"

@@ -106,7 +106,7 @@ class RunSetup:
             return None
         try:
             if self.knowledge is not None and self.knowledge.trains_qa:
-                from doctune.knowledge.evaluate import evaluate_run
+                from doctune.knowledge.exam import evaluate_run
 
                 self.rundir.write_knowledge_eval(evaluate_run(self.rundir.path, device=self.device.type))
             return write_report(self.rundir)

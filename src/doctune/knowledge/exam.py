@@ -1,4 +1,5 @@
-"""Does the model know the docs? Base vs tuned, no judge model: ``doctune eval --knowledge``.
+"""The knowledge exam: base vs tuned on questions about the docs, no judge model
+(``doctune eval --knowledge``).
 
 For a model and a synth folder (:mod:`doctune.knowledge.synth`) :func:`score_model` gives:
 
