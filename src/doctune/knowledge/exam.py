@@ -4,11 +4,17 @@
 For a model and a synth folder (:mod:`doctune.knowledge.synth`) :func:`score_model` gives:
 
 - ``trained_em`` / ``trained_f1``: greedy answers to questions that were trained on;
-- ``heldout_em`` / ``heldout_f1``: questions about facts of trained documents whose
-  questions were never trained (knowledge learnt from reading);
+- ``heldout_em`` / ``heldout_f1`` / ``heldout_contains`` (the answer in the reply):
+  questions about facts of trained documents whose questions were never trained, in
+  phrasings never trained (:mod:`~doctune.knowledge.natural`; a synth folder without
+  natural questions: all its questions), knowledge learnt from reading;
 - ``heldout_mc_acc`` (and ``control_mc_acc``): multiple choice by the log-likelihood of
   each option (the true answer against answers of other facts of the same kind), with
   ``mc_chance`` what guessing scores;
+- ``heldout_template_em`` / ``heldout_template_mc_acc``: the same for the sentence-with-a-
+  blank questions of :mod:`~doctune.knowledge.templates`, for comparison;
+- ``hand_*`` / ``hand_control_*``: the questions of a question file (written by hand,
+  :mod:`~doctune.knowledge.questions`) about trained and control pages;
 - ``heldout_doc_ppl``: perplexity on the control documents, which training never saw
   (None without control documents);
 - ``general_ppl``: perplexity on the held-back 20% of the shipped general English text
@@ -16,25 +22,36 @@ For a model and a synth folder (:mod:`doctune.knowledge.synth`) :func:`score_mod
 - ``stop_rate``: the share of greedy answers that ended with the end-of-turn token.
 
 Accuracies come with their 95% Wilson interval (``*_ci``) and their item count (``*_n``).
+:func:`evaluate_run` adds the *open book* (the base with each question's section in its
+prompt: what reading gives at best) and :func:`gap_closed`, the share of the base -> open
+book gap that training closed; the table is :mod:`~doctune.knowledge.exam_table`.
 Every prompt is rendered with the chat template exactly as training renders it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from doctune.knowledge.chat import render_document
-from doctune.knowledge.metrics import Accuracy
+from doctune.knowledge.metrics import (
+    Accuracy,
+    accuracy,
+    answer_in_reply,
+    exact_match,
+    token_f1,
+)
 from doctune.knowledge.mix import SynthData, general_text, load_synth
+from doctune.knowledge.questions import Item, generated_items, open_book
 from doctune.knowledge.score import score_mc, score_qa
 
 MAX_QUESTIONS = 200
 """Questions (and multiple-choice items) scored per split at most: a seeded-order prefix."""
-KEYS = ("heldout_mc_acc", "heldout_em", "trained_em", "heldout_doc_ppl", "general_ppl",
-        "stop_rate")
+KEYS = ("heldout_mc_acc", "heldout_em", "heldout_contains", "trained_em", "hand_mc_acc",
+        "hand_em", "hand_contains", "heldout_doc_ppl", "general_ppl", "stop_rate")
 """The headline numbers, in the order tables show them."""
 
 
@@ -72,41 +89,99 @@ def _acc(prefix: str, acc: Accuracy) -> dict[str, Any]:
     return {prefix: acc.value, f"{prefix}_ci": [acc.low, acc.high], f"{prefix}_n": acc.total}
 
 
+def _prompts(items: Sequence[Item], sections: dict[Any, str] | None
+             ) -> tuple[list[Item], list[str]]:
+    """The items that can be asked and their prompts: closed book (``sections`` None), or
+    with their section before them (items whose section is unknown are left out)."""
+    if sections is None:
+        return list(items), [i.question for i in items]
+    asked = [(i, open_book(i, sections)) for i in items]
+    kept = [(i, p) for i, p in asked if p is not None]
+    return [i for i, _ in kept], [p for _, p in kept]
+
+
+def _qa(model: Any, tokenizer: Any, items: Sequence[Item], prefix: str, *, set_name: str,
+        sections: dict[Any, str] | None, records: list[dict[str, Any]] | None,
+        **kwargs: Any) -> tuple[dict[str, Any], list[bool]]:
+    """Exact match, F1 and answer-in-reply of greedy answers to ``items`` as ``prefix_*``
+    keys, and whether each answer stopped; one record per item appended to ``records``."""
+    items, prompts = _prompts(items, sections)
+    if not items:
+        return {prefix + "_em": None, prefix + "_f1": None, prefix + "_em_n": 0}, []
+    s = score_qa(model, tokenizer, prompts, [list(i.golds) for i in items], **kwargs)
+    inside = [answer_in_reply(g.text, list(i.golds)) for g, i in zip(s.generations, items,
+                                                                      strict=True)]
+    out = {**_acc(prefix + "_em", s.exact_match), prefix + "_f1": s.f1,
+           **_acc(prefix + "_contains", accuracy([x == 1.0 for x in inside]))}
+    for i, g, hit in zip(items, s.generations, inside, strict=True):
+        if records is not None:
+            records.append({"set": set_name, "split": i.split, "id": i.id,
+                            "question": i.question, "expected": i.golds[0], "answer": g.text,
+                            "exact": exact_match(g.text, list(i.golds)),
+                            "f1": round(token_f1(g.text, list(i.golds)), 4), "contains": hit,
+                            "doc": i.doc, **i.meta})
+    return out, [g.stopped for g in s.generations]
+
+
+def _mc(model: Any, tokenizer: Any, items: Sequence[Item], prefix: str, *,
+        sections: dict[Any, str] | None, system: str | None) -> dict[str, Any]:
+    items, prompts = _prompts([i for i in items if i.options], sections)
+    if not items:
+        return {prefix + "_mc_acc": None, prefix + "_mc_n": 0}
+    s = score_mc(model, tokenizer, prompts, [list(i.options) for i in items],
+                 [i.answer_index for i in items], system=system)
+    return {**_acc(prefix + "_mc_acc", s.accuracy), prefix + "_mc_chance": s.chance}
+
+
+def _split(items: Sequence[Item], split: str, limit: int) -> list[Item]:
+    return sorted((i for i in items if i.split == split), key=lambda i: i.id)[:limit]
+
+
 def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: Sequence[str],
                 block_size: int, max_questions: int = MAX_QUESTIONS,
                 system: str | None = None, max_new_tokens: int = 32,
-                max_text_tokens: int | None = None) -> dict[str, Any]:
+                max_text_tokens: int | None = None, handwritten: Sequence[Item] = (),
+                sections: dict[Any, str] | None = None,
+                records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The knowledge numbers of one model (see the module docstring for the keys);
-    ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look)."""
+    ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look).
+
+    ``handwritten``: items of a question file, scored as ``hand_*`` (trained pages) and
+    ``hand_control_*``. ``sections``: open book, each question with its section before it
+    (no perplexities). ``records`` gets one line per question answered."""
     out: dict[str, Any] = {}
     stopped: list[bool] = []
-    for split in ("trained", "heldout"):
-        qa = sorted(synth.questions(split), key=lambda q: q["id"])[:max_questions]
-        if qa:
-            s = score_qa(model, tokenizer, [q["question"] for q in qa],
-                         [q["answer"] for q in qa], system=system,
-                         max_new_tokens=max_new_tokens)
-            out.update(_acc(f"{split}_em", s.exact_match))
-            out[f"{split}_f1"] = s.f1
-            stopped += [g.stopped for g in s.generations]
-        else:
-            out.update({f"{split}_em": None, f"{split}_f1": None, f"{split}_em_n": 0})
-    for split in ("heldout", "control"):
-        mc = sorted((m for m in synth.mc if m["split"] == split), key=lambda m: m["id"])
-        mc = mc[:max_questions]
-        if mc:
-            s_mc = score_mc(model, tokenizer, [m["question"] for m in mc],
-                            [m["options"] for m in mc], [m["answer_index"] for m in mc],
-                            system=system)
-            out.update(_acc(f"{split}_mc_acc", s_mc.accuracy))
-            out[f"{split}_mc_chance"] = s_mc.chance
-        else:
-            out.update({f"{split}_mc_acc": None, f"{split}_mc_n": 0})
-    out["heldout_doc_ppl"] = text_perplexity(model, tokenizer, control_texts,
-                                             block_size=block_size, max_tokens=max_text_tokens)
-    out["general_ppl"] = text_perplexity(model, tokenizer, [general_text("eval")],
-                                         block_size=block_size, max_tokens=max_text_tokens)
+    natural = any(q.get("source") == "natural" for q in synth.qa)
+    sets = [("", *generated_items(synth.qa, synth.mc, source="natural" if natural else None))]
+    if natural and sections is None:  # the sentence-with-a-blank questions, for comparison
+        sets.append(("template_", *generated_items(synth.qa, synth.mc, source="template")))
+    kw = {"system": system, "max_new_tokens": max_new_tokens}
+    for tag, qa, mc in sets:
+        for split in ("trained", "heldout"):
+            got, stops = _qa(model, tokenizer, _split(qa, split, max_questions),
+                             split + "_" + tag.rstrip("_") if tag else split,
+                             set_name="generated" if not tag else "template",
+                             sections=sections, records=records if not tag else None, **kw)
+            out.update(got)
+            stopped += stops if not tag else []
+        for split in ("heldout", "control"):
+            out.update(_mc(model, tokenizer, _split(mc, split, max_questions),
+                           split + ("_" + tag.rstrip("_") if tag else ""),
+                           sections=sections, system=system))
+    for split, prefix in (("trained", "hand"), ("control", "hand_control")):
+        items = _split(handwritten, split, max_questions)
+        if items:
+            got, _ = _qa(model, tokenizer, items, prefix, set_name="handwritten",
+                         sections=sections, records=records, **kw)
+            out.update(got)
+            out.update(_mc(model, tokenizer, items, prefix, sections=sections, system=system))
     out["stop_rate"] = sum(stopped) / len(stopped) if stopped else None
+    if sections is None:
+        out["heldout_doc_ppl"] = text_perplexity(model, tokenizer, control_texts,
+                                                 block_size=block_size,
+                                                 max_tokens=max_text_tokens)
+        out["general_ppl"] = text_perplexity(model, tokenizer, [general_text("eval")],
+                                             block_size=block_size, max_tokens=max_text_tokens)
     return out
 
 
@@ -124,6 +199,11 @@ def control_texts(synth: SynthData, docs_dir: Path | None, *, dialect: str = "au
     return [t for _, t in texts]
 
 
+GAP_KEYS = ("heldout_em", "heldout_f1", "heldout_contains", "heldout_mc_acc", "hand_em",
+            "hand_f1", "hand_contains", "hand_mc_acc")
+"""Scores whose base -> open-book gap :func:`gap_closed` measures."""
+
+
 def compare(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
     """Changes from base to tuned of the headline numbers (points for accuracies, percent
     for perplexities)."""
@@ -139,16 +219,54 @@ def compare(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def gap_closed(base: dict[str, Any], open_book: dict[str, Any],
+               tuned: dict[str, Any]) -> dict[str, float | None]:
+    """Per score of :data:`GAP_KEYS`: (tuned - base) / (open book - base), the share of what
+    reading the section in the prompt gives that training gave without it (1.0: all of it;
+    None where the open book does not beat the base, so there is no gap to close)."""
+    out: dict[str, float | None] = {}
+    for k in GAP_KEYS:
+        b, o, t = base.get(k), open_book.get(k), tuned.get(k)
+        out[k] = (t - b) / (o - b) if b is not None and o is not None and t is not None \
+            and o > b else None
+    return out
+
+
+def merge_answers(base: list[dict[str, Any]], open_book: list[dict[str, Any]],
+                  tuned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per question: the question, expected answer and each model's answer with
+    ``*_right`` (the answer in the reply) and ``*_exact``; base order."""
+    def key(r: dict[str, Any]) -> tuple[str, str]:
+        return r["set"], r["id"]
+
+    others = {"open_book": {key(r): r for r in open_book}, "tuned": {key(r): r for r in tuned}}
+    rows = []
+    for r in base:
+        row = {k: v for k, v in r.items() if k not in ("answer", "exact", "f1", "contains")}
+        for name, got in (("base", r), *((n, m.get(key(r))) for n, m in others.items())):
+            if got is not None:
+                row.update({f"{name}_answer": got["answer"], f"{name}_right": bool(got["contains"]),
+                            f"{name}_exact": bool(got["exact"]), f"{name}_f1": got["f1"]})
+        rows.append(row)
+    return rows
+
+
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path | None = None,
-                 max_questions: int = MAX_QUESTIONS) -> dict[str, Any]:
-    """Base vs tuned knowledge numbers of a run folder: ``{"base", "tuned", "change", ...}``.
+                 max_questions: int = MAX_QUESTIONS,
+                 questions: Path | None = None) -> dict[str, Any]:
+    """Base vs tuned knowledge numbers of a run folder: ``{"base", "open_book", "tuned",
+    "change", "gap_closed", "answers", ...}``; ``answers`` holds one line per question
+    (:func:`merge_answers`).
 
     The synth folder is the run's (``knowledge.synth_dir``, or ``knowledge/`` of a
-    ``knowledge.auto`` run) unless ``synth_dir`` is given. Both models are scored with
+    ``knowledge.auto`` run) unless ``synth_dir`` is given. ``questions``: a question file
+    (:mod:`~doctune.knowledge.questions`) scored beside the generated questions. The open
+    book is the base with each question's section in its prompt. Both models are scored with
     the tuned model's tokenizer (a base without the chat tokens training added gets them,
     untrained)."""
     from doctune.errors import DataError
     from doctune.inference import load_for_inference
+    from doctune.knowledge.questions import file_items, load_question_file, section_texts
     from doctune.rundir import RunDir
 
     run = RunDir.open(run_dir)
@@ -159,24 +277,49 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
         raise DataError(f"{run.path} was trained without knowledge data; pass a synth folder "
                         "with `--synth DIR` (written by `doctune synth DOCS --out DIR`).")
     synth = load_synth(Path(folder))
+    hand = [] if questions is None else file_items(
+        load_question_file(questions), docs=synth.manifest.get("docs", []),
+        control_docs=synth.control_docs, seed=cfg.data.seed)
     tuned = load_for_inference(run.path, device=device)
     texts = control_texts(synth, cfg.data.path, dialect=cfg.data.dialect,
                           exclude=cfg.data.exclude)
+    records: dict[str, list[dict[str, Any]]] = {"base": [], "open_book": [], "tuned": []}
 
-    def score(model: Any) -> dict[str, Any]:
+    def score(model: Any, name: str, sections: Any = None) -> dict[str, Any]:
         return score_model(model, tuned.tokenizer, synth, control_texts=texts,
                            block_size=cfg.data.block_size, max_questions=max_questions,
-                           system=cfg.knowledge.system_prompt)
+                           system=cfg.knowledge.system_prompt, handwritten=hand,
+                           sections=sections, records=records[name])
 
-    scores = {"tuned": score(tuned.model)}
-    if tuned.source.lora:
-        with tuned.model.disable_adapter():
-            scores["base"] = score(tuned.model)
-    else:
-        scores["base"] = score(_base_model(run, tuned))
+    scores = {"tuned": score(tuned.model, "tuned")}
+    sections = section_texts(synth.folder)
+    with contextlib.ExitStack() as stack:
+        if tuned.source.lora:
+            stack.enter_context(tuned.model.disable_adapter())
+            base = tuned.model
+        else:
+            base = _base_model(run, tuned)
+        scores["base"] = score(base, "base")
+        scores["open_book"] = score(base, "open_book", sections) if sections else {}
     return {"run": str(run.path), "synth_dir": str(synth.folder),
+            "questions": None if questions is None else str(questions),
             "control_docs": synth.control_docs, "base": scores["base"],
-            "tuned": scores["tuned"], "change": compare(scores["base"], scores["tuned"])}
+            "open_book": scores["open_book"], "tuned": scores["tuned"],
+            "change": compare(scores["base"], scores["tuned"]),
+            "gap_closed": gap_closed(scores["base"], scores["open_book"], scores["tuned"]),
+            "answers": merge_answers(records["base"], records["open_book"], records["tuned"])}
+
+
+def save_result(run: Any, result: dict[str, Any]) -> None:
+    """``knowledge_eval.json`` (the numbers) and ``knowledge_answers.jsonl`` (one line per
+    question) into the run folder."""
+    import json
+
+    from doctune.data.store import atomic_write
+
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.get("answers", []))
+    atomic_write(run.knowledge_answers_file, lines.encode("utf-8"))
+    run.write_knowledge_eval({k: v for k, v in result.items() if k != "answers"})
 
 
 def _base_model(run: Any, tuned: Any) -> Any:
@@ -192,60 +335,3 @@ def _base_model(run: Any, tuned: Any) -> Any:
         model.resize_token_embeddings(len(tuned.tokenizer), mean_resizing=False)
     model.to(device=tuned.device, dtype=tuned.dtype)
     return model.eval()
-
-
-ROWS = (
-    ("held-out questions, exact match", "heldout_em", "acc"),
-    ("held-out questions, token F1", "heldout_f1", "acc"),
-    ("held-out multiple choice", "heldout_mc_acc", "acc"),
-    ("control-doc multiple choice", "control_mc_acc", "acc"),
-    ("trained questions, exact match", "trained_em", "acc"),
-    ("trained questions, token F1", "trained_f1", "acc"),
-    ("answers that stop (end of turn)", "stop_rate", "acc"),
-    ("held-out document perplexity", "heldout_doc_ppl", "ppl"),
-    ("general English perplexity", "general_ppl", "ppl"),
-)
-"""(label, key, kind) of each line of the comparison, in order."""
-
-
-def _cell(scores: dict[str, Any], key: str, kind: str) -> str:
-    value = scores.get(key)
-    if value is None:
-        return "-"
-    if kind == "ppl":
-        return f"{value:,.2f}"
-    ci = scores.get(f"{key}_ci")
-    n = scores.get(f"{key}_n")
-    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}] n={n}" if ci else "")
-
-
-def comparison_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(what, base, tuned, change) per line: accuracies with their 95% Wilson interval."""
-    rows = []
-    for label, key, kind in ROWS:
-        b, t = result["base"].get(key), result["tuned"].get(key)
-        if b is None and t is None:
-            continue
-        if b is None or t is None:
-            change = "-"
-        elif kind == "ppl":
-            change = f"{100 * (t / b - 1):+.1f}%"
-        else:
-            change = f"{100 * (t - b):+.1f} pts"
-        if key.endswith("mc_acc") and result["base"].get(key.replace("_acc", "_chance")):
-            label += f" (chance {100 * result['base'][key.replace('_acc', '_chance')]:.0f}%)"
-        rows.append((label, _cell(result["base"], key, kind), _cell(result["tuned"], key, kind),
-                     change))
-    return rows
-
-
-def knowledge_table(result: dict[str, Any]) -> Any:
-    """A rich table of :func:`comparison_rows`."""
-    from rich.table import Table
-
-    table = Table(title=f"knowledge: {result['run']}")
-    for col in ("", "base", "tuned", "change"):
-        table.add_column(col, justify="left" if not col else "right")
-    for row in comparison_rows(result):
-        table.add_row(*row)
-    return table

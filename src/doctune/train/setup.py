@@ -106,9 +106,9 @@ class RunSetup:
             return None
         try:
             if self.knowledge is not None and self.knowledge.trains_qa:
-                from doctune.knowledge.exam import evaluate_run
+                from doctune.knowledge.exam import evaluate_run, save_result
 
-                self.rundir.write_knowledge_eval(evaluate_run(self.rundir.path, device=self.device.type))
+                save_result(self.rundir, evaluate_run(self.rundir.path, device=self.device.type))
             return write_report(self.rundir)
         except Exception as e:  # a report failure must never lose a finished run
             self.monitor.warn(f"could not write the report: {e}")
