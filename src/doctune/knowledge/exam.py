@@ -109,8 +109,11 @@ def _qa(model: Any, tokenizer: Any, items: Sequence[Item], prefix: str, *, set_n
     if not items:
         return {prefix + "_em": None, prefix + "_f1": None, prefix + "_em_n": 0}, []
     s = score_qa(model, tokenizer, prompts, [list(i.golds) for i in items], **kwargs)
-    inside = [answer_in_reply(g.text, list(i.golds)) for g, i in zip(s.generations, items,
-                                                                      strict=True)]
+    # an answer the question itself holds ("which wins, A or B?") counts only when exact:
+    # an echo of the question is not an answer
+    inside = [exact_match(g.text, list(i.golds)) if answer_in_reply(i.question, list(i.golds))
+              else answer_in_reply(g.text, list(i.golds))
+              for g, i in zip(s.generations, items, strict=True)]
     out = {**_acc(prefix + "_em", s.exact_match), prefix + "_f1": s.f1,
            **_acc(prefix + "_contains", accuracy([x == 1.0 for x in inside]))}
     for i, g, hit in zip(items, s.generations, inside, strict=True):
