@@ -9,6 +9,11 @@ teacher with ``--teacher-url``) serves all recipes:
 - ``docs+reph``: documents and rephrasings of their facts;
 - ``mixed``: documents, rephrasings, trained questions and replayed general text.
 
+Beside the generated held-out questions (natural phrasings never trained) it scores the
+hand-written questions of ``questions/vite_config.jsonl`` about the pages read, and the base
+with each question's section in its prompt (the open book), so each recipe shows the share of
+the base -> open-book gap it closed.
+
 Each recipe trains the same number of input tokens (steps are set from the mean window
 length of its mix). Printed per recipe: held-out-question EM and MC accuracy before ->
 after, trained-question EM, held-out (control) document perplexity, general-text
@@ -128,19 +133,32 @@ def mean_window_tokens(cfg: Any, work: Path) -> float:
     return sum(len(mixed[i].ids) for i in range(len(mixed))) / len(mixed)
 
 
-def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[str, Any]) -> dict[str, Any]:
-    from doctune.knowledge.evaluate import score_model
+QUESTIONS = Path(__file__).resolve().parent / "questions" / "vite_config.jsonl"
+
+
+def hand_items(synth: Any) -> list[Any]:
+    """The hand-written questions about the pages this synth folder read."""
+    from doctune.knowledge.questions import file_items, load_question_file
+
+    return file_items(load_question_file(QUESTIONS), docs=synth.manifest["docs"],
+                      control_docs=synth.control_docs)
+
+
+def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[str, Any],
+          *, sections: Any = None, records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    from doctune.knowledge.exam import score_model
 
     return score_model(model, tokenizer, synth, control_texts=texts,
                        block_size=mode["block_size"], max_questions=mode["max_questions"],
-                       max_text_tokens=mode["max_text_tokens"])
+                       max_text_tokens=mode["max_text_tokens"], handwritten=hand_items(synth),
+                       sections=sections, records=records)
 
 
 def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
                mode: dict[str, Any], model: Path, synth_dir: Path) -> dict[str, Any]:
     from doctune.config import load_config
     from doctune.inference import load_for_inference
-    from doctune.knowledge.evaluate import control_texts
+    from doctune.knowledge.exam import control_texts
     from doctune.knowledge.mix import load_synth
     from doctune.train.loop import train
 
@@ -165,6 +183,30 @@ def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
 
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
+
+
+def _pair(base: dict[str, Any], tuned: dict[str, Any], key: str) -> str:
+    return f"{fmt(base.get(key))} -> {fmt(tuned.get(key))}"
+
+
+def question_table(base: dict[str, Any], open_book: dict[str, Any],
+                   rows: list[dict[str, Any]]) -> str:
+    """Generated held-out and hand-written questions side by side: MC, exact, answer in
+    reply, F1, and the share of the base -> open-book gap closed (MC; answer in reply)."""
+    from doctune.knowledge.exam import gap_closed
+
+    head = ("recipe", "gen MC", "gen exact", "gen in-reply", "gen F1", "hand MC", "hand exact",
+            "hand in-reply", "hand F1", "gap closed gen MC/in-reply", "hand MC/in-reply")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    cols = ("heldout_mc_acc", "heldout_em", "heldout_contains", "heldout_f1", "hand_mc_acc",
+            "hand_em", "hand_contains", "hand_f1")
+    lines.append(" | ".join(["open book (base)", *(fmt(open_book.get(c)) for c in cols), "-", "-"]))
+    for r in rows:
+        g = gap_closed(base, open_book, r["tuned"])
+        lines.append(" | ".join([r["recipe"], *(_pair(base, r["tuned"], c) for c in cols),
+                                 f"{fmt(g['heldout_mc_acc'])}/{fmt(g['heldout_contains'])}",
+                                 f"{fmt(g['hand_mc_acc'])}/{fmt(g['hand_contains'])}"]))
+    return "\n".join(lines)
 
 
 def table(base: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -212,7 +254,7 @@ def main() -> None:
     started = time.perf_counter()
 
     from doctune.inference import load_for_inference
-    from doctune.knowledge.evaluate import control_texts
+    from doctune.knowledge.exam import control_texts
     from doctune.knowledge.mix import load_synth
     from doctune.knowledge.synth import synthesize
     from doctune.knowledge.teacher import TeacherConfig
@@ -238,8 +280,17 @@ def main() -> None:
           f"multiple-choice items, control docs {summary.control_docs}", flush=True)
     synth = load_synth(synth_dir)
     base_loaded = load_for_inference(str(model), device="cpu")
+    from doctune.knowledge.questions import section_texts
+
+    records: list[dict[str, Any]] = []
     base = score(base_loaded.model, base_loaded.tokenizer, synth,
-                 control_texts(synth, args.corpus), mode)
+                 control_texts(synth, args.corpus), mode, records=records)
+    open_book = score(base_loaded.model, base_loaded.tokenizer, synth, [], mode,
+                      sections=section_texts(synth_dir), records=records)
+    with (args.work / "base_answers.jsonl").open("w", encoding="utf-8") as f:
+        for n, r in enumerate(records):  # closed book first, then open book
+            f.write(json.dumps({"book": "closed" if n < len(records) // 2 else "open", **r},
+                               ensure_ascii=False) + "\n")
     del base_loaded
     print(f"base scored ({time.perf_counter() - started:.0f} s)", flush=True)
     rows = []
@@ -254,9 +305,13 @@ def main() -> None:
           f"{base.get('heldout_em_n', 0)} held-out / {base.get('trained_em_n', 0)} trained "
           "questions scored")
     print(table(base, rows))
+    print(f"\nquestions: generated held-out ({base.get('heldout_em_n', 0)}, natural phrasings "
+          f"never trained) vs hand-written ({base.get('hand_em_n', 0)} on trained pages, "
+          f"{QUESTIONS.name}); base -> tuned; base answers in {args.work / 'base_answers.jsonl'}")
+    print(question_table(base, open_book, rows))
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
-        print(json.dumps({"base": base, "recipes": rows}, indent=1,
+        print(json.dumps({"base": base, "open_book": open_book, "recipes": rows}, indent=1,
                          default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
 
 

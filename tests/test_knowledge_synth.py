@@ -64,10 +64,18 @@ def test_writes_consistent_files_deterministically(docs: Path, tmp_path: Path) -
         assert (f["split"] == "control") == (f["doc"] in manifest["control_docs"])
     for q in qa:
         fact = by_id[q["fact_id"]]
-        assert q["answer"] == fact["answer"] and q["split"] == fact["split"]
-        assert q["doc"] == fact["doc"] and q["source"] == "template"
+        assert q["split"] == fact["split"] and q["doc"] == fact["doc"]
+        if q["source"] == "natural":  # asked one way or the other, in a phrasing of its split
+            assert q["answer"] in (fact["answer"], fact["subject"].strip("`"))
+            assert q["phrasing_split"] == ("trained" if q["split"] == "trained" else "heldout")
+            assert (q["template"] in manifest["phrasings"]["heldout"]) == (
+                q["phrasing_split"] == "heldout")
+        else:
+            assert q["answer"] == fact["answer"] and q["source"] == "template"
+    assert manifest["counts"]["qa_by_source"] == {"natural": 81, "template": 88}
     for m in mc:
-        assert m["options"][m["answer_index"]] == by_id[m["fact_id"]]["answer"]
+        fact = by_id[m["fact_id"]]
+        assert m["options"][m["answer_index"]] in (fact["answer"], fact["subject"].strip("`"))
         assert m["chance"] == 1 / m["num_options"]
     assert {r["split"] for r in reph} <= {"trained", "heldout", "control"}
     assert len({r["text"] for r in reph}) == len(reph)  # a sentence of two facts: once

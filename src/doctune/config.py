@@ -210,6 +210,10 @@ class KnowledgeConfig(_Section):
     """knowledge.auto: share of documents left out of training entirely (controls)."""
     system_prompt: str | None = None
     """System turn put before each trained question (and each evaluated one); null = none."""
+    heldout_phrasing_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    """Share of natural question phrasings never trained: held-out facts are asked only in these (synth)."""
+    natural_per_fact: int = Field(2, ge=1)
+    """Natural questions per trained fact and direction, each in another trained phrasing (synth)."""
 
     @model_validator(mode="after")
     def _shares_leave_room_for_docs(self) -> KnowledgeConfig:

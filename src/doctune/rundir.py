@@ -12,6 +12,7 @@ A run folder holds::
     data/                the token store (unless ``data.cache_dir`` puts it elsewhere)
     knowledge/           questions, rephrasings and facts made from the docs (``knowledge.auto``)
     knowledge_eval.json  base vs tuned knowledge scores (``doctune eval --knowledge``, the report)
+    knowledge_answers.jsonl  each exam question with the base, open-book and tuned answers
     tokenizer/           the tokenizer trained for a from-scratch preset
     base/                the random base of a from-scratch LoRA run
     checkpoints/step-N/  weights.safetensors, optimizer.pt, trainer.pt, state.json (last)
@@ -158,6 +159,8 @@ class RunDir:
         """``doctune synth`` output made for this run (``knowledge.auto``)."""
         self.knowledge_eval_file = p / "knowledge_eval.json"
         """Base vs tuned knowledge scores, as ``doctune eval --knowledge --json`` prints them."""
+        self.knowledge_answers_file = p / "knowledge_answers.jsonl"
+        """One line per question of the knowledge exam: expected, base, open-book and tuned answers."""
         self.tokenizer_dir = p / "tokenizer"
         """The tokenizer trained for a from-scratch preset."""
         self.base_dir = p / "base"
@@ -226,7 +229,7 @@ class RunDir:
         return {self.config_file, self.facts_file, self.data_summary_file, self.metrics_file,
                 self.samples_file, self.samples_md, self.report_file, self.plots_dir,
                 self.tensorboard_dir, self.data_dir, self.knowledge_dir,
-                self.knowledge_eval_file, self.tokenizer_dir, self.base_dir,
+                self.knowledge_eval_file, self.knowledge_answers_file, self.tokenizer_dir, self.base_dir,
                 self.checkpoints_dir, self.final_dir, self.final_staging,
                 self.path / "wandb",  # what W&B writes when given the run folder
                 *self.path.glob(TMP_GLOB)}

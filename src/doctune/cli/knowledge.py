@@ -110,7 +110,8 @@ class _progress:
 
 
 def knowledge_eval(model: str, *, synth_dir: Path | None, device: str,
-                   max_questions: int | None, json_: bool) -> None:
+                   max_questions: int | None, json_: bool,
+                   questions: Path | None = None) -> None:
     """``doctune eval RUN --knowledge``: base vs tuned, printed as a table or JSON, and saved
     in the run folder."""
     import json
@@ -118,15 +119,17 @@ def knowledge_eval(model: str, *, synth_dir: Path | None, device: str,
     from rich.console import Console
 
     from doctune.errors import ConfigError
-    from doctune.knowledge.evaluate import evaluate_run, knowledge_table
+    from doctune.knowledge.exam import evaluate_run, save_result
+    from doctune.knowledge.exam_table import knowledge_table
     from doctune.rundir import RunDir
 
     if not RunDir.is_run(model):
         raise ConfigError(f"--knowledge compares a run with its base: pass a run folder (the "
                           f"`--out` of `doctune train`), got {model!r}.")
-    result = evaluate_run(model, device=device, synth_dir=synth_dir,
+    result = evaluate_run(model, device=device, synth_dir=synth_dir, questions=questions,
                           **({"max_questions": max_questions} if max_questions else {}))
-    RunDir.open(model).write_knowledge_eval(result)
+    save_result(RunDir.open(model), result)
+    result.pop("answers", None)  # in knowledge_answers.jsonl
     if json_:
         typer.echo(json.dumps(result, indent=1))
         return

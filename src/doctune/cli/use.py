@@ -95,13 +95,14 @@ def eval_(
     knowledge: Annotated[bool, typer.Option("--knowledge", help="Base vs tuned: questions (exact match, F1), multiple choice, held-out and general perplexity, stop rate.")] = False,
     synth_dir: Annotated[Path | None, typer.Option("--synth", help="With --knowledge: a `doctune synth` folder (default: the run's).", exists=True, file_okay=False)] = None,
     max_questions: Annotated[int | None, typer.Option(help="With --knowledge: questions scored per split at most (default 200).", min=1)] = None,
+    questions: Annotated[Path | None, typer.Option("--questions", help="With --knowledge: a JSONL file of your own questions (question, answer, aliases, distractors, doc, section), scored beside the generated ones.", exists=True, dir_okay=False)] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Perplexity per document and overall, with the same cleaning and windows as training;
     with `--knowledge`, what a run knows of its docs compared with its base.
 
     Example: `doctune eval runs/mydocs --data docs/ --compare base`, or
-    `doctune eval runs/mydocs --knowledge`
+    `doctune eval runs/mydocs --knowledge --questions my_questions.jsonl`
     """
     import json
 
@@ -109,7 +110,7 @@ def eval_(
         from doctune.cli.knowledge import knowledge_eval
 
         knowledge_eval(model, synth_dir=synth_dir, device=device, max_questions=max_questions,
-                       json_=json_)
+                       json_=json_, questions=questions)
         return
     if data is None:
         raise ConfigError("give the docs to score with `--data DOCS` (or use --knowledge).")

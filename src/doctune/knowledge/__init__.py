@@ -17,4 +17,5 @@ Modules, bottom to top:
 - :mod:`~doctune.knowledge.metrics`: exact match, token F1, multiple-choice accuracy,
   Wilson intervals, stop rate.
 - :mod:`~doctune.knowledge.score`: those numbers for a loaded model.
+- :mod:`~doctune.knowledge.exam`: the knowledge exam of a run, base vs tuned.
 """

@@ -3,6 +3,9 @@
 - :func:`normalize_answer`: SQuAD's normalisation (lowercase, punctuation and the
   articles a/an/the removed, white space collapsed).
 - :func:`exact_match`, :func:`token_f1`: against one or more gold answers (the best).
+- :func:`answer_in_reply`: a gold answer's normalised words, in order, inside the reply (a
+  sentence that holds the right answer counts; a reply that lists many options is not
+  guarded against, so read it beside exact match).
 - :func:`mc_choice`, :func:`mc_accuracy`: multiple choice from per-option log-likelihoods,
   raw or divided by the option's token count.
 - :func:`wilson_interval`: a confidence interval for an accuracy that behaves at 0/n and n/n.
@@ -56,6 +59,17 @@ def token_f1(prediction: str, gold: str | Sequence[str]) -> float:
     """SQuAD token F1 of the normalised answers, the best over the gold answers."""
     pred = normalize_answer(prediction).split()
     return max(_f1(pred, normalize_answer(g).split()) for g in _golds(gold))
+
+
+def answer_in_reply(prediction: str, gold: str | Sequence[str]) -> float:
+    """1.0 when a gold answer's normalised words occur as a run in the normalised reply."""
+    pred = normalize_answer(prediction).split()
+    for g in _golds(gold):
+        words = normalize_answer(g).split()
+        if words and any(pred[k:k + len(words)] == words
+                         for k in range(len(pred) - len(words) + 1)):
+            return 1.0
+    return 0.0
 
 
 def mc_choice(logprobs: Sequence[float], lengths: Sequence[int] | None = None) -> int:

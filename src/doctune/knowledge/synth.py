@@ -10,10 +10,14 @@ rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``ou
 - ``facts.jsonl``: one fact per line (fields: :mod:`doctune.knowledge.facts`) plus
   ``split``;
 - ``qa.jsonl``, ``rephrasings.jsonl``, ``mc.jsonl`` (fields:
-  :mod:`doctune.knowledge.templates`);
+  :mod:`doctune.knowledge.templates`; natural questions, ``source`` ``"natural"``, add
+  ``kind``, ``direction`` and ``phrasing_split``: :mod:`doctune.knowledge.natural`);
+- ``sections.jsonl``: ``doc``, ``section`` (heading path) and ``text`` of every section of
+  the docs read (:mod:`~doctune.knowledge.sections`), the context of open-book questions;
 - ``manifest.json``: ``version``, ``seed``, ``heldout_fraction``, ``control_fraction``,
   ``docs`` (documents read), ``control_docs`` (documents the lead's training must leave
-  out), ``counts`` (lines per file, and facts per split and per kind), ``teacher``
+  out), ``counts`` (lines per file, and facts per split and per kind), ``phrasings``
+  (``heldout_fraction`` and the ``heldout`` phrasing names), ``teacher``
   (``null``, or ``{"model", "sections", "asked", "cached", "failed", "dropped_qa",
   "dropped_rephrasings"}`` —
   never a key or a URL);
@@ -44,6 +48,13 @@ from doctune.data.corpus import Skipped
 from doctune.errors import DataError
 from doctune.knowledge.facts import Fact, extract_facts
 from doctune.knowledge.metrics import normalize_answer
+from doctune.knowledge.natural import (
+    NaturalQuestion,
+    mc_rows,
+    natural_questions,
+    phrasing_split,
+    qa_row,
+)
 from doctune.knowledge.sections import split_sections
 from doctune.knowledge.split import split_facts, unit_hash
 from doctune.knowledge.teacher import SectionResult, Teacher, TeacherConfig
@@ -73,6 +84,7 @@ class SynthSummary:
     control_docs: list[str] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] | None = None
+    phrasings: dict[str, Any] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -83,7 +95,7 @@ class SynthSummary:
                 "heldout_fraction": self.heldout_fraction,
                 "control_fraction": self.control_fraction, "docs": self.docs,
                 "control_docs": self.control_docs, "counts": self.counts,
-                "teacher": self.teacher}
+                "phrasings": self.phrasings, "teacher": self.teacher}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (the CLI's ``--json``)."""
@@ -123,7 +135,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def _unambiguous_questions(qa: Sequence[QAPair]) -> set[str]:
+def _unambiguous_questions(qa: Sequence[QAPair | NaturalQuestion]) -> set[str]:
     answers: dict[str, set[str]] = {}
     for p in qa:
         answers.setdefault(p.question, set()).add(normalize_answer(p.answer))
@@ -178,12 +190,17 @@ def synthesize(
     control_fraction: float = default_of("knowledge.control_fraction"),
     questions_per_fact: int = 2,
     rephrasings_per_fact: int = 2,
+    heldout_phrasing_fraction: float = default_of("knowledge.heldout_phrasing_fraction"),
+    natural_per_fact: int = default_of("knowledge.natural_per_fact"),
     progress: Callable[[int, int], None] | None = None,
     teacher_sleep: Callable[[float], None] | None = None,
 ) -> SynthSummary:
     """Write facts, questions, rephrasings and multiple-choice items for ``docs_dir`` into
     ``out_dir`` (see the module docstring for the files).
 
+    Natural questions (:mod:`~doctune.knowledge.natural`) come beside the template ones:
+    ``natural_per_fact`` per trained fact and direction, in phrasings of which a share
+    ``heldout_phrasing_fraction`` is never trained.
     ``teacher`` adds a teacher model's pairs and rephrasings per section (``progress(done,
     total)`` follows its sections; ``teacher_sleep`` replaces the wait between retries).
     Raises :class:`DataError` for missing docs or an ``out_dir`` that is, holds or lies
@@ -217,35 +234,52 @@ def synthesize(
     # one sentence holding two facts (two identifiers, say) restates as the same text twice:
     # trained once (the first, by fact order), not weighted double
     reph = _first_of_each_text(reph)
-    keep = _unambiguous_questions(qa)
-    qa = [q for q in qa if q.question in keep]
+    phrasings = phrasing_split(seed, heldout_phrasing_fraction)
+    summary.phrasings = {"heldout_fraction": heldout_phrasing_fraction,
+                         "heldout": sorted(n for n, s in phrasings.items() if s == "heldout")}
+    natural = natural_questions(facts, plan.splits, seed=seed, phrasings=phrasings,
+                                per_fact=natural_per_fact)
+    keep = _unambiguous_questions([*qa, *natural])
+    natural = [q for q in natural if q.question in keep]
+    qa_rows = [*(q.to_dict() for q in qa if q.question in keep),
+               *(qa_row(q, plan.splits[q.fact.id]) for q in natural)]
     mc: list[MCItem] = [m for m in mc_items(facts, plan.splits, seed=seed) if m.question in keep]
-    summary.counts = _write_all(out, facts, plan.splits, qa, reph, mc)
+    mc_lines = [*(m.to_dict() for m in mc), *mc_rows(natural, facts, plan.splits, seed=seed)]
+    summary.counts = _write_all(out, facts, plan.splits, qa_rows, reph, mc_lines,
+                                _section_rows(texts))
     summary.seconds = time.perf_counter() - started
     write_json(out / "manifest.json", summary.manifest())
     return summary
 
 
+def _section_rows(texts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One ``sections.jsonl`` line per section of each document (a long one in parts)."""
+    return [{"doc": s.doc, "section": list(s.path), "text": s.text}
+            for rel, text in texts for s in split_sections(text, rel)]
+
+
 def _write_all(out: Path, facts: Sequence[Fact], splits: dict[str, str],
-               qa: Sequence[QAPair], reph: Sequence[Rephrasing],
-               mc: Sequence[MCItem]) -> dict[str, Any]:
-    """Write the four JSONL files; return the counts for the manifest."""
+               qa: Sequence[dict[str, Any]], reph: Sequence[Rephrasing],
+               mc: Sequence[dict[str, Any]], sections: Sequence[dict[str, Any]]
+               ) -> dict[str, Any]:
+    """Write the five JSONL files; return the counts for the manifest."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         counts: dict[str, Any] = {
             "facts": _write_jsonl(out / "facts.jsonl",
                                   ({**f.to_dict(), "split": splits[f.id]} for f in facts)),
-            "qa": _write_jsonl(out / "qa.jsonl", (q.to_dict() for q in qa)),
+            "qa": _write_jsonl(out / "qa.jsonl", qa),
             "rephrasings": _write_jsonl(out / "rephrasings.jsonl", (r.to_dict() for r in reph)),
-            "mc": _write_jsonl(out / "mc.jsonl", (m.to_dict() for m in mc)),
+            "mc": _write_jsonl(out / "mc.jsonl", mc),
+            "sections": _write_jsonl(out / "sections.jsonl", sections),
         }
     except OSError as e:
         raise DataError(f"cannot write into `{out}` ({e.strerror}); pass a folder you can "
                         "write to with --out.") from e
     counts["facts_by_split"] = dict(sorted(Counter(splits[f.id] for f in facts).items()))
     counts["facts_by_kind"] = dict(sorted(Counter(f.kind for f in facts).items()))
-    counts["qa_by_split"] = dict(sorted(Counter(q.split for q in qa).items()))
-    counts["qa_by_source"] = dict(sorted(Counter(q.source for q in qa).items()))
+    counts["qa_by_split"] = dict(sorted(Counter(q["split"] for q in qa).items()))
+    counts["qa_by_source"] = dict(sorted(Counter(q["source"] for q in qa).items()))
     return counts
 
 

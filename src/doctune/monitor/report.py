@@ -173,15 +173,35 @@ def _knowledge_html(run: RunDir) -> str:
     result = run.knowledge_eval()
     if not result:
         return ""
-    from doctune.knowledge.evaluate import comparison_rows
+    from doctune.knowledge.exam_table import COLUMNS, comparison_rows
 
-    head = "".join(f"<th>{h}</th>" for h in ("", "base", "tuned", "change"))
+    head = "".join(f"<th>{h}</th>" for h in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>"
                    for row in comparison_rows(result))
     return ('<p class="sub">Greedy answers and option log-likelihoods, no judge model; '
             "accuracies with their 95% Wilson interval. Held-out questions were never trained; "
-            "held-out documents are the control documents, never trained on.</p>"
-            f"<table><tr>{head}</tr>{body}</table>")
+            "held-out documents are the control documents, never trained on. The open book is "
+            "the base with each question's section in its prompt.</p>"
+            f"<table><tr>{head}</tr>{body}</table>{_answers_html(run)}")
+
+
+def _answers_html(run: RunDir, limit: int = 40) -> str:
+    """The first ``limit`` questions of ``knowledge_answers.jsonl``: expected, base and tuned
+    answers, right (the answer in the reply) or wrong."""
+    rows = read_jsonl(run.knowledge_answers_file)[:limit] if run.knowledge_answers_file.is_file() else []
+    if not rows:
+        return ""
+    cols = ("set", "question", "expected", "base answer", "tuned answer", "tuned right")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(str(c))}</td>" for c in (
+            r.get("set", ""), r["question"], r["expected"], r.get("base_answer", "-"),
+            r.get("tuned_answer", "-"),
+            "-" if "tuned_right" not in r else "right" if r["tuned_right"] else "wrong"))
+        + "</tr>"
+        for r in rows)
+    return (f"<h3>Questions and answers (the first {len(rows)}; all in "
+            f"{run.knowledge_answers_file.name})</h3><table><tr>{head}</tr>{body}</table>")
 
 
 def write_report(run: RunDir) -> Path:

@@ -72,10 +72,10 @@ def evaluate_knowledge(run: Run) -> None:
     k = run.inputs.knowledge
     if k is None or not k.trains_qa or not run.cfg.log.report or not run.env.is_main:
         return
-    from doctune.knowledge.evaluate import evaluate_run
+    from doctune.knowledge.exam import evaluate_run, save_result
 
     try:
-        run.folder.write_knowledge_eval(evaluate_run(run.folder.path, device=run.hw.device.type))
+        save_result(run.folder, evaluate_run(run.folder.path, device=run.hw.device.type))
     except Exception as e:  # an evaluation failure must never lose a finished run
         run.monitor.warn(f"could not evaluate what the model knows: {e}; run "
                          f"`doctune eval {run.folder.path} --knowledge` to try again")

@@ -1,0 +1,382 @@
+"""Questions as people ask them: facts turned into questions that never quote the source
+sentence, in both directions of each relation, with phrasings split like facts.
+
+A fact relates a *subject* to an *answer* (``build.outDir`` defaults to ``dist``). Each
+relation is asked both ways:
+
+- ``value``: from the subject to the answer ("What does `build.outDir` default to?");
+- ``name``: from the answer (or what the section says the subject does) back to the subject
+  ("Which option defaults to `dist`?", "Which option sets the output directory?"). A
+  ``name`` question is made only when its answer is unambiguous in the docs read (the value
+  is the default of one option only; the description is short enough to ask).
+
+Each (kind, direction) has several *phrasings*. Like facts, phrasings are split by a seeded
+hash (:func:`phrasing_split`): a trained fact is asked in trained phrasings only, a held-out
+or control fact in held-out phrasings only, so a held-out question is a fact the model never
+saw asked, in words it never saw a question put in. It measures answering, not template
+matching.
+
+Kinds asked: ``config`` (both ways), ``heading`` of an identifier-like section (what it does;
+which option does that), ``definition`` (what a term does; which term does that),
+``table`` (a cell; which row has it), ``flag`` and ``number`` (when a section holds only one).
+``code`` facts (an identifier somewhere in a sentence) are not: without a model they can
+only be asked as the sentence with a blank (:mod:`~doctune.knowledge.templates` does that).
+
+Every question records its fact, section, kind, direction and phrasing (``template``:
+``natural.<kind>.<direction>.<k>``, ``phrasing_split``), and :func:`quotes_sentence` is false
+for each: no question holds its fact's sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from doctune.knowledge.facts import Fact
+from doctune.knowledge.metrics import normalize_answer
+from doctune.knowledge.split import unit_hash
+
+DIRECTIONS = ("value", "name")
+
+# Fields: subject (`code` when it is an identifier), answer (`code`), pred (what the subject
+# does, a verb phrase in the third person), where (the section), relation, measure.
+PHRASINGS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("config", "value"): (
+        "What does {subject} default to?",
+        "If I don't set {subject}, what value does it have?",
+        "What's the default value of {subject}?",
+        "I left {subject} out of my config. What is it set to?",
+        "Out of the box, what is {subject} set to?",
+    ),
+    ("config", "name"): (
+        "Which option defaults to {answer}?",
+        "Which setting is {answer} when you don't set it?",
+        "What option has {answer} as its default value?",
+        "{answer} is the default of which option?",
+    ),
+    ("heading", "value"): (
+        "What is {subject} for?",
+        "What does the {subject} option do?",
+        "In one sentence, what does {subject} do?",
+        "What's the purpose of {subject}?",
+    ),
+    ("heading", "name"): (
+        "Which option {pred}?",
+        "What setting {pred}?",
+        "I need the option that {pred}. What is it called?",
+        "Which config key {pred}?",
+        "What is the name of the option that {pred}?",
+    ),
+    ("definition", "value"): (
+        "In {where}, what does {answer} do?",
+        "What is {answer} for in {where}?",
+        "What does the {answer} field of {where} mean?",
+    ),
+    ("definition", "name"): (
+        "In {where}, which field {pred}?",
+        "What is the {where} setting that {pred} called?",
+        "{where}: which key {pred}?",
+    ),
+    ("table", "value"): (
+        "What {relation} does {subject} have?",
+        "For {subject}, what's the {relation}?",
+        "Tell me the {relation} of {subject}.",
+    ),
+    ("table", "name"): (
+        "Which one has {answer} as its {relation} in {where}?",
+        "In {where}, what has the {relation} {answer}?",
+        "What entry of {where} has {relation} {answer}?",
+    ),
+    ("flag", "value"): (
+        "Which command-line flag goes with {subject}?",
+        "What CLI flag do I use for {subject}?",
+        "Is there a command-line flag for {subject}? Which one?",
+    ),
+    ("flag", "name"): (
+        "Which option does the {answer} flag go with?",
+        "The CLI flag {answer} is the command-line side of which option?",
+        "What setting does {answer} on the command line relate to?",
+    ),
+    ("number", "value"): (
+        "What {measure} do the docs give for {subject}?",
+        "Which {measure} goes with {subject}?",
+        "For {subject}, what {measure} is mentioned?",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class NaturalQuestion:
+    """One question about one fact in one direction and phrasing."""
+
+    question: str
+    answer: str
+    fact: Fact
+    direction: str
+    template: str
+    phrasing_split: str
+
+
+def phrasing_split(seed: int, fraction: float) -> dict[str, str]:
+    """Phrasing name -> ``"trained"`` or ``"heldout"``: held out when its seeded hash falls
+    under ``fraction``; every group keeps at least one of each (the lowest hash is held out,
+    the highest trained), so both splits can always be asked."""
+    out: dict[str, str] = {}
+    for (kind, direction), texts in PHRASINGS.items():
+        names = [f"natural.{kind}.{direction}.{k}" for k in range(len(texts))]
+        h = {n: unit_hash("phrasing:" + n, seed) for n in names}
+        group = {n: "heldout" if h[n] < fraction else "trained" for n in names}
+        if fraction > 0 and "heldout" not in group.values():
+            group[min(names, key=h.__getitem__)] = "heldout"
+        if "trained" not in group.values():
+            group[max(names, key=h.__getitem__)] = "trained"
+        out.update(group)
+    return out
+
+
+def _plain(text: str) -> str:
+    """Markdown links to their text, emphasis marks dropped, white space collapsed."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    return " ".join(re.sub(r"\*\*|__", "", text).split())
+
+
+def _code(text: str) -> str:
+    return text if "`" in text else f"`{text}`"
+
+
+def _identifier(subject: str) -> bool:
+    """A heading that names a thing (``server.port``, ``onPress``), not a prose title."""
+    return bool(subject) and " " not in subject.strip("`") and len(subject) <= 64
+
+
+_VERBS = frozenset(["add", "adjust", "allow", "apply", "build", "change", "choose", "configure", "control", "convert", "create", "customize", "decide", "define", "determine", "disable", "emit", "enable", "exclude", "expose", "force", "forward", "generate", "ignore", "include", "inject", "keep", "limit", "load", "make", "override", "pass", "prevent", "print", "provide", "register", "remove", "replace", "restrict", "return", "run", "select", "serve", "set", "show", "skip", "specify", "start", "stop", "transform", "turn", "use", "warm", "write"])
+_NOT_NOUN_PHRASE = re.compile(r"\b(?:will|must|should|can|may|might|is|was|were|does|did)\b",
+                              re.IGNORECASE)
+_SKIP_START = frozenset(["a", "an", "the", "this", "these", "that", "it", "its", "if", "when", "unless", "note", "see", "by", "for", "in", "as", "to", "on", "with", "also", "only"])
+MAX_DESCRIPTION_WORDS = 14
+"""A description longer than this (after its first clause) is not asked the ``name`` way."""
+
+
+def _third_person(verb: str) -> str:
+    if re.search(r"[^aeiou]y$", verb):
+        return verb[:-1] + "ies"
+    if re.search(r"(?:s|sh|ch|x|z|o)$", verb):
+        return verb + "es"
+    return verb + "s"
+
+
+def _stem(word: str) -> str | None:
+    """``word`` as a known verb's base form when it is that verb in the third person."""
+    for cut, add in (("ies", "y"), ("es", ""), ("s", "")):
+        if word.endswith(cut) and word[:-len(cut)] + add in _VERBS:
+            return word[:-len(cut)] + add
+    return None
+
+
+def predicate(sentence: str) -> str | None:
+    """What a description says its subject does, as a third-person verb phrase ("specifies
+    the server port", "sets the output format for worker bundles", "decides whether to ...");
+    None when the sentence is not a short description of that shape."""
+    text = _plain(sentence).rstrip(".:;")
+    text = re.split(r"\s+\(|;|, (?:but|and|so|which|e\.g\.)", text)[0].strip()
+    text = re.sub(r"^This (?:option|setting)\s+", "", text)
+    words = text.split()
+    if not words or len(words) > MAX_DESCRIPTION_WORDS or "`" in words[0]:
+        return None
+    first, rest = words[0].lower(), " ".join(words[1:])
+    head = [p for p in first.split("/") if p]
+    if head and all(p in _VERBS for p in head):
+        return " ".join(["/".join(_third_person(p) for p in head), *words[1:]])
+    if _stem(first) is not None:
+        return " ".join([first, *words[1:]])
+    if first == "whether":
+        return "decides whether " + rest
+    if first in _SKIP_START or not words[0][0].isupper() or _NOT_NOUN_PHRASE.search(text):
+        return None
+    lead = words[0] if words[0].isupper() or any(c.isupper() for c in words[0][1:]) else first
+    return " ".join(["sets the", lead, *words[1:]])
+
+
+_MEASURES = ((r"ms|millisecond|second|sec|minute|min|hour|hr|h|day|week|month|year|s", "duration"),
+             (r"[KMGT]i?B|kB|B|byte", "size"), (r"%", "percentage"), (r"x|times", "factor"))
+
+
+def _measure(answer: str) -> str:
+    unit = re.sub(r"^[\d.,\s]+", "", answer).rstrip("s") or "s"
+    return next((m for pattern, m in _MEASURES if re.fullmatch(pattern, unit)), "number")
+
+
+def quotes_sentence(question: str, sentence: str) -> bool:
+    """True when ``question`` holds its fact's whole sentence (normalised): a quote, not a
+    question."""
+    s = normalize_answer(_plain(sentence))
+    return bool(s) and s in normalize_answer(question)
+
+
+# ---- questions from facts ------------------------------------------------------------------
+
+_LABEL_TERM = re.compile(r"[A-Z][a-z]+")  # "Related", "Default": a list label, not a term
+
+
+def _strip(text: str) -> str:
+    return text.strip("`")
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One fact asked one way: the answer and the fields of its phrasings."""
+
+    fact: Fact
+    direction: str
+    answer: str
+    fields: dict[str, str]
+
+
+def _asks(fact: Fact, unique: dict[str, set[str]], single: set[tuple[str, str, str]]
+          ) -> list[_Ask]:
+    """The ways ``fact`` can be asked (see the module docstring)."""
+    f, subject = fact, _strip(fact.subject)
+    where = " > ".join(f.section[-1:]) or f.doc
+    where = _code(where) if _identifier(where) else where
+    base = {"subject": _code(subject) if _identifier(subject) else subject,
+            "answer": _code(f.answer), "relation": f.relation.lower(), "where": where}
+    out: list[_Ask] = []
+    norm = normalize_answer(f.answer) or f.answer
+
+    def ask(direction: str, answer: str, **extra: str) -> None:
+        out.append(_Ask(f, direction, answer, {**base, **extra}))
+
+    if f.kind == "config":
+        ask("value", f.answer)
+        if norm in unique["config"]:
+            ask("name", subject)
+    elif f.kind == "heading" and _identifier(subject):
+        ask("value", f.answer)
+        pred = predicate(f.answer)
+        if pred and normalize_answer(pred) in unique["heading"]:
+            ask("name", subject, pred=pred)
+    elif f.kind == "definition" and not _LABEL_TERM.fullmatch(f.answer):
+        ask("value", f.subject)
+        pred = predicate(f.subject)
+        if pred and normalize_answer(pred) in unique["definition"]:
+            ask("name", f.answer, pred=pred)
+    elif f.kind == "table":
+        ask("value", f.answer)
+        if (f.doc, " > ".join(f.section), f.relation + "\0" + norm) in single:
+            ask("name", f.subject)
+    elif (f.kind in ("flag", "number") and _identifier(subject)
+          and (f.doc, " > ".join(f.section), f.kind) in single):
+        ask("value", f.answer, measure=_measure(f.answer))
+        if f.kind == "flag" and norm in unique["flag"]:
+            ask("name", subject)
+    return out
+
+
+def _uniques(facts: Sequence[Fact]) -> tuple[dict[str, set[str]], set[tuple[str, str, str]]]:
+    """What is said of one fact only: config values, flags, descriptions (per kind); and
+    (doc, section, what) keys that one fact alone holds (a section's only flag or number, a
+    table column's value)."""
+    counts: dict[str, Counter[str]] = {k: Counter() for k in
+                                       ("config", "heading", "definition", "flag")}
+    per_section: Counter[tuple[str, str, str]] = Counter()
+    for f in facts:
+        sec = " > ".join(f.section)
+        if f.kind in ("config", "flag"):
+            counts[f.kind][normalize_answer(f.answer) or f.answer] += 1
+        elif f.kind in ("heading", "definition"):
+            pred = predicate(f.answer if f.kind == "heading" else f.subject)
+            if pred:
+                counts[f.kind][normalize_answer(pred)] += 1
+        if f.kind in ("flag", "number"):
+            per_section[f.doc, sec, f.kind] += 1
+        elif f.kind == "table":
+            per_section[f.doc, sec, f.relation + "\0" + normalize_answer(f.answer)] += 1
+    unique = {k: {v for v, n in c.items() if n == 1} for k, c in counts.items()}
+    return unique, {k for k, n in per_section.items() if n == 1}
+
+
+def _rotation(n: int, key: str, seed: int) -> list[int]:
+    first = int(unit_hash(key, seed) * n)
+    return [(first + k) % n for k in range(n)]
+
+
+def natural_questions(facts: Sequence[Fact], splits: dict[str, str], *, seed: int,
+                      phrasings: dict[str, str], per_fact: int) -> list[NaturalQuestion]:
+    """Questions about ``facts`` (see the module docstring): a trained fact in up to
+    ``per_fact`` of its trained phrasings per direction, a held-out or control fact in one
+    held-out phrasing per direction, each chosen by the fact id and ``seed``."""
+    unique, single = _uniques(facts)
+    out: list[NaturalQuestion] = []
+    for fact in facts:
+        split = splits.get(fact.id, "trained")
+        want = "trained" if split == "trained" else "heldout"
+        for a in _asks(fact, unique, single):
+            texts = PHRASINGS[fact.kind, a.direction]
+            names = [f"natural.{fact.kind}.{a.direction}.{k}" for k in range(len(texts))]
+            order = [k for k in _rotation(len(texts), f"nq:{a.direction}:{fact.id}", seed)
+                     if phrasings.get(names[k]) == want]
+            for k in order[:per_fact if want == "trained" else 1]:
+                q = texts[k].format(**a.fields)
+                if not quotes_sentence(q, fact.sentence):
+                    out.append(NaturalQuestion(q, a.answer, fact, a.direction, names[k], want))
+    return out
+
+
+def _row_id(*parts: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def qa_row(q: NaturalQuestion, split: str) -> dict[str, object]:
+    """The ``qa.jsonl`` line of ``q``: the fields of :class:`~doctune.knowledge.templates.QAPair`
+    (``source`` ``"natural"``) plus ``kind``, ``direction`` and ``phrasing_split``."""
+    f = q.fact
+    return {"id": _row_id(q.question, q.answer, "natural", f.doc), "question": q.question,
+            "answer": q.answer, "fact_id": f.id, "split": split, "doc": f.doc,
+            "section": list(f.section), "source": "natural", "template": q.template,
+            "kind": f.kind, "direction": q.direction, "phrasing_split": q.phrasing_split}
+
+
+def mc_rows(questions: Sequence[NaturalQuestion], facts: Sequence[Fact],
+            splits: dict[str, str], *, seed: int, max_distractors: int = 3
+            ) -> list[dict[str, object]]:
+    """One multiple-choice line per fact and direction (its first question): the answer
+    among up to ``max_distractors`` answers of other facts of the same kind asked the same
+    way (the same relation first), walked from a seeded start, none normalising alike; the
+    answer's place is seeded. Fields: those of ``mc.jsonl`` plus ``source``, ``direction``,
+    ``template``."""
+    pools: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for q in sorted(questions, key=lambda q: unit_hash("pool:" + q.fact.id, seed)):
+        for relation in (q.fact.relation, ""):  # "": the whole kind
+            pools.setdefault((q.fact.kind, q.direction, relation), []).append(
+                (q.fact.id, q.answer))
+    rows, seen = [], set()
+    for q in questions:
+        if (q.fact.id, q.direction) in seen:
+            continue
+        seen.add((q.fact.id, q.direction))
+        taken = {normalize_answer(q.answer) or q.answer}
+        options: list[str] = []
+        for pool in (pools[q.fact.kind, q.direction, q.fact.relation],
+                     pools[q.fact.kind, q.direction, ""]):
+            start = int(unit_hash("mc:" + q.direction + q.fact.id, seed) * len(pool))
+            for k in range(len(pool)):
+                fid, cand = pool[(start + k) % len(pool)]
+                norm = normalize_answer(cand) or cand
+                if fid != q.fact.id and norm not in taken and len(options) < max_distractors:
+                    taken.add(norm)
+                    options.append(cand)
+        if not options:
+            continue
+        at = int(unit_hash("mc-pos:" + q.direction + q.fact.id, seed) * (len(options) + 1))
+        options.insert(at, q.answer)
+        rows.append({"id": _row_id(q.question, *options), "question": q.question,
+                     "options": options, "answer_index": at, "num_options": len(options),
+                     "chance": 1 / len(options), "fact_id": q.fact.id, "kind": q.fact.kind,
+                     "split": splits.get(q.fact.id, "trained"), "doc": q.fact.doc,
+                     "section": list(q.fact.section), "source": "natural",
+                     "direction": q.direction, "template": q.template})
+    return rows

@@ -1,0 +1,129 @@
+"""Natural questions from facts, question files, and the exam's arithmetic (open-book gap,
+answer in reply, the per-question lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from doctune.errors import DataError
+from doctune.knowledge.exam import gap_closed, merge_answers
+from doctune.knowledge.facts import extract_facts
+from doctune.knowledge.metrics import answer_in_reply
+from doctune.knowledge.natural import (
+    PHRASINGS,
+    mc_rows,
+    natural_questions,
+    phrasing_split,
+    predicate,
+    quotes_sentence,
+)
+from doctune.knowledge.questions import file_items, load_question_file
+
+DOC = ("# Server\n\n## server.port\n\n- **Default:** `5173`\n\nSpecify the server port.\n\n"
+       "## server.host\n\n- **Default:** `'localhost'`\n\nSpecify which IP addresses the server "
+       "should listen on.\n\n## build.outDir\n\n- **Default:** `dist`\n\n"
+       "Output directory for the final bundle.\n\n## build.sourcemap\n\n- **Default:** `false`\n\n"
+       "Whether to generate production source maps.\n\n## build.minify\n\n- **Default:** `false`\n\n"
+       "This option allows users to minify the bundle.\n")
+
+
+def test_predicate_turns_descriptions_into_verb_phrases() -> None:
+    assert predicate("Specify the server port.") == "specifies the server port"
+    assert predicate("Enable/disable CSS code splitting.") == "enables/disables CSS code splitting"
+    assert predicate("Defines aliases used to replace values.") == "defines aliases used to replace values"
+    assert predicate("Whether to generate production source maps.") == \
+        "decides whether to generate production source maps"
+    assert predicate("Output directory for the final bundle.") == \
+        "sets the output directory for the final bundle"
+    assert predicate("This option allows users to minify it.") == "allows users to minify it"
+    assert predicate("By default, all files are served.") is None  # not a description
+    assert predicate("Imported assets that are small will be inlined.") is None
+    assert predicate(" ".join(["Specify"] + ["word"] * 20)) is None  # too long to ask
+
+
+def test_phrasing_split_is_seeded_and_keeps_both_sides() -> None:
+    a = phrasing_split(0, 0.3)
+    assert a == phrasing_split(0, 0.3) and len(a) == sum(len(t) for t in PHRASINGS.values())
+    for kind, direction in PHRASINGS:
+        group = {v for k, v in a.items() if k.startswith(f"natural.{kind}.{direction}.")}
+        assert group == {"trained", "heldout"}, (kind, direction)
+    assert sorted(a.values()).count("heldout") == 16
+    assert set(phrasing_split(0, 0.0).values()) == {"trained"}
+
+
+def test_natural_questions_both_ways_in_their_split_phrasings() -> None:
+    facts = extract_facts(DOC, "config.md")
+    port = next(f for f in facts if f.kind == "config" and f.subject == "server.port")
+    splits = {f.id: "trained" for f in facts} | {port.id: "heldout"}
+    phrasings = phrasing_split(0, 0.3)
+    qs = natural_questions(facts, splits, seed=0, phrasings=phrasings, per_fact=2)
+    assert qs == natural_questions(facts, splits, seed=0, phrasings=phrasings, per_fact=2)
+    mine = [q for q in qs if q.fact.id == port.id]
+    # held out: one question a direction, in a held-out phrasing
+    assert sorted(q.direction for q in mine) == ["name", "value"]
+    assert {q.answer for q in mine} == {"5173", "server.port"}
+    assert all(q.phrasing_split == "heldout" == phrasings[q.template] for q in mine)
+    # "false" is the default of two options: never asked the name way
+    assert not [q for q in qs if q.direction == "name" and q.fact.answer == "false"]
+    # which option does what: not where the question would hold the whole description
+    # ("Which option sets the output directory for the final bundle?" quotes it)
+    names = {q.answer for q in qs if q.fact.kind == "heading" and q.direction == "name"}
+    assert names == {"server.port", "server.host", "build.minify"}
+    assert all(not quotes_sentence(q.question, q.fact.sentence) for q in qs)
+    trained = [q for q in qs if q.fact.id != port.id]
+    assert all(q.phrasing_split == "trained" == phrasings[q.template] for q in trained)
+    assert len(qs) == 25
+    rows = mc_rows(qs, facts, splits, seed=0)
+    assert len(rows) == len({(q.fact.id, q.direction) for q in qs}) == 16
+    for r in rows:
+        assert r["options"][r["answer_index"]] in {q.answer for q in qs if q.fact.id == r["fact_id"]}
+        assert len({o.lower() for o in r["options"]}) == len(r["options"])
+
+
+def test_quotes_sentence() -> None:
+    assert quotes_sentence("Specify the server port. What is it?", "Specify the server port.")
+    assert not quotes_sentence("Which option specifies the server port?", "Specify the server port.")
+
+
+def test_question_file_rows_items_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    rows = [{"id": "a", "question": "Which port?", "answer": "5173", "aliases": ["port 5173"],
+             "distractors": ["3000", "8080"], "doc": "server.md", "section": ["S"]},
+            {"id": "b", "question": "Default mode?", "answer": "dev", "doc": "mode.md"},
+            {"id": "c", "question": "Where?", "answer": "x", "doc": "unread.md"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    items = file_items(load_question_file(path), docs=["server.md", "mode.md"],
+                       control_docs=["mode.md"])
+    assert [(i.id, i.split) for i in items] == [("a", "trained"), ("b", "control")]
+    a = items[0]
+    assert a.golds == ("5173", "port 5173") and len(a.options) == 3
+    assert a.options[a.answer_index] == "5173" and items[1].options == ()
+    path.write_text('{"question": "Q?"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r'q.jsonl:1: "answer" must be a non-empty string'):
+        load_question_file(path)
+    path.write_text('{"question": "Q?", "answer": "a", "id": "x"}\n' * 2, encoding="utf-8")
+    with pytest.raises(DataError, match=r"q.jsonl:2: \"id\" 'x' repeats"):
+        load_question_file(path)
+
+
+def test_answer_in_reply_gap_closed_and_answer_lines() -> None:
+    assert answer_in_reply("The default port is 5173.", "5173") == 1.0
+    assert answer_in_reply("It is 51730.", "5173") == 0.0
+    assert answer_in_reply("Use `server.strictPort`.", ["strictPort", "server.strictPort"]) == 1.0
+    gap = gap_closed({"heldout_em": 0.1, "hand_em": 0.5}, {"heldout_em": 0.5, "hand_em": 0.4},
+                     {"heldout_em": 0.3, "hand_em": 0.6})
+    assert gap["heldout_em"] == pytest.approx(0.5) and gap["hand_em"] is None
+    rec = {"set": "handwritten", "split": "trained", "id": "a", "question": "Q?",
+           "expected": "5173", "doc": "d"}
+    lines = merge_answers([{**rec, "answer": "3000", "exact": 0.0, "f1": 0.0, "contains": 0.0}],
+                          [{**rec, "answer": "5173", "exact": 1.0, "f1": 1.0, "contains": 1.0}],
+                          [{**rec, "answer": "It is 5173", "exact": 0.0, "f1": 0.5,
+                            "contains": 1.0}])
+    assert lines == [{**rec, "base_answer": "3000", "base_right": False, "base_exact": False,
+                      "base_f1": 0.0, "open_book_answer": "5173", "open_book_right": True,
+                      "open_book_exact": True, "open_book_f1": 1.0,
+                      "tuned_answer": "It is 5173", "tuned_right": True, "tuned_exact": False,
+                      "tuned_f1": 0.5}]
