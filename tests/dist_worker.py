@@ -86,7 +86,7 @@ def main(jobs_file: str) -> int:
             code = 130
         if td.get_rank() == 0:
             Path(job["out"] + ".probe.json").write_text(json.dumps(probe))
-    td.destroy_process_group()
+    dist.leave(together=True)  # a barrier first: no rank closes while another still reads
     return code
 
 

@@ -239,6 +239,33 @@ def test_resume_on_one_process_warns_and_keeps_the_global_batch(
 # ---- the parts, in one process -----------------------------------------------------------
 
 
+def test_a_refused_start_stops_every_rank_cleanly_under_load(docs: Path, model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """`torchrun ... doctune train` where rank 0 refuses the run folder, while other programs
+    load the CPU (the abort was seen there): every rank stops at the same point, the error is
+    printed once, each rank exits with the error's status and none aborts."""
+    bad = tmp_path / "a-file"
+    bad.write_text("not a run folder")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "doctune", "train", str(docs), "--model", str(model_dir), "--out", str(bad)]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        runs = [subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+                for _ in range(2)]
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    for done in runs:
+        out = done.stdout + done.stderr
+        assert done.returncode == 1, out  # torchrun's status when a worker fails
+        assert out.count(f"error: The run folder {bad} is a file") == 1, out
+        assert "(rank 0 failed)" not in out and "terminate called" not in out, out
+        assert "SIGABRT" not in out and "Signals." not in out, out
+        assert out.count("exitcode  : 2") >= 1, out  # ConfigError's status, from each rank
+
+
 def test_detect_reads_torchrun_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)

@@ -18,6 +18,9 @@ class DoctuneError(Exception):
     def __init__(self, message: str, *, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.every_rank = False
+        """True when every process of a ``torchrun`` launch raised it together (rank 0's
+        error, shared): rank 0 alone prints it."""
 
 
 class ConfigError(DoctuneError):

@@ -4,6 +4,7 @@ errors become a message and an exit status.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,8 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except DoctuneError as e:
-            typer.echo(f"error: {e}", err=True)
+            if not (e.every_rank and os.environ.get("RANK", "0") != "0"):  # rank 0 says it once
+                typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
 
 

@@ -91,11 +91,30 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[torch.device]:
     if created:
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                               device_id=device if device.type == "cuda" else None)
+    together = False
     try:
         yield device
+        together = True
+    except BaseException as e:
+        together = bool(getattr(e, "every_rank", False))
+        raise
     finally:
-        if created and td.is_initialized():
-            td.destroy_process_group()
+        if created:
+            leave(together=together)
+
+
+def leave(*, together: bool) -> None:
+    """Destroy the process group, after a barrier when every rank ends here together (a
+    finished run, or an error that :func:`main_first` raised on every rank): no rank may
+    close its connections while another still reads from them, or that one's collective
+    fails and its process aborts at exit. After a rank-local failure there is no barrier
+    (the others may be gone); torchrun stops the rest."""
+    if not td.is_initialized():
+        return
+    if together:
+        with contextlib.suppress(RuntimeError):  # a peer that died anyway: leave regardless
+            td.barrier()
+    td.destroy_process_group()
 
 
 # ---- small collectives -------------------------------------------------------------------
@@ -125,16 +144,18 @@ def main_first(env: DistEnv, work: Callable[[], T]) -> T | None:
     if not env.active:
         return work()
     result: T | None = None
-    failure: tuple[type[DoctuneError], str] | None = None
+    failure: tuple[type[DoctuneError], str, int] | None = None
     if env.is_main:
         try:
             result = work()
         except DoctuneError as e:
-            failure = (type(e), str(e))
+            failure = (type(e), str(e), e.exit_code)
     failure = broadcast(env, failure)
     if failure is not None:
-        kind, message = failure
-        raise kind(message if env.is_main else f"(rank 0 failed) {message}")
+        kind, message, code = failure
+        error = kind(message if env.is_main else f"(rank 0 failed) {message}")
+        error.exit_code, error.every_rank = code, True  # printed once, by rank 0 (cli/app.py)
+        raise error
     return result
 
 
