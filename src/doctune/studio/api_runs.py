@@ -142,19 +142,31 @@ def _event(name: str, data: Any) -> str:
 
 
 async def evaluate(request: Request) -> JSONResponse:
-    """POST {path}: ``doctune eval PATH --knowledge`` (writes knowledge_eval.json), then the
-    question-by-question answers of base and tuned."""
+    """POST {path, max_questions}: ``doctune eval PATH --knowledge`` (it writes
+    knowledge_eval.json); the answers question by question follow (:func:`knowledge`)."""
     s, data = studio(request), await body(request)
     path = _run_path(s, str(data.get("path", "")))
-    job = s.jobs.start("eval", ["eval", str(path), "--knowledge", "--json"], target=path)
+    args = ["eval", s.workspace.shown(path), "--knowledge", "--json"]
+    if data.get("max_questions"):
+        args += ["--max-questions", str(int(data["max_questions"]))]
+    job = s.jobs.start("eval", args, target=path)
     return ok(job.to_dict())
 
 
 async def knowledge(request: Request) -> JSONResponse:
-    """GET ?path=: the run's ``knowledge_eval.json`` (None before ``doctune eval --knowledge``)."""
+    """GET ?path=: the run's ``knowledge_eval.json`` (None before ``doctune eval --knowledge``)
+    and the answers question by question, started once the evaluation has succeeded."""
     from doctune.rundir import RunDir
 
     s = studio(request)
     path = _run_path(s, request.query_params.get("path", ""))
-    job = s.jobs.for_target(path, ("eval",))
-    return ok({"result": RunDir(path).knowledge_eval(), "job": job.to_dict() if job else None})
+    job = s.jobs.for_target(path, ("eval", "answers"))
+    if job is not None and job.kind == "eval" and job.returncode == 0:
+        out = s.jobs.log_dir / f"answers-{job.id}.json"
+        job = s.jobs.start("answers", [s.workspace.shown(path), "--out", str(out)], target=path,
+                           module="doctune.studio.answers")
+    found = s.jobs.for_target(path, ("answers",))
+    file = Path(found.argv[-1]) if found is not None else None
+    rows = json.loads(file.read_text("utf-8")) if file is not None and file.is_file() else None
+    return ok({"result": RunDir(path).knowledge_eval(), "answers": rows,
+               "job": job.to_dict() if job else None})

@@ -38,7 +38,9 @@ class Job:
     @property
     def command(self) -> str:
         """The command as one would type it (``doctune ...``)."""
-        return shlex.join(["doctune", *self.argv[3:]])
+        if self.argv[2] == "doctune":
+            return shlex.join(["doctune", *self.argv[3:]])
+        return shlex.join(["python", *self.argv[1:]])
 
     @property
     def returncode(self) -> int | None:
@@ -77,10 +79,12 @@ class Jobs:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="doctune-studio-logs-"))
         self.jobs: dict[int, Job] = {}
 
-    def start(self, kind: str, args: list[str], *, target: Path | None = None) -> Job:
-        """Run ``doctune ARGS`` in a new process (same Python, same environment)."""
+    def start(self, kind: str, args: list[str], *, target: Path | None = None,
+              module: str = "doctune") -> Job:
+        """Run ``doctune ARGS`` (``python -m MODULE ARGS``) in a new process (same Python,
+        same environment)."""
         job_id = next(_ids)
-        argv = [sys.executable, "-m", "doctune", *args]
+        argv = [sys.executable, "-m", module, *args]
         log = self.log_dir / f"{job_id}-{kind}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with log.open("wb") as out:  # the child keeps its own copy of the file

@@ -35,7 +35,7 @@ function showPage() {
   document.querySelectorAll(".page").forEach((p) => p.classList.toggle("active", p.id === `page-${page}`));
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
   if (page === "knowledge") loadKnowledge();
-  if (page === "chat") $("chat-tuned-name").textContent = state.run ? `(${state.run.split("/").pop()})` : "(pick a run on the Train page)";
+  if (page === "chat") chatNames();
   if (page === "ship") shipDefaults();
 }
 function showContext() {
@@ -118,7 +118,7 @@ let source = null;
 
 function makeChart(id, labels, colors) {
   const box = $(id);
-  const opts = { width: box.clientWidth || 400, height: 200, legend: { show: true },
+  const opts = { width: box.clientWidth || 400, height: 200, legend: { show: true, live: false },
                  scales: { x: { time: false } }, axes: [{ label: "step" }, {}],
                  series: [{ label: "step" }, ...labels.map((l, i) => ({ label: l, stroke: colors[i], width: 2, spanGaps: true,
                    points: { show: l === "validation", size: 6 } }))] };
@@ -221,8 +221,9 @@ async function loadKnowledge() {
   if (!state.run) { $("eval-status").textContent = "Pick a run on the Train page first."; return; }
   const r = await api(`/api/run/knowledge?${new URLSearchParams({ path: state.run })}`);
   const job = r.job;
-  $("eval-status").textContent = job ? (job.running ? `evaluating: ${job.command}` : job.returncode ? "the evaluation failed" : "evaluated") :
+  $("eval-status").textContent = job ? (job.running ? `running: ${job.command}` : job.returncode ? "the evaluation failed" : "evaluated") :
     r.result ? "evaluated earlier" : "not evaluated yet";
+  $("eval-status").dataset.state = job ? (job.running ? "running" : job.returncode ? "failed" : "done") : r.result ? "done" : "none";
   if (job && job.returncode) showError("eval-error", job.output);
   clearTimeout(evalTimer);
   if (job && job.running) evalTimer = setTimeout(loadKnowledge, 1500);
@@ -247,10 +248,18 @@ function showKnowledge(result, answers) {
 }
 $("eval-start").addEventListener("click", async () => {
   showError("eval-error");
-  try { await api("/api/run/eval", { path: state.run }); loadKnowledge(); } catch (err) { showError("eval-error", err); }
+  try { await api("/api/run/eval", { path: state.run, max_questions: $("eval-n").value || null }); loadKnowledge(); }
+  catch (err) { showError("eval-error", err); }
 });
 
 // ---- 5 chat -------------------------------------------------------------------------
+async function chatNames() {
+  $("chat-tuned-name").textContent = state.run ? `(${state.run.split("/").pop()})` : "(pick a run on the Train page)";
+  $("chat-base-name").textContent = "";
+  if (!state.run) return;
+  const r = await api(`/api/run?${new URLSearchParams({ path: state.run })}`);
+  $("chat-base-name").textContent = r.model ? `(${r.model}${r.lora ? ", the adapter off" : ""})` : "";
+}
 function ask(side, q) {
   return new Promise((done) => {
     const out = $(`chat-${side}`);
