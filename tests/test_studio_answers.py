@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from runfolders import make_lora_run
 from transformers import AutoTokenizer
 
 from doctune.errors import DataError
 from doctune.knowledge.metrics import exact_match
 from doctune.knowledge.synth import synthesize
 from doctune.studio.answers import answers
+from runfolders import make_lora_run
 
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|endoftext|>{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
