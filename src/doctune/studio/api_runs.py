@@ -31,11 +31,17 @@ def _run_path(s: Studio, typed: str) -> Path:
     return s.workspace.inside(typed, what="The run folder")
 
 
+def _training(s: Studio, path: Path) -> bool:
+    """Whether a ``doctune train`` runs in ``path``: started here, or anywhere on this machine."""
+    job = s.jobs.for_target(path, TRAIN_KINDS)
+    return bool(job and job.running) or path in training_processes()
+
+
 def state_of(s: Studio, path: Path) -> dict[str, Any]:
     """:func:`run_state` with the studio's job (its command and output) when it has one."""
     job = s.jobs.for_target(path, TRAIN_KINDS)
-    running = bool(job and job.running) or path in training_processes()
-    state = run_state(path, running=running, failed=bool(job and job.returncode not in (None, 0, 130)))
+    state = run_state(path, running=_training(s, path),
+                      failed=bool(job and job.returncode not in (None, 0, 130)))
     state["job"] = job.to_dict() if job else None
     return state
 
@@ -61,17 +67,13 @@ async def train(request: Request) -> JSONResponse:
     recipe = Recipe.from_json(data)
     docs = s.workspace.docs(str(data.get("docs", "")))
     out = s.workspace.output(str(data.get("out", "")), docs=docs, what="The run folder")
-    if out in training_processes() or (s.jobs.for_target(out, TRAIN_KINDS) or _NoJob).running:
+    if _training(s, out):
         raise ConfigError(f"A run is already training in {out}; stop it first.")
     args = recipe.train_args(s.workspace.shown(docs), s.workspace.shown(out))
     if data.get("overwrite"):
         args.append("--overwrite")
     s.jobs.start("train", args, target=out)
     return ok(state_of(s, out))
-
-
-class _NoJob:
-    running = False
 
 
 async def stop(request: Request) -> JSONResponse:

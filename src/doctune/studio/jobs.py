@@ -76,8 +76,15 @@ class Jobs:
 
     def __init__(self, cwd: Path, log_dir: Path | None = None) -> None:
         self.cwd = cwd
-        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="doctune-studio-logs-"))
+        self._log_dir = log_dir
         self.jobs: dict[int, Job] = {}
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the jobs' output goes (a temporary folder, made at the first job)."""
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="doctune-studio-logs-"))
+        return self._log_dir
 
     def start(self, kind: str, args: list[str], *, target: Path | None = None,
               module: str = "doctune") -> Job:
@@ -102,3 +109,4 @@ class Jobs:
         found = [j for j in self.jobs.values() if j.target == str(target)
                  and (kinds is None or j.kind in kinds)]
         return found[-1] if found else None
+

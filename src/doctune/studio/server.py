@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -72,11 +71,11 @@ ROUTES = [
 ]
 
 
-def create_app(workspace: Workspace, *, token: str, port: int, local_only: bool = True) -> Any:
+def create_app(state: Studio, *, token: str, port: int, local_only: bool = True) -> TokenGate:
     """The studio app behind its token gate (``local_only``: answer only to local host names)."""
     app = Starlette(routes=ROUTES, exception_handlers={
         PathRefused: _refused, DoctuneError: _doctune_error})
-    app.state.studio = Studio(workspace, Jobs(workspace.cwd))
+    app.state.studio = state
     return TokenGate(app, token=token, port=port, hosts=LOCAL_HOSTS if local_only else None)
 
 
@@ -92,7 +91,8 @@ def serve(*, host: str, port: int, roots: list[Path] | None, runs: Path | None) 
     sock.listen(128)  # requests wait in the queue until the server takes them
     port = sock.getsockname()[1]
     token = new_token()
-    app = create_app(workspace, token=token, port=port, local_only=host in LOCAL_HOSTS)
+    state = Studio(workspace, Jobs(workspace.cwd))
+    app = create_app(state, token=token, port=port, local_only=host in LOCAL_HOSTS)
     shown = f"[{host}]" if ":" in host else host
     print(f"doctune studio: http://{shown}:{port}/?token={token}", flush=True)
     print(f"  (folders it may use: {', '.join(map(str, workspace.roots))}; runs in "
