@@ -170,7 +170,11 @@ function showRunState(s) {
     el("span", {}, "memory ", el("b", {}, mem == null ? "-" : `${Math.round(mem)} MB`)),
     el("span", {}, "checkpoints ", el("b", {}, s.checkpoints.length ? s.checkpoints.join(", ") : "none")),
     el("span", {}, "validation ppl ", el("b", {}, s.val_ppl_after ? `${s.val_ppl_before.toFixed(1)} → ${s.val_ppl_after.toFixed(1)}` : "-")));
-  if (s.job) $("run-log").textContent = `$ ${s.job.command}\n${s.job.output}`;
+  if (s.job) {
+    const log = $("run-log"), atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.textContent = `$ ${s.job.command}\n${s.job.output}`;
+    if (atEnd) log.scrollTop = log.scrollHeight;  // follow the output unless scrolled back
+  }
 }
 function watch(path) {
   if (source) source.close();
