@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from studio_server import EXAMPLE_DOCS, running_studio
 
 SETTINGS = ("data.block_size=128\ndata.overlap=0\ntrain.micro_batch_size=1\ntrain.grad_accum=1\n"
-            "train.eval_every=4\ntrain.eval_batches=2\ntrain.sample_max_new_tokens=24")
+            "train.eval_every=4\ntrain.eval_batches=2\ntrain.sample_max_new_tokens=24\n"
+            "log.report=false")  # the report would run the whole knowledge evaluation first
 QUESTION = "How do I declare a query parameter in FastAPI?"
 LONG_MS = 30 * 60_000
 

@@ -155,6 +155,15 @@ async def evaluate(request: Request) -> JSONResponse:
     return ok(job.to_dict())
 
 
+def answers_file(path: Path) -> Path:
+    """Where the studio keeps a run's answers, question by question (outside the run folder,
+    which holds only what ``doctune train`` writes): the user's cache folder."""
+    import hashlib
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "doctune" / "studio" / f"answers-{hashlib.sha1(str(path).encode()).hexdigest()[:16]}.json"
+
+
 async def knowledge(request: Request) -> JSONResponse:
     """GET ?path=: the run's ``knowledge_eval.json`` (None before ``doctune eval --knowledge``)
     and the answers question by question, started once the evaluation has succeeded."""
@@ -163,12 +172,13 @@ async def knowledge(request: Request) -> JSONResponse:
     s = studio(request)
     path = _run_path(s, request.query_params.get("path", ""))
     job = s.jobs.for_target(path, ("eval", "answers"))
+    out = answers_file(path)
     if job is not None and job.kind == "eval" and job.returncode == 0:
-        out = s.jobs.log_dir / f"answers-{job.id}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
         job = s.jobs.start("answers", [s.workspace.shown(path), "--out", str(out)], target=path,
                            module="doctune.studio.answers")
-    found = s.jobs.for_target(path, ("answers",))
-    file = Path(found.argv[-1]) if found is not None else None
-    rows = json.loads(file.read_text("utf-8")) if file is not None and file.is_file() else None
+    done = job is None or not job.running
+    rows = json.loads(out.read_text("utf-8")) if done and out.is_file() else None
     return ok({"result": RunDir(path).knowledge_eval(), "answers": rows,
                "job": job.to_dict() if job else None})
