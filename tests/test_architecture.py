@@ -153,3 +153,11 @@ def test_functions_read_in_one_screen() -> None:
                 if lines > limit:
                     long.append(f"{name}.{node.name}: {lines} lines (at most {limit})")
     assert long == []
+
+
+def test_the_studio_never_reaches_into_training() -> None:
+    """The studio runs `doctune train` as a process of its own and reads the run folder: a
+    slow page never slows a run, and there is no second path into the loop."""
+    reaching = sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if m.startswith("doctune.studio")
+                      for d in deps if d.startswith("doctune.train"))
+    assert reaching == []

@@ -7,7 +7,7 @@ inside the commands, so that ``doctune --help`` answers at once.
 
 from __future__ import annotations
 
-from doctune.cli import knowledge, prep, train, use
+from doctune.cli import knowledge, prep, studio, train, use
 from doctune.cli.app import app, main
 
-__all__ = ["app", "knowledge", "main", "prep", "train", "use"]
+__all__ = ["app", "knowledge", "main", "prep", "studio", "train", "use"]
