@@ -296,8 +296,9 @@ def _sample(run: RunSetup, step: int) -> None:
         return
     from doctune.monitor.samples import generate_samples
 
-    # generate_samples forks the RNG itself: training's random stream is left as it was
-    with dist.whole_model(env, run.module):
+    # generate_samples forks the RNG itself: training's random stream is left as it was.
+    # Under the training's autocast, as the forward it shows: a bf16 base needs it.
+    with dist.whole_model(env, run.module), run.precision.autocast(run.device):
         samples = generate_samples(run.model, run.tokenizer, run.prompts, device=run.device,
                                    max_new_tokens=run.cfg.train.sample_max_new_tokens,
                                    seed=run.cfg.train.seed)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from doctune.device import Precision
     from doctune.knowledge.mix import MixedWindows
     from doctune.monitor import RunMonitor
+    from doctune.quantize import BaseFormat
 
 
 @dataclass
@@ -127,6 +128,7 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
 
     from doctune.modeling import count_parameters, pad_token_id
     from doctune.plan import default_budget_mb
+    from doctune.quantize import base_format
 
     t0 = time.perf_counter()
     env = env or DistEnv()
@@ -155,7 +157,9 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
     train = mix_training_set(cfg, knowledge, tokenizer, docs) if knowledge else docs
 
     seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
-    model, base = _build_model(cfg, run, tokenizer, resume, attn, device, save_base=env.is_main)
+    fmt = base_format(base_dtype=cfg.model.base_dtype, quantize=cfg.lora.quantize,
+                      lora=cfg.lora.enabled, precision=precision.name)
+    model, base = _build_model(cfg, run, tokenizer, resume, attn, device, fmt, save_base=env.is_main)
     hf_logging.disable_progress_bar()  # after loading, so hub downloads kept their bars
     trainable, total = count_parameters(model)  # before sharding: whole sizes
     module = dist.wrap(env, model, fused=cfg.train.fused_loss, device=device)
@@ -167,16 +171,16 @@ def build_run(cfg: Config, *, resume: bool, quiet: bool, overwrite: bool = False
                   "device": device.type, "precision": precision.name, "params_total": total,
                   "params_trainable": trainable, "total_steps": plan.total_steps,
                   "train_windows": len(train), "val_windows": len(val) if val else 0,
-                  "processes": env.world, "parallel": env.parallel,
+                  "processes": env.world, "parallel": env.parallel, "base_weights": fmt.describe(),
                   "knowledge": knowledge.summary if knowledge else None,
                   **_source_facts(cfg.model.name)})
     resume_step = run.latest_checkpoint().step if resume else 0
     monitor = (_monitor(cfg, run, device, plan.total_steps, resume_step, quiet)
                if env.is_main else dist.SilentMonitor())
     lora_note = (f", LoRA r={cfg.lora.r}" + (" (DoRA)" if cfg.lora.dora else "")
-                 if cfg.lora.enabled else "")
+                 + f" on a {fmt.describe()}" if cfg.lora.enabled else "")
     if facts.gguf_file_type:
-        lora_note += f"; from GGUF {facts.gguf_file_type}, dequantised to fp32"
+        lora_note += f"; from GGUF {facts.gguf_file_type}, dequantised to {fmt.dtype}"
     space = _space_warning(cfg, run, model) if env.is_main else []
     t = cfg.train
     each = f" on each of {env.world} processes" if env.active else ""
@@ -400,9 +404,10 @@ def _open_data(cfg: Config) -> tuple[WindowSet, WindowSet | None, str]:
 
 
 def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: str | None,
-                 device: torch.device, save_base: bool = True) -> tuple[Any, str]:
-    """The model to train, on ``device`` (checkpointing and LoRA applied), and the name of its
-    base (hub id or absolute folder). ``save_base``: this process writes a scratch LoRA base."""
+                 device: torch.device, fmt: BaseFormat, save_base: bool = True) -> tuple[Any, str]:
+    """The model to train, on ``device`` (base stored as ``fmt`` says, checkpointing and LoRA
+    applied), and the name of its base (hub id or absolute folder). ``save_base``: this
+    process writes a scratch LoRA base."""
     from doctune.knowledge.chat import added_chat_tokens
     from doctune.modeling import (
         apply_lora,
@@ -410,6 +415,7 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
         enable_grad_checkpointing,
         load_pretrained,
     )
+    from doctune.quantize import prepare_base
     from doctune.train.dropout import use_fast_dropout
 
     m = cfg.model
@@ -425,7 +431,7 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
         base = str(run.base_dir.resolve()) if cfg.lora.enabled else m.name
     else:
         model = load_pretrained(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code,
-                                attn_implementation=attn)
+                                attn_implementation=attn, dtype=fmt.load_dtype)
         local = Path(m.name).expanduser()
         base = str(local.resolve()) if local.exists() else m.name
     n_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
@@ -440,7 +446,7 @@ def _build_model(cfg: Config, run: RunDir, tokenizer: Any, resume: bool, attn: s
         raise ConfigError(f"The tokenizer has {len(tokenizer):,} tokens but {m.name} has "
                           f"embeddings for {n_vocab:,}. Use the model's own tokenizer "
                           "(leave `model.tokenizer` unset) or one made for it.")
-    model.to(device)
+    prepare_base(model, fmt, device)  # bf16 or quantised frozen weights, moved to the device
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model)
     if cfg.lora.enabled:
