@@ -160,49 +160,81 @@ def nf4_scaler_block(numel: int) -> int:
     return size
 
 
-def _block_linears(model: Any) -> list[tuple[Any, str, Any]]:
-    """``(parent, name, linear)`` for each ``nn.Linear`` inside the transformer blocks."""
+NF4_LEVELS = (-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
+              0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1.0)
+"""QLoRA's 16 NormalFloat levels (quantiles of N(0, 1), scaled to [-1, 1]), as torchao has them."""
+
+
+def to_nf4(w: torch.Tensor, *, chunk: int = 1 << 22) -> Any:
+    """torchao's ``NF4Tensor`` of ``w`` (bf16), the same format ``torchao.to_nf4`` makes.
+
+    Scales come from torchao's own double quantisation; each weight's code is found by
+    ``torch.bucketize`` against the midpoints between the levels instead of torchao's
+    search over all 16 distances: 3.3x faster on a CPU (an 8B model's 7B weights take
+    minutes, not a quarter of an hour). The two differ only at near-ties (0.45% of random
+    weights, always the neighbouring level), where torchao's bf16 distances round.
+    """
+    import torch
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import (
+        NF4Tensor,
+        SubclassTensorArgs,
+        get_block_absmax,
+    )
+
+    flat = w.flatten()
+    scaler_block = nf4_scaler_block(flat.numel())
+    levels = torch.tensor(NF4_LEVELS, dtype=w.dtype, device=w.device)
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    scalers, factor, mean = NF4Tensor.double_quantize_scalers(flat, NF4_BLOCK, scaler_block)
+    absmax = get_block_absmax(flat, NF4_BLOCK)  # (n_blocks,)
+    codes = torch.empty(flat.numel(), dtype=torch.uint8, device=w.device)
+    for start in range(0, flat.numel(), chunk):  # chunk: a multiple of the block
+        part = flat[start:start + chunk].view(-1, NF4_BLOCK)  # (blocks, 64)
+        part = part / absmax[start // NF4_BLOCK:(start + chunk) // NF4_BLOCK].unsqueeze(-1)
+        codes[start:start + chunk] = torch.bucketize(part.flatten(), midpoints, out_int32=True)
+    packed = codes[::2] << 4 | codes[1::2]  # two codes a byte, as torchao packs them
+    meta = SubclassTensorArgs(w.size(), w.stride(), w.storage_offset(), w.dtype, w.device, False)
+    return NF4Tensor(meta, NF4_BLOCK, flat.numel() // NF4_BLOCK, scaler_block, scalers, factor,
+                     mean, packed, levels)
+
+
+def _linears(module: Any) -> list[tuple[Any, str, Any]]:
+    """``(parent, name, linear)`` for each plain ``nn.Linear`` inside ``module``."""
     import torch
 
+    return [(parent, name, child) for parent in module.modules()
+            for name, child in parent.named_children() if type(child) is torch.nn.Linear]
+
+
+def _quantize_layer(linear: Any, kind: str, device: torch.device, tq: Any) -> Any:
+    """The quantised replacement of ``linear`` (nf4: an :class:`NF4Linear`; int8: itself)."""
+    import torch
+
+    w = linear.weight.detach().to(device=device, dtype=torch.bfloat16)
+    if kind == "int8":
+        linear.weight = torch.nn.Parameter(w, requires_grad=False)
+        linear.to(device)
+        tq.quantize_(linear, tq.Int8WeightOnlyConfig())
+        return linear
+    new = nf4_linear_class()(linear.in_features, linear.out_features,
+                             bias=linear.bias is not None, device="meta")
+    new.weight = torch.nn.Parameter(to_nf4(w), requires_grad=False)
+    if linear.bias is not None:
+        new.bias = torch.nn.Parameter(linear.bias.detach().to(device), requires_grad=False)
+    return new
+
+
+def quantize_linears(module: Any, kind: str, device: torch.device) -> int:
+    """Quantise the linear layers inside ``module`` (a transformer block, or a whole model:
+    then those of its blocks) to ``kind``, one at a time on ``device`` (fast on a GPU; the
+    peak is one bf16 layer); how many. Layers whose size is not a multiple of 128 stay."""
     from doctune.modeling import transformer_blocks
 
-    found = []
-    for block in transformer_blocks(model):
-        for parent in block.modules():
-            for name, child in parent.named_children():
-                if type(child) is torch.nn.Linear:
-                    found.append((parent, name, child))
-    return found
-
-
-def quantize_linears(model: Any, kind: str, device: torch.device) -> int:
-    """Quantise every linear layer of the transformer blocks to ``kind`` (nf4 or int8), one at
-    a time on ``device`` (fast on a GPU; peak memory one bf16 layer); how many."""
-    import torch
-
     tq = _torchao()
-    layers = [x for x in _block_linears(model) if x[2].weight.numel() % (2 * NF4_BLOCK) == 0]
-    if not layers:
-        raise ConfigError(f"`lora.quantize: {kind}` quantises the nn.Linear layers of the "
-                          f"transformer blocks, and {type(model).__name__} has none (GPT-2 "
-                          "stores its projections as Conv1D). Use a Llama-family model (Llama, "
-                          "Qwen, SmolLM2, Gemma, Phi-3), or `lora.quantize=none`.")
-    nf4_linear = nf4_linear_class()
+    blocks = transformer_blocks(module) or [module]
+    layers = [x for b in blocks for x in _linears(b) if x[2].weight.numel() % (2 * NF4_BLOCK) == 0]
     for parent, name, linear in layers:
-        w = linear.weight.detach().to(device=device, dtype=torch.bfloat16)
-        if kind == "nf4":
-            new = nf4_linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                             device="meta")
-            new.weight = torch.nn.Parameter(tq.to_nf4(w, NF4_BLOCK, nf4_scaler_block(w.numel())),
-                                            requires_grad=False)
-            if linear.bias is not None:
-                new.bias = torch.nn.Parameter(linear.bias.detach().to(device), requires_grad=False)
-        else:
-            linear.weight = torch.nn.Parameter(w, requires_grad=False)
-            linear.to(device)
-            tq.quantize_(linear, tq.Int8WeightOnlyConfig())
-            new = linear
-        setattr(parent, name, new)
+        setattr(parent, name, _quantize_layer(linear, kind, device, tq))
     return len(layers)
 
 
@@ -210,38 +242,53 @@ def _to_fp32_output(module: Any, args: Any, output: Any) -> Any:
     return output.float()
 
 
-def cast_base(model: Any, dtype: str) -> None:
+def cast_base(model: Any, dtype: str, *, done: set[int] | None = None) -> None:
     """Store the matrices of ``model`` (linear and Conv1D weights and biases, embeddings, the
-    output head) in ``dtype`` and everything else (norms) in fp32. In bf16 each embedding's
-    output is made fp32 again, so the residual stream stays fp32 as with an fp32 base.
-    Quantised weights are left as they are. Tied weights stay tied (cast in place)."""
+    output head) in ``dtype`` and everything else (norms) in fp32, each as a new tensor (so
+    that none is left pointing into a checkpoint file's memory map). In bf16 each
+    embedding's output is made fp32 again, so the residual stream stays fp32 as with an fp32
+    base. Quantised weights are left as they are; tied weights stay tied. ``done``: ids of
+    parameters already cast (skipped, then added to)."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
+    done = set() if done is None else done
     target = torch.bfloat16 if dtype == "bf16" else torch.float32
     matrices = (torch.nn.Linear, Conv1D, torch.nn.Embedding)
     for module in model.modules():
         is_matrix = isinstance(module, matrices)
         for p in module.parameters(recurse=False):
-            if is_quantized(p) or not p.is_floating_point():
+            if id(p) in done or is_quantized(p) or not p.is_floating_point():
                 continue
-            want = target if is_matrix else torch.float32
-            if p.dtype != want:
-                p.data = p.data.to(want)
+            done.add(id(p))
+            p.data = p.data.to(target if is_matrix else torch.float32, copy=True)
         if isinstance(module, torch.nn.Embedding) and dtype == "bf16":
             module.register_forward_hook(_to_fp32_output)
 
 
-def prepare_base(model: Any, fmt: BaseFormat, device: torch.device) -> list[str]:
+def prepare_base(model: Any, fmt: BaseFormat, device: torch.device) -> None:
     """Quantise (``fmt.quantize``), cast (``fmt.dtype``) and move ``model`` to ``device``,
-    before LoRA wraps it; sentences saying what was done (for the run's header)."""
-    notes = []
-    if fmt.quantize != "none":
-        n = quantize_linears(model, fmt.quantize, device)
-        notes.append(f"{n} linear layers of the base stored as {fmt.quantize} (torchao)")
-    cast_base(model, fmt.dtype)
+    before LoRA wraps it. Block by block, so that a checkpoint read through a memory map
+    (safetensors) is let go of file by file: the peak stays near the result's size."""
+    from doctune.modeling import transformer_blocks
+
+    if fmt == BaseFormat("fp32"):  # as loaded: nothing to change
+        model.to(device)
+        return
+    done: set[int] = set()
+    quantized = 0
+    for block in transformer_blocks(model):
+        if fmt.quantize != "none":
+            quantized += quantize_linears(block, fmt.quantize, device)
+        cast_base(block, fmt.dtype, done=done)
+        block.to(device)
+    if fmt.quantize != "none" and not quantized:
+        raise ConfigError(f"`lora.quantize: {fmt.quantize}` quantises the nn.Linear layers of the "
+                          f"transformer blocks, and {type(model).__name__} has none (GPT-2 "
+                          "stores its projections as Conv1D). Use a Llama-family model (Llama, "
+                          "Qwen, SmolLM2, Gemma, Phi-3), or `lora.quantize=none`.")
+    cast_base(model, fmt.dtype, done=done)  # embeddings, output head, final norm
     model.to(device)  # no dtype: quantised weights move as they are
-    return notes
 
 
 def dequantize_base(model: Any, dtype: torch.dtype) -> int:
