@@ -320,11 +320,12 @@ def _describe(old: Config, new: Config, plan: MemoryPlan) -> list[str]:
     return out
 
 
-def fit_to_budget(cfg: Config, budget_mb: float | None = None, *,
-                  device: str = "cpu") -> tuple[Config, list[str]]:
+def fit_to_budget(cfg: Config, budget_mb: float | None = None, *, device: str = "cpu",
+                  shape: ModelShape | None = None) -> tuple[Config, list[str]]:
     """Return ``cfg`` changed to fit ``budget_mb`` (default: ``memory.budget`` or a safe share
-    of the machine), and sentences saying what changed; ``cfg`` itself when it already fits."""
-    shape = model_shape(cfg)
+    of the machine), and sentences saying what changed; ``cfg`` itself when it already fits.
+    ``shape``: the model's, when the caller has it (else read from ``model.name``)."""
+    shape = shape or model_shape(cfg)
     budget = budget_mb if budget_mb is not None else default_budget_mb(cfg, device)
     plan = estimate_for_shape(shape, cfg, device=device, budget=budget)
     if plan.fits:

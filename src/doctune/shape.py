@@ -60,14 +60,21 @@ def _model_config(cfg: Config) -> Any:
 
 def model_shape(cfg: Config) -> ModelShape:
     """Count the model's parameters on the meta device (no memory, no weights read)."""
+    return shape_of(_model_config(cfg), r=cfg.lora.r, targets=cfg.lora.target_modules,
+                    trust_remote_code=cfg.model.trust_remote_code)
+
+
+def shape_of(mc: Any, *, r: int, targets: list[str] | None = None,
+             trust_remote_code: bool = False) -> ModelShape:
+    """The :class:`ModelShape` of a transformers config ``mc``, LoRA of rank ``r`` on
+    ``targets`` (None: doctune's defaults)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from doctune.modeling import default_lora_targets, transformer_blocks
 
-    mc = _model_config(cfg)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(mc, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(mc, trust_remote_code=trust_remote_code)
     seen: set[int] = set()
     params = matmul = 0
     for p in model.parameters():
@@ -83,12 +90,12 @@ def model_shape(cfg: Config) -> ModelShape:
               if isinstance(m, torch.nn.Embedding) or m is model.get_output_embeddings()}
     quantizable = [m.weight.numel() for b in transformer_blocks(model) for m in b.modules()
                    if type(m) is torch.nn.Linear and m.weight.numel() % 128 == 0]
-    targets = cfg.lora.target_modules or default_lora_targets(model)
+    targets = targets or default_lora_targets(model)
     lora = 0
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
         if name.rsplit(".", 1)[-1] in targets and w is not None and w.dim() == 2:
-            lora += cfg.lora.r * (w.shape[0] + w.shape[1])
+            lora += r * (w.shape[0] + w.shape[1])
 
     def get(*names: str, default: Any = None) -> Any:
         return next((getattr(mc, n) for n in names if getattr(mc, n, None) is not None), default)
