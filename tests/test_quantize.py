@@ -271,3 +271,24 @@ def test_qlora_run_merges_into_dequantised_base_plus_adapter(
     loaded = load_for_inference(run, device="cpu", dtype="fp32").model
     assert any(is_quantized(p) for p in loaded.parameters())
     assert (logits(loaded) - logits(merged)).abs().max() < (1e-4 if kind == "nf4" else 3e-2)
+
+
+def test_nf4_run_resumes_exactly(llama_dir: Path, docs: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from doctune.train.loop import train
+    from test_train import final_weights
+
+    run = tmp_path / "run"
+    cfg = _qlora_cfg(docs, llama_dir, run, "lora.quantize=nf4", "train.sample_every=0")
+    train(cfg, quiet=True)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "final")
+    shutil.rmtree(resumed / "checkpoints" / "step-4")
+    train(_qlora_cfg(docs, llama_dir, resumed, "lora.quantize=nf4", "train.sample_every=0"),
+          resume=True, quiet=True)
+    a, b = final_weights(run), final_weights(resumed)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
