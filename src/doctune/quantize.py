@@ -98,11 +98,17 @@ def _torchao() -> Any:
     it could not load (and a PyTorch deprecation it triggers)."""
     import logging
 
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import torchao.quantization as tq
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao.quantization as tq
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
     return tq
 
 

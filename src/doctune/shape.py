@@ -34,6 +34,9 @@ class ModelShape:
     """Weights of the ``nn.Linear`` layers in the blocks (what ``lora.quantize`` stores in 4/8 bits)."""
     max_linear: int = 0
     """Weights of the largest of those layers."""
+    lora_inputs: int = 0
+    """Summed input widths of the layers LoRA adapts in one block (Llama: 6 x width + MLP
+    size): each LoRA branch keeps its own (dropped-out) copy of its input for the backward."""
 
 
 def _model_config(cfg: Config) -> Any:
@@ -91,11 +94,12 @@ def shape_of(mc: Any, *, r: int, targets: list[str] | None = None,
     quantizable = [m.weight.numel() for b in transformer_blocks(model) for m in b.modules()
                    if type(m) is torch.nn.Linear and m.weight.numel() % 128 == 0]
     targets = targets or default_lora_targets(model)
-    lora = 0
+    lora = inputs = 0
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
         if name.rsplit(".", 1)[-1] in targets and w is not None and w.dim() == 2:
             lora += r * (w.shape[0] + w.shape[1])
+            inputs += int(w.shape[0] if type(module).__name__ == "Conv1D" else w.shape[1])
 
     def get(*names: str, default: Any = None) -> Any:
         return next((getattr(mc, n) for n in names if getattr(mc, n, None) is not None), default)
@@ -106,4 +110,5 @@ def shape_of(mc: Any, *, r: int, targets: list[str] | None = None,
         n_head=int(get("n_head", "num_attention_heads")), vocab=int(get("vocab_size")),
         params=params, matmul_params=matmul, lora_params=lora, embed_params=sum(embeds.values()),
         quantizable_params=sum(quantizable), max_linear=max(quantizable, default=0),
+        lora_inputs=inputs // max(1, int(get("n_layer", "num_hidden_layers"))),
         attn_dropout=float(get("attn_pdrop", "attention_dropout", default=0.0)) > 0)
