@@ -230,6 +230,26 @@ def _quantize_layer(linear: Any, kind: str, device: torch.device, tq: Any) -> An
     return new
 
 
+def _drop_pages(t: torch.Tensor) -> None:
+    """Let the kernel drop the pages of a weight read through a memory map (safetensors) that
+    is no longer needed: otherwise they stay counted in the process's memory until every
+    tensor of the file is gone. Only a CPU tensor alone in a fixed-size storage (how a
+    memory-mapped checkpoint's tensors come), only whole pages inside it, only on Linux."""
+    import ctypes
+    import mmap
+    import sys
+
+    st = t.untyped_storage()
+    if sys.platform != "linux" or t.device.type != "cpu" or st.resizable() or \
+            st.nbytes() != t.numel() * t.element_size():
+        return
+    page = mmap.PAGESIZE
+    start = -(-st.data_ptr() // page) * page
+    end = (st.data_ptr() + st.nbytes()) // page * page
+    if end > start:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # DONTNEED
+
+
 def quantize_linears(module: Any, kind: str, device: torch.device) -> int:
     """Quantise the linear layers inside ``module`` (a transformer block, or a whole model:
     then those of its blocks) to ``kind``, one at a time on ``device`` (fast on a GPU; the
@@ -240,7 +260,10 @@ def quantize_linears(module: Any, kind: str, device: torch.device) -> int:
     blocks = transformer_blocks(module) or [module]
     layers = [x for b in blocks for x in _linears(b) if x[2].weight.numel() % (2 * NF4_BLOCK) == 0]
     for parent, name, linear in layers:
+        old = linear.weight.detach()
         setattr(parent, name, _quantize_layer(linear, kind, device, tq))
+        if kind == "nf4":  # (int8 quantises the layer in place)
+            _drop_pages(old)
     return len(layers)
 
 
