@@ -1,25 +1,33 @@
-"""Which model to start from: size, LoRA memory and CPU training speed of today's small models.
+"""Which model to start from: size, LoRA memory and CPU training speed of today's models, 135M to 8B.
 
-For each model of the table below it builds the model from its published ``config.json``
-values (architecture, widths, layers, heads, KV heads, head size, MLP size, vocabulary, tied
-embeddings, attention pattern), with random weights saved in bf16 as the hub checkpoints
-are, and a byte-level BPE tokenizer that fits its vocabulary. It then LoRA-trains it with
-doctune's own code, ``python -m doctune train`` in a child process (LoRA on doctune's
-default targets, block 256, micro-batch 1, no evaluation, samples nor compile), and reports:
+For each model of :data:`doctune.catalog.MODELS` it builds the model from its published
+``config.json`` values (architecture, widths, layers, heads, KV heads, head size, MLP size,
+vocabulary, tied embeddings, attention pattern), with random weights written tensor by tensor in
+bf16 as the hub checkpoints are (an 8B model never needs more than one 2 GB shard in memory),
+and a byte-level BPE tokenizer that fits its vocabulary. It then LoRA-trains it with doctune's
+own code, ``python -m doctune train`` in a child process (LoRA on doctune's default targets,
+block 256, micro-batch 1, no evaluation, samples nor compile), on each frozen base of
+``--bases``: fp32, bf16 (``model.base_dtype``) and 4-bit NF4 (``lora.quantize``), with gradient
+checkpointing as the planner chooses for ``--budget``, and reports:
 
 * parameters, counted on the built model and checked against the published size;
 * peak memory: the RSS of the training process tree, sampled from outside every 50 ms;
 * tokens/s: tokens per step over the median step time after the first (warm-up) step,
-  from the run's ``metrics.jsonl`` (5 steps per model, 3 from 1B parameters on);
-* doctune's memory planner (``doctune plan``) for the same job on this CPU, and on a 16 GB
+  from the run's ``metrics.jsonl`` (5 steps per model, 3 from 1B parameters on; an 8B model
+  on 2 cores takes minutes a step: ``--steps 2``);
+* doctune's memory planner for the same job on this CPU (and its error), and on a 16 GB
   Apple-silicon Mac (MPS, bf16; budget: the planner's 70% of 16 GB).
+
+An fp32 base above 2B parameters is not run (it would need 4 bytes a weight); its row gives the
+planner's estimate.
 
 Nothing is downloaded. Speed and memory depend on the model's shape, not on its weights,
 so a random model of the real shape costs what the real one costs; the tokenizer changes
 only how many windows the docs make, not what one 256-token step costs. (Not measured
 here: the model's quality on your docs. That needs the real weights.)
 
-    python benchmarks/bench_models.py                       # all ten: ~20 min on 2 idle cores
+    python benchmarks/bench_models.py --models smollm2-135m,qwen3-4b --bases bf16,nf4
+    python benchmarks/bench_models.py --models llama-3.1-8b --bases nf4 --steps 2   # ~20 min
     python benchmarks/bench_models.py --models smollm2-135m,gemma-3-270m --steps 2
     python benchmarks/bench_models.py --json models.json --work bench-models   # keep the runs
 
