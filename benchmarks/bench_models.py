@@ -1,25 +1,33 @@
-"""Which model to start from: size, LoRA memory and CPU training speed of today's small models.
+"""Which model to start from: size, LoRA memory and CPU training speed of today's models, 135M to 8B.
 
-For each model of the table below it builds the model from its published ``config.json``
-values (architecture, widths, layers, heads, KV heads, head size, MLP size, vocabulary, tied
-embeddings, attention pattern), with random weights saved in bf16 as the hub checkpoints
-are, and a byte-level BPE tokenizer that fits its vocabulary. It then LoRA-trains it with
-doctune's own code, ``python -m doctune train`` in a child process (LoRA on doctune's
-default targets, block 256, micro-batch 1, no evaluation, samples nor compile), and reports:
+For each model of :data:`doctune.catalog.MODELS` it builds the model from its published
+``config.json`` values (architecture, widths, layers, heads, KV heads, head size, MLP size,
+vocabulary, tied embeddings, attention pattern), with random weights written tensor by tensor in
+bf16 as the hub checkpoints are (an 8B model never needs more than one 2 GB shard in memory),
+and a byte-level BPE tokenizer that fits its vocabulary. It then LoRA-trains it with doctune's
+own code, ``python -m doctune train`` in a child process (LoRA on doctune's default targets,
+block 256, micro-batch 1, no evaluation, samples nor compile), on each frozen base of
+``--bases``: fp32, bf16 (``model.base_dtype``) and 4-bit NF4 (``lora.quantize``), with gradient
+checkpointing as the planner chooses for ``--budget``, and reports:
 
 * parameters, counted on the built model and checked against the published size;
 * peak memory: the RSS of the training process tree, sampled from outside every 50 ms;
 * tokens/s: tokens per step over the median step time after the first (warm-up) step,
-  from the run's ``metrics.jsonl`` (5 steps per model, 3 from 1B parameters on);
-* doctune's memory planner (``doctune plan``) for the same job on this CPU, and on a 16 GB
+  from the run's ``metrics.jsonl`` (5 steps per model, 3 from 1B parameters on; an 8B model
+  on 2 cores takes minutes a step: ``--steps 2``);
+* doctune's memory planner for the same job on this CPU (and its error), and on a 16 GB
   Apple-silicon Mac (MPS, bf16; budget: the planner's 70% of 16 GB).
+
+An fp32 base above 2B parameters is not run (it would need 4 bytes a weight); its row gives the
+planner's estimate.
 
 Nothing is downloaded. Speed and memory depend on the model's shape, not on its weights,
 so a random model of the real shape costs what the real one costs; the tokenizer changes
 only how many windows the docs make, not what one 256-token step costs. (Not measured
 here: the model's quality on your docs. That needs the real weights.)
 
-    python benchmarks/bench_models.py                       # all ten: ~20 min on 2 idle cores
+    python benchmarks/bench_models.py --models smollm2-135m,qwen3-4b --bases bf16,nf4
+    python benchmarks/bench_models.py --models llama-3.1-8b --bases nf4 --steps 2   # ~20 min
     python benchmarks/bench_models.py --models smollm2-135m,gemma-3-270m --steps 2
     python benchmarks/bench_models.py --json models.json --work bench-models   # keep the runs
 
@@ -37,92 +45,18 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import GPT2_TOKENIZER_FILES, REPO, machine_info, median, read_jsonl, run_watched
+from doctune.catalog import MODELS, Spec
 
 MAC_MEMORY_MB = 16 * 1024
 BIG = 1e9
 """Models from this many parameters on train fewer steps by default (slow on a CPU)."""
 STEPS_SMALL, STEPS_BIG = 5, 3
 """Default steps per run; the first is the warm-up, the rest are measured."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A model of the table: its hub id, license, published size and ``config.json`` values."""
-
-    hub: str
-    license: str
-    published: float
-    """Parameters as the model card gives them (the built model must be within 2%)."""
-    config: dict[str, Any]
-
-
-def _gemma3_layers(n: int) -> list[str]:
-    """Gemma 3's attention pattern: five sliding-window layers, then one global, repeated."""
-    return ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
-
-
-_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192}
-_GEMMA3 = {"model_type": "gemma3_text", "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
-           "vocab_size": 262144, "tie_word_embeddings": True, "max_position_embeddings": 32768,
-           "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "sliding_window": 512,
-           "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh"}
-
-# Values of each model's config.json on the hub (the fields that set its shape and compute).
-MODELS: dict[str, Spec] = {
-    "smollm2-135m": Spec("HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0", 134.5e6, {
-        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
-        "tie_word_embeddings": True, "max_position_embeddings": 8192, "rope_theta": 100000.0,
-        "rms_norm_eps": 1e-5}),
-    "smollm2-360m": Spec("HuggingFaceTB/SmolLM2-360M-Instruct", "Apache-2.0", 361.8e6, {
-        "model_type": "llama", "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
-        "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64, "vocab_size": 49152,
-        "tie_word_embeddings": True, "max_position_embeddings": 8192, "rope_theta": 100000.0,
-        "rms_norm_eps": 1e-5}),
-    "smollm2-1.7b": Spec("HuggingFaceTB/SmolLM2-1.7B-Instruct", "Apache-2.0", 1.71e9, {
-        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
-        "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 64, "vocab_size": 49152,
-        "tie_word_embeddings": True, "max_position_embeddings": 8192, "rope_theta": 130000.0,
-        "rms_norm_eps": 1e-5}),
-    "qwen2.5-0.5b": Spec("Qwen/Qwen2.5-0.5B-Instruct", "Apache-2.0", 0.49e9, {
-        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-        "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-        "tie_word_embeddings": True, "max_position_embeddings": 32768, "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6}),
-    "qwen2.5-1.5b": Spec("Qwen/Qwen2.5-1.5B-Instruct", "Apache-2.0", 1.54e9, {
-        "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-        "tie_word_embeddings": True, "max_position_embeddings": 32768, "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6}),
-    "qwen3-0.6b": Spec("Qwen/Qwen3-0.6B", "Apache-2.0", 0.6e9, {
-        "model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
-        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
-        "tie_word_embeddings": True, "max_position_embeddings": 40960, "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6}),
-    "qwen3-1.7b": Spec("Qwen/Qwen3-1.7B", "Apache-2.0", 1.7e9, {
-        "model_type": "qwen3", "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
-        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
-        "tie_word_embeddings": True, "max_position_embeddings": 40960, "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6}),
-    "llama-3.2-1b": Spec("meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 Community License", 1.23e9, {
-        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-        "tie_word_embeddings": True, "max_position_embeddings": 131072, "rope_theta": 500000.0,
-        "rope_scaling": _LLAMA3_ROPE, "rms_norm_eps": 1e-5}),
-    "gemma-3-270m": Spec("google/gemma-3-270m-it", "Gemma Terms of Use", 268e6, {
-        **_GEMMA3, "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
-        "layer_types": _gemma3_layers(18)}),
-    "gemma-3-1b": Spec("google/gemma-3-1b-it", "Gemma Terms of Use", 1.0e9, {
-        **_GEMMA3, "hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26,
-        "layer_types": _gemma3_layers(26)}),
-}
 
 
 # ---------------------------------------------------------------------------
@@ -152,18 +86,50 @@ def save_tokenizer(vocab_size: int, out: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(out)
 
 
-def build_model(spec: Spec, out: Path) -> int:
-    """Save a random model of ``spec``'s shape (bf16, like the hub's) and a tokenizer; its parameters."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging
+def build_model(spec: Spec, out: Path, shard_bytes: int = 2 << 30) -> int:
+    """Save a random model of ``spec``'s shape (bf16, like the hub's) and a tokenizer; its parameters.
 
-    logging.disable_progress_bar()
+    Built on the ``meta`` device and written tensor by tensor into safetensors shards of at
+    most ``shard_bytes``, blocks in order (as the hub's are), so that an 8B model never needs
+    more than one shard in memory: matrices N(0, 0.02), norms 1, biases 0.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     config = AutoConfig.for_model(**spec.config)
+    config.dtype = torch.bfloat16
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters())  # tied weights are one parameter
-    model.save_pretrained(out)
+    weight_map: dict[str, str] = {}
+    shard: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    params = 0
+
+    def flush() -> None:
+        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        shard.clear()
+
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:  # a tied output head: saved once, as the embeddings
+            continue
+        seen.add(id(p))
+        params += p.numel()
+        if p.dim() >= 2:
+            t = torch.randn(p.shape, dtype=torch.bfloat16).mul_(0.02)
+        else:
+            t = (torch.zeros if name.endswith("bias") else torch.ones)(p.shape, dtype=torch.bfloat16)
+        if shard and sum(x.numel() * 2 for x in shard.values()) + t.numel() * 2 > shard_bytes:
+            flush()
+        shard[name] = t
+    flush()
+    index = {"metadata": {"total_size": 2 * params}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+    config.save_pretrained(out)
     del model
     gc.collect()
     save_tokenizer(spec.config["vocab_size"], out)
@@ -174,31 +140,59 @@ def build_model(spec: Spec, out: Path) -> int:
 # one model: the planner's estimates, then a real run
 
 
-def overrides(model_dir: Path, run_dir: Path, args: argparse.Namespace, steps: int, precision: str) -> list[str]:
+BASES = {"fp32": ["model.base_dtype=fp32"], "bf16": ["model.base_dtype=bf16"],
+         "nf4": ["lora.quantize=nf4"]}
+"""The frozen base of each measured run: fp32, bf16, or 4-bit NF4 (with bf16 embeddings)."""
+FP32_MAX_PARAMS = 2e9
+"""No fp32 base above this: 4 bytes a weight is too much for the machine's shared RAM."""
+
+
+def overrides(model_dir: Path, run_dir: Path, args: argparse.Namespace, steps: int, precision: str,
+              base: str) -> list[str]:
     """The ``--set`` items of the LoRA job (the planner reads the same ones)."""
     return [f"data.path={args.docs}", f"data.block_size={args.block}", "data.val_fraction=0",
-            f"model.name={model_dir}", "lora.enabled=true",
+            f"model.name={model_dir}", "lora.enabled=true", *BASES[base],
             f"train.output_dir={run_dir}", f"train.max_steps={steps}",
             f"train.micro_batch_size={args.micro_batch}", "train.grad_accum=1", "train.warmup_steps=0",
             f"train.precision={precision}", "train.device=cpu", "train.compile=off",
             "train.eval_every=0", "train.save_every=0", "train.sample_every=0", "train.sample_prompts=[]",
-            "log.tensorboard=false", "log.progress=false", "log.report=false"]
+            "log.tensorboard=false", "log.progress=false", "log.report=false",
+            f"memory.budget={args.budget}"]
+
+
+def _fit(cfg: Any, device: str, budget: float | None = None) -> Any:
+    """What ``memory.auto_fit`` makes of ``cfg``, keeping its base (a base that does not fit
+    even so gets the last resort before another base: gradient checkpointing)."""
+    from doctune.plan import fit_to_budget
+
+    fitted, _ = fit_to_budget(cfg, budget, device=device)
+    if fitted.lora.quantize != cfg.lora.quantize or fitted.data.block_size != cfg.data.block_size:
+        fitted = cfg.model_copy(deep=True)
+        fitted.train.grad_checkpointing = True
+    return fitted
 
 
 def plan(sets: list[str]) -> dict[str, Any]:
-    """``doctune plan``'s peak for the job: on this CPU, and on a 16 GB Mac (MPS, bf16)."""
+    """``doctune plan``'s peak for the job as auto-fit leaves it (base kept): on this CPU, and
+    on a 16 GB Mac (MPS, bf16)."""
     from doctune.config import load_config
-    from doctune.plan import SAFE_SHARE, default_budget_mb, estimate_for_shape, model_shape
+    from doctune.plan import SAFE_SHARE, estimate_for_shape, model_shape
 
     cfg = load_config(None, sets)
     shape = model_shape(cfg)
-    here = estimate_for_shape(shape, cfg, device="cpu", budget=default_budget_mb(cfg, "cpu"))
+    budget = cfg.memory.budget
+    fitted = _fit(cfg, "cpu")
+    here = estimate_for_shape(shape, fitted, device="cpu")
     mac_cfg = load_config(None, [*sets, "train.precision=bf16", "train.device=mps"])
     mac_budget = SAFE_SHARE["mps"] * MAC_MEMORY_MB
-    mac = estimate_for_shape(shape, mac_cfg, device="mps", budget=mac_budget)
-    return {"cpu_peak_mb": round(here.peak_mb), "mac16_peak_mb": round(mac.peak_mb),
-            "mac16_budget_mb": round(mac_budget), "mac16_fits": mac.fits,
-            "lora_params": shape.lora_params, "mac16_breakdown": mac.to_dict()["breakdown"]}
+    mac_fitted = _fit(mac_cfg, "mps", mac_budget)
+    mac = estimate_for_shape(shape, mac_fitted, device="mps", budget=mac_budget)
+    return {"cpu_peak_mb": round(here.peak_mb), "budget": budget, "fits": here.fits,
+            "grad_checkpointing": fitted.train.grad_checkpointing,
+            "mac16_peak_mb": round(mac.peak_mb), "mac16_budget_mb": round(mac_budget),
+            "mac16_fits": mac.fits, "mac16_checkpointing": mac_fitted.train.grad_checkpointing,
+            "lora_params": shape.lora_params, "mac16_breakdown": mac.to_dict()["breakdown"],
+            "cpu_breakdown": here.to_dict()["breakdown"]}
 
 
 def train(sets: list[str], run_dir: Path, steps: int) -> dict[str, Any]:
@@ -245,10 +239,9 @@ def train(sets: list[str], run_dir: Path, steps: int) -> dict[str, Any]:
             "params_trainable": facts.get("params_trainable"), "precision": facts.get("precision")}
 
 
-def measure(key: str, spec: Spec, work: Path, args: argparse.Namespace, precision: str) -> dict[str, Any]:
-    """Build, plan and train one model; its row of the table."""
-    model_dir, run_dir = work / "models" / key, work / "runs" / key
-    shutil.rmtree(run_dir, ignore_errors=True)
+def measure(key: str, spec: Spec, work: Path, args: argparse.Namespace, precision: str) -> list[dict[str, Any]]:
+    """Build, plan and train one model on each base; its rows of the table."""
+    model_dir = work / "models" / key
     t0 = time.perf_counter()
     if (model_dir / "config.json").is_file():
         from transformers import AutoConfig
@@ -260,20 +253,36 @@ def measure(key: str, spec: Spec, work: Path, args: argparse.Namespace, precisio
     print(f"  built: {params:,} parameters ({'matches' if match else 'does NOT match'} the published "
           f"{_size(spec.published)}) in {time.perf_counter() - t0:.0f} s", flush=True)
     steps = args.steps or (STEPS_BIG if params >= BIG else STEPS_SMALL)
-    sets = overrides(model_dir, run_dir, args, steps, precision)
-    row: dict[str, Any] = {"model": spec.hub.split("/")[1], "hub": spec.hub, "license": spec.license,
-                           "params": params, "published_params": spec.published, "params_match": match,
-                           "steps": steps, "config": spec.config, "plan": plan(sets)}
-    print(f"  planner: {row['plan']['cpu_peak_mb']:,} MB on this CPU, {row['plan']['mac16_peak_mb']:,} MB "
-          f"on a 16 GB Mac; training {steps} steps...", flush=True)
-    try:
-        row.update(train(sets, run_dir, steps))
-    except RuntimeError as e:
-        row["error"] = str(e)
-        print(f"  FAILED: {e}", flush=True)
+    rows = []
+    for base in args.bases.split(","):
+        run_dir = work / "runs" / f"{key}-{base}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        sets = overrides(model_dir, run_dir, args, steps, precision, base)
+        row: dict[str, Any] = {"model": spec.hub.split("/")[1], "key": key, "hub": spec.hub,
+                               "license": spec.license, "params": params, "base": base,
+                               "published_params": spec.published, "params_match": match,
+                               "steps": steps, "config": spec.config, "plan": plan(sets)}
+        print(f"  [{base} base] planner: {row['plan']['cpu_peak_mb']:,} MB on this CPU "
+              f"(checkpointing {'on' if row['plan']['grad_checkpointing'] else 'off'}), "
+              f"{row['plan']['mac16_peak_mb']:,} MB on a 16 GB Mac", flush=True)
+        if base == "fp32" and params > FP32_MAX_PARAMS:
+            row["error"] = f"not measured: would need ~{row['plan']['cpu_peak_mb'] / 1024:.0f} GB"
+        elif not args.plan_only:
+            try:  # gradient checkpointing as the planner chose it for the budget
+                ckpt = str(row["plan"]["grad_checkpointing"]).lower()
+                row.update(train([*sets, f"train.grad_checkpointing={ckpt}"], run_dir, steps))
+            except RuntimeError as e:
+                row["error"] = str(e)
+                print(f"  FAILED: {e}", flush=True)
+        if "peak_rss_mb" in row:
+            row["plan_error"] = round(row["plan"]["cpu_peak_mb"] / row["peak_rss_mb"] - 1, 3)
+            print(f"  {row['tokens_per_s']:.0f} tokens/s, peak RSS {row['peak_rss_mb']:,} MB, "
+                  f"planner {100 * row['plan_error']:+.1f}% ({row['wall_s']:.0f} s)", flush=True)
+        rows.append(row)
+        shutil.rmtree(run_dir, ignore_errors=True)
     if args.work is None:
-        shutil.rmtree(model_dir, ignore_errors=True)  # up to 3.4 GB each
-    return row
+        shutil.rmtree(model_dir, ignore_errors=True)  # up to 16 GB each
+    return rows
 
 
 def _count_params(config: Any) -> int:
@@ -294,19 +303,24 @@ def _size(n: float) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The Markdown table of the README."""
-    out = ["| model | params | license | LoRA peak RSS (measured) | tokens/s (measured) | "
-           "planner: this CPU | planner: 16 GB Mac (MPS, bf16) |",
-           "|---|---:|---|---:|---:|---:|---|"]
+    """The Markdown table of the README: one line a model and base."""
+    out = ["| model | params | license | base | LoRA peak RSS (measured) | planner (error) | "
+           "tokens/s (measured) | checkpointing (planner) | planner: 16 GB Mac (MPS, bf16) |",
+           "|---|---:|---|---|---:|---:|---:|---|---|"]
     for r in rows:
         p = r["plan"]
-        mac = f"{p['mac16_peak_mb'] / 1024:.1f} GB ({'fits' if p['mac16_fits'] else 'does not fit'})"
-        if "error" in r:
-            rss = speed = "failed"
+        mac = (f"{p['mac16_peak_mb'] / 1024:.1f} GB ({'fits' if p['mac16_fits'] else 'does not fit'}"
+               f"{', checkpointing' if p['mac16_fits'] and p['mac16_checkpointing'] else ''})")
+        if "peak_rss_mb" not in r:
+            rss = r["error"] if r.get("error", "").startswith("not measured") else (
+                "failed" if "error" in r else "-")
+            speed, err = "-", ""
         else:
             rss, speed = f"{r['peak_rss_mb'] / 1024:.1f} GB", f"{r['tokens_per_s']:.0f}"
-        out.append(f"| {r['model']} | {_size(r['params'])} | {r['license']} | {rss} | {speed} | "
-                   f"{p['cpu_peak_mb'] / 1024:.1f} GB | {mac} |")
+            err = f" ({100 * r['plan_error']:+.0f}%)"
+        out.append(f"| {r['model']} | {_size(r['params'])} | {r['license']} | {r['base']} | {rss} | "
+                   f"{p['cpu_peak_mb'] / 1024:.1f} GB{err} | {speed} | "
+                   f"{'on' if p['grad_checkpointing'] else 'off'} | {mac} |")
     return "\n".join(out)
 
 
@@ -322,6 +336,11 @@ def main() -> int:
     ap.add_argument("--docs", type=Path, default=REPO / "examples" / "docs", help="Docs folder (data.path).")
     ap.add_argument("--json", type=Path, help="Also write every number to this file.")
     ap.add_argument("--work", type=Path, help="Keep models and runs here (a model built there is reused).")
+    ap.add_argument("--bases", default="fp32,bf16,nf4",
+                    help=f"Frozen bases to measure, of {', '.join(BASES)} (fp32: up to {_size(FP32_MAX_PARAMS)}).")
+    ap.add_argument("--budget", default="10.5GB", help="memory.budget the planner fits each run to "
+                    "(default: a 16 GB Mac's GPU working set).")
+    ap.add_argument("--plan-only", action="store_true", help="The planner's figures only, no training.")
     args = ap.parse_args()
     keys = [k.strip().lower() for k in args.models.split(",") if k.strip()]
     if unknown := [k for k in keys if k not in MODELS]:
@@ -345,11 +364,7 @@ def main() -> int:
         work = args.work or Path(tmp)
         for i, key in enumerate(keys, 1):
             print(f"[{i}/{len(keys)}] {MODELS[key].hub}", flush=True)
-            rows.append(measure(key, MODELS[key], work, args, precision))
-            if "error" not in rows[-1]:
-                r = rows[-1]
-                print(f"  {r['tokens_per_s']:.0f} tokens/s, peak RSS {r['peak_rss_mb']:,} MB "
-                      f"({r['wall_s']:.0f} s)", flush=True)
+            rows.extend(measure(key, MODELS[key], work, args, precision))
     print(f"\n{head}\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print(table(rows))
     if args.json:

@@ -55,7 +55,7 @@ print("RESULT " + json.dumps({"steps": res.steps, "before": res.val_loss_before,
 
 
 def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, block: int,
-              micro_batch: int, targets: list[str] | None) -> dict[str, Any]:
+              micro_batch: int, targets: list[str] | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One LoRA run in a child process (so its peak RSS is its own); its numbers."""
     from doctune.config import dump_config, load_config
 
@@ -69,7 +69,7 @@ def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, bloc
                  "train.grad_accum=1", "train.warmup_steps=4", "train.eval_every=0",
                  "train.save_every=0", f"train.eval_batches={-(-EVAL_WINDOWS // micro_batch)}", "train.sample_every=0",
                  "train.sample_prompts=[]", "log.tensorboard=false", "log.progress=false",
-                 "log.report=false", "train.device=cpu"]
+                 "log.report=false", "train.device=cpu", *extra]
     cfg = load_config(None, overrides)
     if targets is not None:
         cfg.lora.target_modules = targets
@@ -88,6 +88,7 @@ def train_run(work: Path, name: str, *, gguf: Path, docs: Path, steps: int, bloc
               "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows[1:] or rows),
               "train_time_s": facts.get("train_time_s"), "wall_s": proc.wall_s,
               "device": facts.get("device"), "precision": facts.get("precision"),
+              "base_weights": facts.get("base_weights"),
               "peak_rss_mb": proc.peak_tree_rss_mb}
     saved.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result

@@ -15,9 +15,9 @@ SRC = Path(__file__).parent.parent / "src" / "doctune"
 # all stand on the package's floor).
 FLOORS: list[tuple[str, ...]] = [
     ("errors", "atomic"),
-    ("config", "device", "sources", "sampling"),
-    ("data", "modeling", "rundir", "machine"),
-    ("plan", "inference", "paths"),
+    ("config", "device", "sources", "sampling", "catalog"),
+    ("data", "modeling", "rundir", "machine", "shape", "quantize"),
+    ("plan", "plan_machines", "inference", "paths"),
     ("knowledge", "generate"),
     ("export", "monitor"),
     ("train",),

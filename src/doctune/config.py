@@ -84,6 +84,8 @@ class ModelConfig(_Section):
     """Allow a hub model to run its own Python code. Off unless you trust the repository."""
     attn_implementation: str | None = "sdpa"
     """Attention kernel passed to transformers (sdpa, eager, ...); null = transformers' default."""
+    base_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """How the frozen base weights of a LoRA run are stored: auto = bf16 when training in bf16 (autocast computes with bf16 copies of them anyway, so half the memory at the same numbers), else fp32. Norms stay fp32; LoRA weights, their optimizer state and the loss always fp32."""
 
 
 class LoraConfig(_Section):
@@ -99,6 +101,22 @@ class LoraConfig(_Section):
     """Module names to adapt; null = every linear layer of attention and MLP for the architecture (GPT-2: c_attn, c_proj, c_fc; Llama, Qwen, Gemma: q/k/v/o_proj, gate/up/down_proj)."""
     dora: bool = False
     """Train DoRA (weight-decomposed LoRA, PEFT's use_dora) instead of plain LoRA: a little slower, often closer to full fine-tuning."""
+    quantize: Literal["none", "nf4", "int8"] = "none"
+    """Store the frozen base's linear layers quantised (QLoRA): nf4 = 4-bit NormalFloat (about 0.52 bytes a weight), int8 = 8-bit; both through torchao (pip install "doctune[quant]"), dequantised layer by layer in each forward. Needs lora.enabled."""
+
+    @model_validator(mode="after")
+    def _quantize_needs_lora(self) -> LoraConfig:
+        if self.quantize != "none" and not self.enabled:
+            raise ValueError(
+                f"`lora.quantize` needs a LoRA run: a quantised base cannot be trained, only "
+                f"adapted. Set `lora.enabled=true` or `lora.quantize=none` (got "
+                f"quantize={self.quantize}, enabled=false).")
+        if self.quantize != "none" and self.dora:
+            raise ValueError(
+                f"`lora.quantize` and `lora.dora` do not go together yet (DoRA reads the base "
+                f"weight's norm, which a quantised weight does not give). Set `lora.dora=false` "
+                f"or `lora.quantize=none` (got quantize={self.quantize}, dora=true).")
+        return self
 
 
 class TrainConfig(_Section):

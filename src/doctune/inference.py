@@ -137,9 +137,16 @@ def _tokenizer_for(src: Source) -> Any:
     return load_tokenizer(src.base or src.model)
 
 
-def _load_base(src: Source) -> Any:
-    """The base model of an adapter or checkpoint, with a message that says how to point to it."""
+def _load_base(src: Source, *, dense: bool = False) -> Any:
+    """The base model of an adapter or checkpoint, with a message that says how to point to it.
+
+    A run trained on a quantised base (``lora.quantize``) gets its base quantised the same
+    way, since that is what its adapter learned to correct; ``dense`` then dequantises it
+    again (fp32), for merging: merged = dequantised base + adapter."""
+    import torch
+
     from doctune.modeling import load_pretrained
+    from doctune.quantize import BaseFormat, dequantize_base, prepare_base
 
     assert src.base is not None
     base = Path(src.base).expanduser()
@@ -147,18 +154,26 @@ def _load_base(src: Source) -> Any:
         raise ModelError(f"{src.model} was trained on the base model {src.base}, which does not "
                          "exist on this machine. Point to a copy of it with `--base PATH`.")
     kwargs: dict[str, Any] = {}
-    if src.run is not None:  # the same revision and code trust as in training
-        m = src.run.config().model
-        kwargs = {"revision": m.revision, "trust_remote_code": m.trust_remote_code}
+    quantize = "none"
+    if src.run is not None:  # the same revision, code trust and quantisation as in training
+        cfg = src.run.config()
+        kwargs = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+        quantize = cfg.lora.quantize if src.lora else "none"
     try:
-        return load_pretrained(src.base, **kwargs)
+        if quantize == "none":
+            return load_pretrained(src.base, **kwargs)
+        model = load_pretrained(src.base, **kwargs, dtype="auto")
+        prepare_base(model, BaseFormat("fp32", quantize), model.device)
+        if dense:
+            dequantize_base(model, torch.float32)
+        return model
     except ModelError as e:
         raise ModelError(f"{src.model} was trained on the base model {src.base!r}, which cannot "
                          f"be loaded here. Point to it with `--base PATH` (a folder holding that "
                          f"model, or its hub id once cached).\n  ({e})") from None
 
 
-def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
+def _load_checkpoint(src: Source, tokenizer: Any, *, dense: bool = False) -> Any:
     """Rebuild the run's model and load a checkpoint's trainable weights into it."""
     from safetensors.torch import load_file
 
@@ -169,7 +184,7 @@ def _load_checkpoint(src: Source, tokenizer: Any) -> Any:
     cfg = src.run.config()
     if src.lora:
         lo = cfg.lora
-        model = apply_lora(_load_base(src), r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
+        model = apply_lora(_load_base(src, dense=dense), r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
                            target_modules=lo.target_modules, dora=lo.dora)
     elif is_scratch(cfg.model.name):  # every weight is in the checkpoint: the init does not matter
         model = build_scratch_model(cfg.model.name, tokenizer, block_size=cfg.data.block_size)
@@ -209,6 +224,7 @@ def _quiet_loading() -> Iterator[None]:
             # PEFT asks transformers 5 a question by its deprecated name; nothing a user can do.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
                                     category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*TorchaoLoraLinear.*", category=UserWarning)
             yield
     finally:
         if was:
@@ -227,6 +243,7 @@ def load_for_inference(source: str | Path | Source, *, device: str = "auto",
     """
     from doctune.device import resolve_device
     from doctune.modeling import load_pretrained
+    from doctune.quantize import to_keeping_quantized
 
     src = source if isinstance(source, Source) else resolve_source(source, base=base)
     dev = resolve_device(device)
@@ -234,16 +251,16 @@ def load_for_inference(source: str | Path | Source, *, device: str = "auto",
     tokenizer = _tokenizer_for(src)
     with _quiet_loading():
         if src.kind == "checkpoint":
-            model = _load_checkpoint(src, tokenizer)
+            model = _load_checkpoint(src, tokenizer, dense=merge)
         elif src.lora:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(_load_base(src), src.model)
+            model = PeftModel.from_pretrained(_load_base(src, dense=merge), src.model)
         else:
             model = load_pretrained(src.model)
     if merge and src.lora:
         model = merge_lora(model)
-    model.to(device=dev, dtype=torch_dtype)
+    to_keeping_quantized(model, dev, torch_dtype)  # a quantised base stays quantised
     model.eval()
     model.requires_grad_(False)
     return Loaded(model, tokenizer, src, dev, torch_dtype)

@@ -201,11 +201,13 @@ def _offline_hint(name: str) -> str:
 
 
 def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code: bool = False,
-                    attn_implementation: str | None = None) -> PreTrainedModel:
+                    attn_implementation: str | None = None, dtype: Any = None) -> PreTrainedModel:
     """Load a causal LM from a hub id, local folder or GGUF file, safetensors preferred, in fp32.
 
-    A GGUF file (or ``ollama:NAME``) is dequantised to fp32 by transformers; see
-    :func:`resolve_model_source`.
+    ``dtype="auto"`` loads a checkpoint in its own dtype instead (a bf16 one stays bf16: what
+    a bf16 or quantised base starts from, see :mod:`doctune.quantize`), a GGUF file in bf16.
+    A GGUF file (or ``ollama:NAME``) is dequantised by transformers tensor by tensor, straight
+    to that dtype; see :func:`resolve_model_source`.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -217,7 +219,7 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
         raise ModelError(f"{local} is not a transformers model folder (no config.json in it). Pass "
                          "a folder saved with `save_pretrained`, a .gguf file, a hub id, or a scratch preset.")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
-                              "dtype": torch.float32}
+                              "dtype": torch.float32 if dtype is None else dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     from doctune.sources import gguf_config, quiet_gguf
@@ -233,6 +235,8 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
             where = str(src.gguf_file.parent)
             kwargs.update(gguf_file=src.gguf_file.name, config=gguf_config(src.gguf_file),
                           quantization_config=GgufConfig(dequantize=True))
+            if kwargs["dtype"] == "auto":  # a quantised GGUF's blocks: straight to bf16
+                kwargs["dtype"] = torch.bfloat16
         with quiet_gguf():
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as e:
@@ -338,6 +342,8 @@ def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float,
                      target_modules=targets, fan_in_fan_out=all(conv1d), use_dora=dora)
     with warnings.catch_warnings():  # PEFT asks transformers 5 by a deprecated attribute name
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        # an int8 base (lora.quantize) is never merged as it is: doctune dequantises it first
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*TorchaoLoraLinear.*")
         return get_peft_model(model, cfg)
 
 

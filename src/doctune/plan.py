@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from doctune.config import Config, is_scratch, parse_size
-from doctune.errors import ConfigError, ModelError
+from doctune.config import Config, parse_size
+from doctune.errors import ConfigError
+from doctune.shape import ModelShape, model_shape
 
 MB = 1024 * 1024
 
@@ -48,23 +49,17 @@ ACT_RSS_FACTOR = {"cpu": 1.45, "mps": 1.45, "cuda": 1.15}
 shrink. MPS is assumed to behave alike, CUDA's caching allocator better (not measured)."""
 SAFE_SHARE = {"cpu": 0.70, "mps": 0.70, "cuda": 0.90}
 """Default budget: share of RAM (CPU, Apple unified memory) or of the GPU's memory."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What memory depends on in a model, read from its config."""
-
-    n_layer: int
-    width: int
-    n_head: int
-    vocab: int
-    params: int
-    """All parameters (tied weights once)."""
-    matmul_params: int
-    """Weights of the layers' matrix multiplications (cast to bf16 under autocast)."""
-    lora_params: int
-    """Trainable parameters of a LoRA adapter with ``lora.r`` on the default/given targets."""
-    attn_dropout: bool
+LORA_INPUT = {"fp32": 4.0, "bf16": 2.0}
+LORA_DROPOUT = 4.0
+"""Bytes per element of each LoRA branch's input kept for the backward (its own copy, as the
+adapter's matmul reads it), and more with LoRA dropout. Measured with saved-tensor hooks
+(torch 2.13, bf16 autocast): 2 + 4 bytes per input element, on Llama and GPT-2 blocks alike."""
+QUANT_BYTES = {"nf4": 0.5 + 1 / 64, "int8": 1.0}
+"""Bytes a quantised weight takes: NF4 codes (4 bits) + one int8 scale a block of 64 (the
+scales' own scales are negligible); int8 + a scale a row (negligible)."""
+DEQUANT_TRANSIENT = {"nf4": 10.0, "int8": 4.0}
+"""Bytes per weight of the largest layer while it is dequantised for a matmul (torchao's
+NF4 unpacks codes to int64 indices first)."""
 
 
 @dataclass
@@ -157,76 +152,30 @@ def plan_precision(choice: str, device: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# the model's shape
-
-
-def _model_config(cfg: Config) -> Any:
-    from doctune.modeling import preset_config, resolve_model_source
-    from doctune.sources import gguf_config
-
-    name = cfg.model.name
-    if is_scratch(name):
-        return preset_config(name, n_positions=cfg.data.block_size)
-    src = resolve_model_source(name)
-    if src.gguf_file is not None:
-        return gguf_config(src.gguf_file)
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(name, revision=cfg.model.revision,
-                                          trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"Could not read the config of model {name!r} (offline, or no cached "
-                         "copy; a local folder needs a config.json). Point `model.name` at a local "
-                         "model folder or use a preset such as `scratch:small`. "
-                         f"(transformers said: {str(e).splitlines()[0]})") from None
-
-
-def model_shape(cfg: Config) -> ModelShape:
-    """Count the model's parameters on the meta device (no memory, no weights read)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from doctune.modeling import default_lora_targets
-
-    mc = _model_config(cfg)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(mc, trust_remote_code=cfg.model.trust_remote_code)
-    seen: set[int] = set()
-    params = matmul = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            params += p.numel()
-    base = model.base_model
-    for module in base.modules():  # matrices inside the blocks (not the embeddings)
-        w = getattr(module, "weight", None)
-        if w is not None and w.dim() == 2 and not isinstance(module, torch.nn.Embedding):
-            matmul += w.numel()
-    targets = cfg.lora.target_modules or default_lora_targets(model)
-    lora = 0
-    for name, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if name.rsplit(".", 1)[-1] in targets and w is not None and w.dim() == 2:
-            lora += cfg.lora.r * (w.shape[0] + w.shape[1])
-
-    def get(*names: str, default: Any = None) -> Any:
-        return next((getattr(mc, n) for n in names if getattr(mc, n, None) is not None), default)
-
-    width = int(get("n_embd", "hidden_size", "d_model"))
-    return ModelShape(
-        n_layer=int(get("n_layer", "num_hidden_layers")), width=width,
-        n_head=int(get("n_head", "num_attention_heads")), vocab=int(get("vocab_size")),
-        params=params, matmul_params=matmul, lora_params=lora,
-        attn_dropout=float(get("attn_pdrop", "attention_dropout", default=0.0)) > 0)
-
-
-# ---------------------------------------------------------------------------
 # the estimate
 
 
+def plan_base(cfg: Config, prec: str) -> tuple[str, str]:
+    """The frozen base's ``(dtype, quantize)`` as :func:`doctune.quantize.base_format`
+    resolves them: ``model.base_dtype`` auto = bf16 for LoRA under bf16 autocast."""
+    if not cfg.lora.enabled:
+        return "fp32", "none"
+    choice = cfg.model.base_dtype
+    return ("bf16" if prec == "bf16" else "fp32") if choice == "auto" else choice, cfg.lora.quantize
+
+
+def weight_bytes(shape: ModelShape, dtype: str, quantize: str) -> float:
+    """The model's weights: matrices and embeddings in ``dtype`` (the blocks' linear layers in
+    4/8 bits when quantised), norms and the like in fp32."""
+    rest = shape.params - shape.matmul_params - shape.embed_params
+    q = shape.quantizable_params if quantize != "none" else 0
+    matrix = 2.0 if dtype == "bf16" else 4.0
+    return (QUANT_BYTES[quantize] * q if q else 0.0) + matrix * (
+        shape.matmul_params - q + shape.embed_params) + 4.0 * rest
+
+
 def _logits_bytes(prec: str, tok: int, C: int, V: int, *, fused: bool, head_trains: bool,
-                  training: bool) -> float:
+                  training: bool, head_fp32: bool = True) -> float:
     """Memory of the output projection and the loss at their peak, in bytes."""
     if not fused:
         return LOGITS_PLAIN[prec] * tok * V
@@ -234,7 +183,7 @@ def _logits_bytes(prec: str, tok: int, C: int, V: int, *, fused: bool, head_trai
     # states and, when training, their gradient and the output weight's gradient.
     rows = min(tok, max(64, FUSED_CHUNK_BYTES // (4 * V)))
     out = rows * V * (4.0 if prec == "fp32" else 6.0) + 4.0 * tok * C
-    if prec == "bf16":
+    if prec == "bf16" and head_fp32:
         out += 2.0 * V * C  # the weight cast once per call
     if training:
         out += 4.0 * tok * C + (4.0 * V * C if head_trains else 0.0)
@@ -251,19 +200,28 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
     tok = B * T
     trainable = shape.lora_params if lora else shape.params
 
-    weights = 4.0 * shape.params
+    base_dtype, quantize = plan_base(cfg, prec)
+    weights = weight_bytes(shape, base_dtype, quantize)
+    dequant = DEQUANT_TRANSIENT[quantize] * shape.max_linear if quantize != "none" else 0.0
     grads = 4.0 * trainable
     optimizer = 8.0 * trainable
     layer = (ACT_PER_LAYER[(prec, lora)] + (ACT_DROPOUT_EXTRA[prec] if shape.attn_dropout else 0.0)) * tok * C
     if shape.attn_dropout:
         layer += ATTN_MATRIX * tok * shape.n_head * T
+    if lora:  # each LoRA branch: its input as the adapter's matmul keeps it, + a dropout copy
+        layer += (LORA_INPUT[prec] + (LORA_DROPOUT if cfg.lora.dropout > 0 else 0.0)) * tok * shape.lora_inputs
     # bf16 copies of the weights, kept for the backward (recomputed when checkpointing)
-    cast = (2.0 * V * C, 2.0 * (V * C + shape.matmul_params)) if prec == "bf16" else (0.0, 0.0)
+    # (an fp32 base only: a bf16 or quantised weight is used, and saved, as it is)
+    cast = ((2.0 * V * C, 2.0 * (V * C + shape.matmul_params)) if prec == "bf16" and base_dtype == "fp32"
+            else (0.0, 0.0))
     by_ckpt = {"off": ACT_RSS_FACTOR[device] * (L * layer + EMBED_ACT * tok * C) + cast[1],
                "on": ACT_RSS_FACTOR[device] * (L * ACT_CHECKPOINTED * tok * C + layer
                                                + EMBED_ACT * tok * C) + cast[0]}
+    by_ckpt = {k: v + dequant for k, v in by_ckpt.items()}  # one layer dequantised at a time
     acts = by_ckpt["on" if t.grad_checkpointing else "off"]
-    logits = _logits_bytes(prec, tok, C, V, fused=t.fused_loss, head_trains=not lora, training=True)
+    head_fp32 = base_dtype == "fp32"
+    logits = _logits_bytes(prec, tok, C, V, fused=t.fused_loss, head_trains=not lora, training=True,
+                           head_fp32=head_fp32)
     # With one micro-batch per step, gradients are freed (zero_grad) before the forward and
     # come back during the backward as activations go; only the output layer's overlaps
     # (the fused loss holds it already, in logits_and_loss).
@@ -273,9 +231,10 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
                              "activations": acts, "logits_and_loss": logits},
         "optimizer step": {"gradients": grads, "optimizer": optimizer + OPT_STEP_EXTRA * trainable,
                            "activations": 0.0, "logits_and_loss": 0.0},
-        "evaluation": {"gradients": 0.0, "optimizer": optimizer, "activations": ACT_RSS_FACTOR[device] * layer,
-                       "logits_and_loss": _logits_bytes(prec, tok, C, V, fused=t.fused_loss,
-                                                        head_trains=False, training=False)},
+        "evaluation": {"gradients": 0.0, "optimizer": optimizer,
+                       "activations": ACT_RSS_FACTOR[device] * layer + dequant,
+                       "logits_and_loss": _logits_bytes(prec, tok, C, V, fused=t.fused_loss, head_trains=False,
+                                                        training=False, head_fp32=head_fp32)},
     }
     phase = max(phases, key=lambda p: sum(phases[p].values()))
     breakdown = {"framework": FRAMEWORK_MB[device], "weights": weights / MB}
@@ -326,6 +285,8 @@ def _fit(shape: ModelShape, cfg: Config, device: str, budget: float) -> tuple[Co
         stages.append(_with(stages[-1], train__grad_checkpointing=True))
     if not cfg.lora.enabled:
         stages.append(_with(stages[-1], lora__enabled=True))
+    if cfg.lora.quantize == "none" and shape.quantizable_params:  # 4-bit base: ~0.13x the bytes
+        stages.append(_with(stages[-1], lora__quantize="nf4"))
     block = cfg.data.block_size
     while block > 64:
         block //= 2
@@ -356,6 +317,9 @@ def _describe(old: Config, new: Config, plan: MemoryPlan) -> list[str]:
                    "`--set train.grad_checkpointing=true`.")
     if new.lora.enabled and not old.lora.enabled:
         out.append(f"Train a LoRA adapter (r={new.lora.r}) instead of all weights: `--set lora.enabled=true`.")
+    if new.lora.quantize != old.lora.quantize:
+        out.append(f"Store the frozen base in 4 bits (QLoRA; slower on a CPU, needs torchao): "
+                   f"`--set lora.quantize={new.lora.quantize}`.")
     if new.data.block_size != old.data.block_size:
         out.append(f"Use shorter windows of {new.data.block_size} tokens: `--set data.block_size="
                    f"{new.data.block_size} --set data.overlap={new.data.overlap}`.")
@@ -363,11 +327,12 @@ def _describe(old: Config, new: Config, plan: MemoryPlan) -> list[str]:
     return out
 
 
-def fit_to_budget(cfg: Config, budget_mb: float | None = None, *,
-                  device: str = "cpu") -> tuple[Config, list[str]]:
+def fit_to_budget(cfg: Config, budget_mb: float | None = None, *, device: str = "cpu",
+                  shape: ModelShape | None = None) -> tuple[Config, list[str]]:
     """Return ``cfg`` changed to fit ``budget_mb`` (default: ``memory.budget`` or a safe share
-    of the machine), and sentences saying what changed; ``cfg`` itself when it already fits."""
-    shape = model_shape(cfg)
+    of the machine), and sentences saying what changed; ``cfg`` itself when it already fits.
+    ``shape``: the model's, when the caller has it (else read from ``model.name``)."""
+    shape = shape or model_shape(cfg)
     budget = budget_mb if budget_mb is not None else default_budget_mb(cfg, device)
     plan = estimate_for_shape(shape, cfg, device=device, budget=budget)
     if plan.fits:
@@ -381,8 +346,10 @@ def fit_to_budget(cfg: Config, budget_mb: float | None = None, *,
 def render_plan(plan: MemoryPlan, cfg: Config) -> str:
     """The text ``doctune plan`` prints: the breakdown, the verdict, the recommendations."""
     t = cfg.train
+    dtype, quantize = plan_base(cfg, plan.precision)
+    base = f" on a {quantize if quantize != 'none' else dtype} base" if cfg.lora.enabled else ""
     lines = [f"Memory plan for {cfg.model.name} on {plan.device} ({plan.precision}, "
-             f"{'LoRA' if cfg.lora.enabled else 'full fine-tuning'}, micro-batch {t.micro_batch_size} "
+             f"{'LoRA' + base if cfg.lora.enabled else 'full fine-tuning'}, micro-batch {t.micro_batch_size} "
              f"x {t.grad_accum}, block {cfg.data.block_size}, checkpointing "
              f"{'on' if t.grad_checkpointing else 'off'}, {'fused' if t.fused_loss else 'full'} logits)", ""]
     for key, value in plan.breakdown.items():

@@ -121,11 +121,13 @@ def plan(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     device: Annotated[str | None, typer.Option("--device", help="Plan for cpu, cuda or mps. [default: `train.device`; auto = this machine]")] = None,
+    machine: Annotated[str | None, typer.Option("--machine", help="Instead: which models fit this machine, with which settings, how fast: mac16, cpu24, gpu24 or gpu80.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Estimate the peak memory of a training run, check it against the budget, suggest settings that fit.
 
-    Example: `doctune plan --config doctune.yaml --set train.micro_batch_size=8 --device mps`
+    Example: `doctune plan --config doctune.yaml --set train.micro_batch_size=8 --device mps`;
+    `doctune plan --machine mac16` (every model of the catalogue on a 16 GB Mac)
     """
     import json
 
@@ -133,5 +135,18 @@ def plan(
     from doctune.plan import estimate_memory, plan_device, render_plan
 
     cfg = load_config(config, set_)
+    if machine is not None:
+        from doctune.plan_machines import plan_machine, render_machine
+
+        rows = plan_machine(machine, cfg)
+        if json_:
+            typer.echo(json.dumps([{"model": k, "params": n, **{o.base: {
+                "peak_mb": round(o.peak_mb), "fits": o.fits, "tokens_per_s": round(o.tokens_per_s, 1),
+                "micro_batch_size": o.cfg.train.micro_batch_size,
+                "grad_checkpointing": o.cfg.train.grad_checkpointing} for o in opts}}
+                for k, n, opts in rows], indent=2))
+        else:
+            typer.echo(render_machine(machine, rows, cfg))
+        return
     result = estimate_memory(cfg, device=plan_device(device or cfg.train.device))
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_ else render_plan(result, cfg))

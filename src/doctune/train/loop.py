@@ -340,8 +340,9 @@ def _sample(run: Run, step: int) -> None:
         return
     from doctune.monitor.samples import generate_samples
 
-    # generate_samples forks the RNG itself: training's random stream is left as it was
-    with dist.whole_model(env, run.model.module):
+    # generate_samples forks the RNG itself: training's random stream is left as it was.
+    # Under the training's autocast, as the forward it shows: a bf16 base needs it.
+    with dist.whole_model(env, run.model.module), run.hw.precision.autocast(run.hw.device):
         samples = generate_samples(run.model.model, run.inputs.tokenizer, prompts,
                                    device=run.hw.device,
                                    max_new_tokens=run.cfg.train.sample_max_new_tokens,

@@ -17,6 +17,8 @@ from doctune.train.parts import Hardware, ModelParts
 if TYPE_CHECKING:
     import torch
 
+    from doctune.quantize import BaseFormat
+
 
 def build_model(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any, hw: Hardware, *,
                 resume: bool) -> ModelParts:
@@ -25,19 +27,23 @@ def build_model(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any, hw: H
     from transformers.utils import logging as hf_logging
 
     from doctune.modeling import count_parameters
+    from doctune.quantize import base_format
 
+    fmt = base_format(base_dtype=cfg.model.base_dtype, quantize=cfg.lora.quantize,
+                      lora=cfg.lora.enabled, precision=hw.precision.name)
     model, base = _load(cfg, folder, tokenizer, resume=resume, attention=hw.attention,
-                        save_base=env.is_main)
+                        load_dtype=fmt.load_dtype, save_base=env.is_main)
     hf_logging.disable_progress_bar()  # after loading, so hub downloads kept their bars
     _fit_tokenizer(model, tokenizer, cfg)
-    model = _prepare_for_training(model, cfg, hw.device)
+    model = _prepare_for_training(model, cfg, hw.device, fmt)
     trainable, total = count_parameters(model)  # before sharding: whole sizes
     module = dist.wrap(env, model, fused=cfg.train.fused_loss, device=hw.device)
-    return ModelParts(model=model, module=module, base=base, trainable=trainable, total=total)
+    return ModelParts(model=model, module=module, base=base, trainable=trainable, total=total,
+                      base_format=fmt)
 
 
 def _load(cfg: Config, folder: RunDir, tokenizer: Any, *, resume: bool, attention: str | None,
-          save_base: bool) -> tuple[Any, str]:
+          load_dtype: Any, save_base: bool) -> tuple[Any, str]:
     """The starting weights (a from-scratch preset's built for ``tokenizer``) and the name of
     their base (hub id or absolute folder)."""
     from doctune.modeling import build_scratch_model, load_pretrained
@@ -45,7 +51,7 @@ def _load(cfg: Config, folder: RunDir, tokenizer: Any, *, resume: bool, attentio
     m = cfg.model
     if not is_scratch(m.name):
         model = load_pretrained(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code,
-                                attn_implementation=attention)
+                                attn_implementation=attention, dtype=load_dtype)
         local = Path(m.name).expanduser()
         return model, (str(local.resolve()) if local.exists() else m.name)
     if resume and folder.base_dir.is_dir():
@@ -79,12 +85,14 @@ def _fit_tokenizer(model: Any, tokenizer: Any, cfg: Config) -> None:
                           "(leave `model.tokenizer` unset) or one made for it.")
 
 
-def _prepare_for_training(model: Any, cfg: Config, device: torch.device) -> Any:
-    """On ``device``, with gradient checkpointing, LoRA and (CPU) the faster dropout."""
+def _prepare_for_training(model: Any, cfg: Config, device: torch.device, fmt: BaseFormat) -> Any:
+    """On ``device``, the frozen base stored as ``fmt`` says (bf16 or quantised), with
+    gradient checkpointing, LoRA and (CPU) the faster dropout."""
     from doctune.modeling import apply_lora, enable_grad_checkpointing
+    from doctune.quantize import prepare_base
     from doctune.train.dropout import use_fast_dropout
 
-    model.to(device)
+    prepare_base(model, fmt, device)  # bf16 or quantised frozen weights, moved to the device
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model)
     if cfg.lora.enabled:

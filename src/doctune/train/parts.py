@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from doctune.device import Precision
     from doctune.knowledge.mix import MixedWindows
     from doctune.monitor.run import Monitor
+    from doctune.quantize import BaseFormat
     from doctune.train.knowledge import KnowledgeSetup
 
 
@@ -77,6 +78,8 @@ class ModelParts:
     """The base an adapter goes on: a hub id or an absolute folder."""
     trainable: int
     total: int
+    base_format: BaseFormat
+    """How the frozen base weights are stored (fp32, bf16, NF4, int8)."""
 
 
 @dataclass

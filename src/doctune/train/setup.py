@@ -209,7 +209,7 @@ def run_facts(cfg: Config, env: DistEnv, folder: RunDir, hw: Hardware, inputs: I
                   "params_total": model.total, "params_trainable": model.trainable,
                   "total_steps": optim.schedule.total_steps, "train_windows": len(inputs.train),
                   "val_windows": len(inputs.val) if inputs.val else 0, "processes": env.world,
-                  "parallel": env.parallel,
+                  "parallel": env.parallel, "base_weights": model.base_format.describe(),
                   "knowledge": inputs.knowledge.summary if inputs.knowledge else None,
                   **source_facts(cfg.model.name)})
     return facts
@@ -219,10 +219,11 @@ def header(cfg: Config, env: DistEnv, folder: RunDir, hw: Hardware, fitted: Fitt
            inputs: Inputs, model: ModelParts, optim: Optim, facts: RunFacts) -> list[str]:
     """The lines printed before the first step."""
     t, n_train, n_val = cfg.train, len(inputs.train), len(inputs.val) if inputs.val else 0
+    fmt = model.base_format
     lora = (f", LoRA r={cfg.lora.r}" + (" (DoRA)" if cfg.lora.dora else "")
-            if cfg.lora.enabled else "")
+            + f" on a {fmt.describe()}" if cfg.lora.enabled else "")
     if facts.gguf_file_type:
-        lora += f"; from GGUF {facts.gguf_file_type}, dequantised to fp32"
+        lora += f"; from GGUF {facts.gguf_file_type}, dequantised to {fmt.dtype}"
     each = f" on each of {env.world} processes" if env.active else ""
     return [
         *hw.notes, *fitted.notes, *optim.schedule.notes,
