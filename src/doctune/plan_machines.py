@@ -47,8 +47,9 @@ MACHINES: dict[str, Machine] = {
     "gpu80": Machine("cuda", "80 GB GPU (A100 / H100 class)", 0.90 * 80 * 1024, 120.0, 0.01),
 }
 
-MEASURED = ("memory: planner vs measured peak RSS, LoRA on fp32/bf16/NF4 bases of 135M-8B "
-            "models on this CPU: see benchmarks/bench_models.py (README: 'Which model')")
+MEASURED = ("memory: within 7% of the measured peak RSS of LoRA on Llama-3.2-3B and Qwen3-4B "
+            "(bf16 base), Qwen3-4B and Llama-3.1-8B (NF4 base) on a CPU; "
+            "benchmarks/bench_models.py")
 """What the memory estimates were checked against, printed under the table."""
 
 
