@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from doctune.knowledge.chat import IGNORE_INDEX, end_of_turn_id, render_prompt, render_qa
+from doctune.config import default_of
+from doctune.data.store import IGNORE_INDEX
+from doctune.knowledge.chat import end_of_turn_id, render_prompt, render_qa
 from doctune.knowledge.metrics import (
     Accuracy,
     accuracy,
@@ -79,7 +81,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
-                   max_new_tokens: int = 32, batch_size: int = 8,
+                   max_new_tokens: int = 32, batch_size: int = default_of("eval.batch_size"),
                    system: str | None = None) -> list[Generation]:
     """The model's greedy answer to each question, stopping at end-of-turn/end-of-text."""
     import torch
