@@ -217,3 +217,46 @@ def test_bf16_gradients_ignore_whatever_the_buffers_held_before(monkeypatch: pyt
     loss2, (dh2, _, _) = chunked_linear_cross_entropy(h, w, None, y, rows=333, dtype=torch.bfloat16)
     assert dh is not None and dh2 is not None and torch.isfinite(dh2).all()
     assert float(loss2) == float(loss) and torch.equal(dh2, dh)
+
+
+def test_padding_rows_carry_no_loss_and_no_gradient() -> None:
+    torch.manual_seed(0)
+    h, w, b = torch.randn(10, 8), torch.randn(12, 8), torch.randn(12)
+    y = torch.randint(0, 12, (10,))
+    ref, (rdh, rdw, rdb) = chunked_linear_cross_entropy(h, w, b, y, rows=4, need_weight=True,
+                                                        need_bias=True)
+    hp, yp = F.pad(h, (0, 0, 0, 6)), F.pad(y, (0, 6))  # 6 padding rows, 16 in all
+    loss, (dh, dw, db) = chunked_linear_cross_entropy(hp, w, b, yp, rows=4, need_weight=True,
+                                                      need_bias=True, n_valid=10)
+    assert float(loss) == pytest.approx(float(ref), rel=FP32_RTOL)
+    assert dh is not None and rdh is not None and dh[10:].eq(0).all()
+    assert torch.allclose(dh[:10], rdh, atol=1e-6)
+    assert dw is not None and rdw is not None and torch.allclose(dw, rdw, atol=1e-5)
+    assert db is not None and rdb is not None and torch.allclose(db, rdb, atol=1e-6)
+
+
+def test_fused_loss_projects_in_multiples_of_64_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the number of loss tokens, the head's products come in a few shapes (on a
+    CPU in bf16 each new shape leaves kernels in oneDNN's caches for good)."""
+    import doctune.train.loss as loss_mod
+
+    seen: set[int] = set()
+    project = loss_mod._project
+
+    def spy(hc: torch.Tensor, *args: object) -> None:
+        seen.add(hc.size(0))
+        project(hc, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loss_mod, "_project", spy)
+    model = _tiny_gpt2()
+    torch.manual_seed(1)
+    ids = torch.randint(0, VOCAB, (2, 60))
+    for start in (0, 7, 33, 58):
+        labels = ids.clone()
+        labels[:, :start] = IGNORE_INDEX
+        with torch.no_grad():
+            fused, n = causal_lm_loss(model, ids, labels, fused=True)
+            plain, _ = causal_lm_loss(model, ids, labels)
+        assert int(n) == 2 * (60 - max(start, 1))  # 118, 106, 54, 4 tokens
+        assert float(fused) == pytest.approx(float(plain), rel=FP32_RTOL)
+    assert seen <= {64, 128}

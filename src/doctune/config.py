@@ -232,6 +232,8 @@ class KnowledgeConfig(_Section):
     """Share of natural question phrasings never trained: held-out facts are asked only in these (synth)."""
     natural_per_fact: int = Field(2, ge=1)
     """Natural questions per trained fact and direction, each in another trained phrasing (synth)."""
+    amplify: float = Field(0.0, ge=0.0, le=1000.0)
+    """Amplified study data of about this many times the trained docs' tokens (synth; 0 = none): trained facts restated in many frames, lists, Q/A and passages."""
 
     @model_validator(mode="after")
     def _shares_leave_room_for_docs(self) -> KnowledgeConfig:

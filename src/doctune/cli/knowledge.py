@@ -27,6 +27,7 @@ def synth(
     control_fraction: Annotated[float, typer.Option(help="Share of documents left out of training entirely.")] = default_of("knowledge.control_fraction"),
     questions_per_fact: Annotated[int | None, typer.Option(help="Template questions per fact (default 2).", min=1)] = None,
     rephrasings_per_fact: Annotated[int | None, typer.Option(help="Template rephrasings per fact (default 2).", min=0)] = None,
+    amplify: Annotated[float, typer.Option(help="Write amplified.jsonl: trained facts restated (frames, lists, Q/A, passages) to about N x the trained docs' tokens; 0 = none.", min=0)] = default_of("knowledge.amplify"),
     teacher_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API root of a teacher model, e.g. http://localhost:8080/v1 (llama.cpp server).")] = None,
     teacher_model: Annotated[str | None, typer.Option(help="The model name the teacher server serves.")] = None,
     teacher_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the teacher's API key (default DOCTUNE_TEACHER_API_KEY, then OPENAI_API_KEY).")] = None,
@@ -37,6 +38,8 @@ def synth(
     multiple-choice items and rephrasings (templates; a teacher model adds its own).
 
     Example: `doctune synth docs/ --out synth/ && doctune train docs/ --set knowledge.synth_dir=synth --set knowledge.qa_share=0.3`
+
+    Amplified: `doctune synth docs/ --out synth/ --amplify 5` (then a rephrase_share trains it).
     """
     import json
 
@@ -55,7 +58,8 @@ def synth(
         summary = synthesize(docs, out, seed=seed, teacher=teacher, include=tuple(include or ()),
                              exclude=tuple(exclude or ()), dialect=dialect,
                              heldout_fraction=heldout_fraction,
-                             control_fraction=control_fraction, progress=progress, **extra)
+                             control_fraction=control_fraction, amplify=amplify,
+                             progress=progress, **extra)
     if json_:
         typer.echo(json.dumps(summary.to_dict(), indent=1, ensure_ascii=False))
     else:

@@ -10,7 +10,8 @@ so ``collate`` and the loop take them as they take the docs' windows:
   (:func:`doctune.knowledge.chat.render_qa`). The loss falls on the answer and the
   end-of-turn token only: the prompt is exactly the part before ``loss_start``. Held-out
   and control questions are never rendered;
-- ``rephrasings``: a restatement of a trained or held-out fact (never a control one), one
+- ``rephrasings``: a restatement of a trained or held-out fact (never a control one), and
+  each amplified example (trained facts only: :mod:`doctune.knowledge.amplify`), one
   window each, loss on every token;
 - ``replay``: the first 80% of the shipped general English text (:func:`general_text`),
   in windows of ``block_size`` tokens, loss on every token.
@@ -66,6 +67,8 @@ class SynthData:
     qa: list[dict[str, Any]] = field(default_factory=list)
     rephrasings: list[dict[str, Any]] = field(default_factory=list)
     mc: list[dict[str, Any]] = field(default_factory=list)
+    amplified: list[dict[str, Any]] = field(default_factory=list)
+    """``amplified.jsonl`` (trained facts only; empty when synth was not asked to amplify)."""
 
     @property
     def control_docs(self) -> list[str]:
@@ -92,9 +95,11 @@ def load_synth(folder: Path) -> SynthData:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         files = {name: _read_jsonl(folder / f"{name}.jsonl")
                  for name in ("qa", "rephrasings", "mc")}
+        amplified = (_read_jsonl(folder / "amplified.jsonl")
+                     if (folder / "amplified.jsonl").is_file() else [])
     except (OSError, ValueError) as e:
         raise DataError(f"`{folder}` cannot be read ({e}). {redo}") from None
-    return SynthData(folder, manifest, files["qa"], files["rephrasings"], files["mc"])
+    return SynthData(folder, manifest, files["qa"], files["rephrasings"], files["mc"], amplified)
 
 
 def control_excludes(control_docs: Sequence[str]) -> list[str]:

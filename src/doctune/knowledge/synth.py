@@ -14,13 +14,16 @@ rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``ou
   ``kind``, ``direction`` and ``phrasing_split``: :mod:`doctune.knowledge.natural`);
 - ``sections.jsonl``: ``doc``, ``section`` (heading path) and ``text`` of every section of
   the docs read (:mod:`~doctune.knowledge.sections`), the context of open-book questions;
+- ``amplified.jsonl`` (with ``amplify`` > 0): restatements of the trained facts to a token
+  budget, each with its generator and facts (:mod:`~doctune.knowledge.amplify`);
 - ``manifest.json``: ``version``, ``seed``, ``heldout_fraction``, ``control_fraction``,
   ``docs`` (documents read), ``control_docs`` (documents the lead's training must leave
   out), ``counts`` (lines per file, and facts per split and per kind), ``phrasings``
   (``heldout_fraction`` and the ``heldout`` phrasing names), ``teacher``
   (``null``, or ``{"model", "sections", "asked", "cached", "failed", "dropped_qa",
   "dropped_rephrasings"}`` —
-  never a key or a URL);
+  never a key or a URL), ``amplification`` (``null``, or what :func:`~doctune.knowledge.amplify.amplify`
+  made: tokens asked and achieved, per generator);
 - ``cache/teacher/``: the teacher's answers per section (see
   :mod:`~doctune.knowledge.teacher`), so a re-run after a docs change asks only about
   sections whose text changed. Sections under 20 words are not sent to the teacher. Template synthesis takes milliseconds per document and is
@@ -85,6 +88,7 @@ class SynthSummary:
     counts: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] | None = None
     phrasings: dict[str, Any] = field(default_factory=dict)
+    amplification: dict[str, Any] | None = None
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -95,7 +99,8 @@ class SynthSummary:
                 "heldout_fraction": self.heldout_fraction,
                 "control_fraction": self.control_fraction, "docs": self.docs,
                 "control_docs": self.control_docs, "counts": self.counts,
-                "phrasings": self.phrasings, "teacher": self.teacher}
+                "phrasings": self.phrasings, "teacher": self.teacher,
+                "amplification": self.amplification}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (the CLI's ``--json``)."""
@@ -192,6 +197,7 @@ def synthesize(
     rephrasings_per_fact: int = 2,
     heldout_phrasing_fraction: float = default_of("knowledge.heldout_phrasing_fraction"),
     natural_per_fact: int = default_of("knowledge.natural_per_fact"),
+    amplify: float = default_of("knowledge.amplify"),
     progress: Callable[[int, int], None] | None = None,
     teacher_sleep: Callable[[float], None] | None = None,
 ) -> SynthSummary:
@@ -200,7 +206,8 @@ def synthesize(
 
     Natural questions (:mod:`~doctune.knowledge.natural`) come beside the template ones:
     ``natural_per_fact`` per trained fact and direction, in phrasings of which a share
-    ``heldout_phrasing_fraction`` is never trained.
+    ``heldout_phrasing_fraction`` is never trained. ``amplify`` > 0 writes amplified study
+    data of about that many times the trained documents' tokens.
     ``teacher`` adds a teacher model's pairs and rephrasings per section (``progress(done,
     total)`` follows its sections; ``teacher_sleep`` replaces the wait between retries).
     Raises :class:`DataError` for missing docs or an ``out_dir`` that is, holds or lies
@@ -247,9 +254,31 @@ def synthesize(
     mc_lines = [*(m.to_dict() for m in mc), *mc_rows(natural, facts, plan.splits, seed=seed)]
     summary.counts = _write_all(out, facts, plan.splits, qa_rows, reph, mc_lines,
                                 _section_rows(texts))
+    if amplify > 0:
+        summary.amplification = _amplify(out, texts, facts, plan.splits, controls, seed=seed,
+                                          factor=amplify, phrasings=phrasings)
+        summary.counts["amplified"] = summary.amplification["examples"]
     summary.seconds = time.perf_counter() - started
     write_json(out / "manifest.json", summary.manifest())
     return summary
+
+
+def _amplify(out: Path, texts: Sequence[tuple[str, str]], facts: Sequence[Fact],
+             splits: dict[str, str], controls: set[str], *, seed: int, factor: float,
+             phrasings: dict[str, str]) -> dict[str, Any]:
+    """Write ``amplified.jsonl``: ``factor`` x the tokens of the documents trained on."""
+    from doctune.knowledge.amplify import amplify, count_tokens
+
+    source = sum(count_tokens(text) for rel, text in texts if rel not in controls)
+    rows, info = amplify(facts, splits, source_tokens=source, factor=factor, seed=seed,
+                         phrasings=phrasings)
+    try:
+        _write_jsonl(out / "amplified.jsonl", rows)
+    except OSError as e:
+        raise DataError(f"cannot write into `{out}` ({e.strerror}); pass a folder you can "
+                        "write to with --out.") from e
+    return info
+
 
 
 def _section_rows(texts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -310,6 +339,12 @@ def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
         more = len(summary.control_docs) - max_lines
         lines.append(f"control docs (leave out of training): {shown}"
                      + (f" and {more} more" if more > 0 else ""))
+    if (a := summary.amplification) is not None:
+        made = ", ".join(f"{n} {g['tokens']:,}" for n, g in a["generators"].items())
+        lines.append(f"amplified {a['achieved']:g}x of {a['asked']:g}x asked: {a['tokens']:,} "
+                     f"tokens over {a['source_tokens']:,} in the trained docs, "
+                     f"{a['examples']:,} examples ({made})"
+                     + ("; the generators ran out" if a["exhausted"] else ""))
     t = summary.teacher
     if t:
         lines.append(f"teacher {t['model']}: {t['sections']} sections, {t['asked']} asked, "

@@ -64,8 +64,18 @@ class BatchOrder:
         return micro_step * self.size / self.n
 
 
-def collate(windows: Sequence[WindowLike], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack windows into ``(input_ids, labels)``, both (B, T) int64, T = longest window.
+LENGTH_STEP = 64
+"""With ``block_size``, :func:`collate` pads a batch to a multiple of this many tokens. A
+mixed run's batches (short questions beside whole windows) would otherwise come in every
+length up to ``block_size``; on a CPU in bf16 each new shape leaves compiled kernels and
+their buffers in oneDNN's caches for good (see ``doctune.train.loss.ROW_STEP``)."""
+
+
+def collate(windows: Sequence[WindowLike], pad_id: int, *,
+            block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack windows into ``(input_ids, labels)``, both (B, T) int64, T = longest window,
+    or with ``block_size`` that rounded up to a multiple of :data:`LENGTH_STEP` (never past
+    ``block_size``), so that training sees a handful of shapes.
 
     Short windows are padded on the right (causal attention never lets a real token see
     the padding after it, so no attention mask is needed); padding and the context-only
@@ -74,6 +84,8 @@ def collate(windows: Sequence[WindowLike], pad_id: int) -> tuple[torch.Tensor, t
     import torch
 
     t = max(len(w.ids) for w in windows)
+    if block_size is not None:
+        t = max(t, min(-(-t // LENGTH_STEP) * LENGTH_STEP, block_size))
     input_ids = torch.full((len(windows), t), pad_id, dtype=torch.long)
     labels = torch.full((len(windows), t), IGNORE_INDEX, dtype=torch.long)
     for row, w in enumerate(windows):

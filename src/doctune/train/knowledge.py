@@ -69,7 +69,7 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
         assert d.path is not None
         synthesize(Path(d.path), run.knowledge_dir, seed=d.seed, include=d.include,
                    exclude=d.exclude, dialect=d.dialect, heldout_fraction=k.heldout_fraction,
-                   control_fraction=k.control_fraction)
+                   control_fraction=k.control_fraction, amplify=k.amplify)
         synth = load_synth(run.knowledge_dir)
     elif k.synth_dir is not None:
         synth = load_synth(Path(k.synth_dir))
@@ -98,6 +98,7 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                                            block_size=size, system=k.system_prompt)
     if k.rephrase_share and synth is not None:
         texts = [r["text"] for r in synth.rephrasings if r["split"] != "control"]
+        texts += [a["text"] for a in synth.amplified]  # trained facts only
         extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size)
     if k.replay_share:
         extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)

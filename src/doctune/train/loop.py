@@ -179,7 +179,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             # micro-batches of 1 == 1 micro-batch of 4 == 2 processes x 2 micro-batches of 1.
             # This process trains on micro-batches rank, rank + world, rank + 2 world, ...
             step_micro = [collate([windows[i] for i in order.indices(state.micro_step + k)],
-                                  run.inputs.pad_id) for k in range(t.grad_accum * env.world)]
+                                  run.inputs.pad_id, block_size=run.cfg.data.block_size)
+                          for k in range(t.grad_accum * env.world)]
             step_tokens = sum(count_loss_tokens(labels) for _, labels in step_micro)
             micro = step_micro[env.rank::env.world]
             loss_total = torch.zeros((), device=device)

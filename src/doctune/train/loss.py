@@ -29,6 +29,12 @@ from doctune.modeling import unwrap_peft
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 """Budget for one chunk of fp32 logits: 64 MB is ~330 rows of a 50,257-word vocabulary,
 large enough for the matrix multiplications to run near their peak."""
+ROW_STEP = 64
+"""The fused path pads the positions that carry a loss to a multiple of this many rows, and
+chunks in multiples of it: the products then come in a handful of shapes. On a CPU each new
+shape of a bf16 product leaves a compiled kernel and its buffers in oneDNN's caches (up to
+1,024 of them, never freed): a mixed run, whose batches carry a different number of loss
+tokens every step, grew by 3 GB in 300 steps that way."""
 
 # Model types whose causal-LM head is exactly ``lm_head(last_hidden_state)``: a linear
 # projection, no scaling or soft-capping of the logits. Any other type takes the plain path.
@@ -132,16 +138,20 @@ def _fused_causal_lm_loss(
     n_tokens = keep.numel()
     h = hidden[:, :-1, :].reshape(-1, hidden.size(-1)).index_select(0, keep)  # (M, C)
     targets = shift_labels.index_select(0, keep)  # (M,)
+    # zero rows up to a multiple of ROW_STEP (they carry no loss and no gradient): few shapes
+    pad = -n_tokens % ROW_STEP
+    h, targets = F.pad(h, (0, 0, 0, pad)), F.pad(targets, (0, pad))  # (M', C), (M',)
 
     vocab = head.weight.size(0)
-    rows = chunk_size or max(64, DEFAULT_CHUNK_BYTES // (4 * vocab))
+    rows = chunk_size or max(ROW_STEP, DEFAULT_CHUNK_BYTES // (4 * vocab) // ROW_STEP * ROW_STEP)
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
-        loss_sum = FusedLinearCrossEntropy.apply(h, head.weight, head.bias, targets, rows, dtype)
+        loss_sum = FusedLinearCrossEntropy.apply(h, head.weight, head.bias, targets, rows, dtype,
+                                                 n_tokens)
     else:  # evaluation: the same chunked loss, no gradients computed
         loss_sum, _ = chunked_linear_cross_entropy(h, head.weight, head.bias, targets, rows=rows,
-                                                   dtype=dtype, need_h=False)
+                                                   dtype=dtype, need_h=False, n_valid=n_tokens)
     return loss_sum, torch.tensor(n_tokens, device=hidden.device)
 
 
@@ -163,10 +173,11 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         rows: int,
         dtype: torch.dtype | None,
+        n_valid: int | None = None,
     ) -> torch.Tensor:
         with torch.autocast(h.device.type, enabled=False):
             loss, grads = chunked_linear_cross_entropy(
-                h, weight, bias, targets, rows=rows, dtype=dtype,
+                h, weight, bias, targets, rows=rows, dtype=dtype, n_valid=n_valid,
                 need_h=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1],
                 need_bias=bias is not None and ctx.needs_input_grad[2],
             )
@@ -179,7 +190,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         # Scale in place: no second copy of the (V, C) weight gradient.
         grads = [g.mul_(grad_loss.to(g.dtype)) if has else None
                  for g, has in zip(ctx.saved_tensors, ctx.has_grad, strict=True)]
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 _ALIGN = 8
@@ -215,6 +226,25 @@ def _chunk_buffers(rows: int, vocab: int, dtype: torch.dtype, device: torch.devi
     return logits, (logits if in_place else torch.empty(rows, vocab, device=device))
 
 
+def _add_chunk_grads(gc: torch.Tensor, hc: torch.Tensor, w: torch.Tensor,
+                     grad_h: torch.Tensor | None, grad_w: torch.Tensor | None,
+                     grad_b: torch.Tensor | None) -> None:
+    """One chunk's share of the gradients, from ``gc`` (n, V) = d(sum CE)/d logits:
+    ``grad_h`` (n, C, this chunk's rows) is written, ``grad_w``/``grad_b`` (fp32) summed into."""
+    if grad_h is not None:
+        if grad_h.dtype == gc.dtype:
+            torch.mm(gc, w, out=grad_h)  # (n, C)
+        else:
+            grad_h.copy_(gc @ w)
+    if grad_w is not None:
+        if gc.dtype == torch.float32:
+            grad_w.addmm_(gc.t(), hc)  # (V, C) += (V, n) @ (n, C), no temporary
+        else:
+            grad_w += gc.t() @ hc  # bf16/fp16 product, summed in fp32
+    if grad_b is not None:
+        grad_b += gc.sum(0, dtype=torch.float32)
+
+
 def chunked_linear_cross_entropy(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -226,13 +256,16 @@ def chunked_linear_cross_entropy(
     need_h: bool = True,
     need_weight: bool = False,
     need_bias: bool = False,
+    n_valid: int | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
     """Sum of cross-entropies of ``h @ weight.T + bias`` against ``targets``, and its gradients.
 
     ``h`` (M, C), ``weight`` (V, C), ``bias`` (V,) or None, ``targets`` (M,) all valid.
     ``dtype`` is the matmul precision (the autocast dtype, or None for that of ``h``); the
-    softmax is always fp32. Returns the fp32 loss and ``(d_h, d_weight, d_bias)`` for an
-    upstream gradient of 1 (None where not asked for). No autograd graph is recorded.
+    softmax is always fp32. Rows from ``n_valid`` on (None: none) are padding, computed for
+    a steady shape: they add no loss, and no gradient (their ``d_h`` rows are zero). Returns
+    the fp32 loss and ``(d_h, d_weight, d_bias)`` for an upstream gradient of 1 (None where
+    not asked for). No autograd graph is recorded.
     """
 
     mm_dtype = dtype or h.dtype
@@ -252,6 +285,7 @@ def chunked_linear_cross_entropy(
     with torch.no_grad():
         for start in range(0, m, rows):
             n = min(rows, m - start)
+            v = n if n_valid is None else max(0, min(n, n_valid - start))  # rows not padding
             hc = h[start:start + n].to(mm_dtype)  # (n, C)
             tc = targets[start:start + n]  # (n,)
             lc, pc = logits[:n], probs[:n]
@@ -264,25 +298,17 @@ def chunked_linear_cross_entropy(
             row_max = pc.amax(dim=1, keepdim=True)  # (n, 1)
             pc.sub_(row_max).exp_()
             row_sum = pc.sum(dim=1, keepdim=True)  # (n, 1)
-            loss += (row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit).sum()
+            loss += (row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit)[:v].sum()
             if not need_grad:
                 continue
-            # d(sum CE)/d logits = softmax - one_hot(target)
+            # d(sum CE)/d logits = softmax - one_hot(target); none for padding rows
             pc.div_(row_sum)
-            pc[torch.arange(n, device=h.device), tc] -= 1.0
+            pc[torch.arange(v, device=h.device), tc[:v]] -= 1.0
+            if v < n:
+                pc[v:n].zero_()
             gc = pc if in_place else lc.copy_(pc)  # (n, V) in the matmul dtype
-            if grad_h is not None:
-                if grad_h.dtype == mm_dtype:
-                    torch.mm(gc, w, out=grad_h[start:start + n])  # (n, C)
-                else:
-                    grad_h[start:start + n] = gc @ w
-            if grad_w is not None:
-                if mm_dtype == torch.float32:
-                    grad_w.addmm_(gc.t(), hc)  # (V, C) += (V, n) @ (n, C), no temporary
-                else:
-                    grad_w += gc.t() @ hc  # bf16/fp16 product, summed in fp32
-            if grad_b is not None:
-                grad_b += gc.sum(0, dtype=torch.float32)
+            _add_chunk_grads(gc, hc, w, grad_h[start:start + n] if grad_h is not None else None,
+                             grad_w, grad_b)
     out_w = grad_w.to(weight.dtype) if grad_w is not None else None
     out_b = grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None
     return loss, (grad_h, out_w, out_b)
