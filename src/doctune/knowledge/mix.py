@@ -10,9 +10,10 @@ so ``collate`` and the loop take them as they take the docs' windows:
   (:func:`doctune.knowledge.chat.render_qa`). The loss falls on the answer and the
   end-of-turn token only: the prompt is exactly the part before ``loss_start``. Held-out
   and control questions are never rendered;
-- ``rephrasings``: a restatement of a trained or held-out fact (never a control one), and
-  each amplified example (trained facts only: :mod:`doctune.knowledge.amplify`), one
-  window each, loss on every token;
+- ``rephrasings``: a restatement of a trained fact, and each amplified example (trained
+  facts only: :mod:`doctune.knowledge.amplify`), packed into windows of up to
+  ``block_size`` tokens, loss on every token. Held-out facts are learnt from the documents
+  alone: a restatement of one would teach the sentence the held-out question is scored on;
 - ``replay``: the first 80% of the shipped general English text (:func:`general_text`),
   in windows of ``block_size`` tokens, loss on every token.
 
@@ -133,12 +134,27 @@ def qa_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_size
     return out, too_long
 
 
-def text_windows(tokenizer: Any, texts: Sequence[str], *, block_size: int) -> list[Window]:
-    """Each text as one window with the loss on every token, cut to ``block_size``."""
-    out = []
+def text_windows(tokenizer: Any, texts: Sequence[str], *, block_size: int,
+                 pack: bool = False) -> list[Window]:
+    """The texts as windows with the loss on every token, each text cut to ``block_size``.
+
+    ``pack``: consecutive texts (each with its own BOS/EOS) share a window up to
+    ``block_size`` tokens, as pretraining packs documents: short restatements of one
+    sentence would otherwise fill a batch with padding. Without it, one text per window.
+    """
+    out: list[Window] = []
+    current: list[int] = []
     for text in texts:
-        ex = render_document(tokenizer, text)
-        out.append(_window(ex.input_ids[:block_size], 0))
+        ids = render_document(tokenizer, text).input_ids[:block_size]
+        if not pack:
+            out.append(_window(ids, 0))
+            continue
+        if current and len(current) + len(ids) > block_size:
+            out.append(_window(current, 0))
+            current = []
+        current += ids
+    if current:
+        out.append(_window(current, 0))
     return out
 
 

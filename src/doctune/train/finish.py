@@ -66,19 +66,25 @@ def _point_adapter_at_base(adapter_dir: Path, base: str) -> None:
     cfg_path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
-def evaluate_knowledge(run: Run) -> None:
+def evaluate_knowledge(run: Run) -> list[str]:
     """When the run trained questions and writes a report: base vs tuned knowledge scores
-    into ``knowledge_eval.json`` for it (rank 0; what ``doctune eval --knowledge`` computes)."""
+    into ``knowledge_eval.json`` and ``knowledge_answers.jsonl`` (rank 0; what ``doctune
+    eval --knowledge`` computes). Returns the summary's lines about it (none otherwise)."""
     k = run.inputs.knowledge
     if k is None or not k.trains_qa or not run.cfg.log.report or not run.env.is_main:
-        return
+        return []
     from doctune.knowledge.exam import evaluate_run, save_result
+    from doctune.knowledge.exam_table import headline
 
     try:
-        save_result(run.folder, evaluate_run(run.folder.path, device=run.hw.device.type))
+        run.monitor.message("scoring what the model learnt (base vs tuned, held-out questions) ...")
+        result = evaluate_run(run.folder.path, device=run.hw.device.type)
+        save_result(run.folder, result)
+        return headline(result)
     except Exception as e:  # an evaluation failure must never lose a finished run
         run.monitor.warn(f"could not evaluate what the model knows: {e}; run "
                          f"`doctune eval {run.folder.path} --knowledge` to try again")
+        return []
 
 
 def write_report(run: Run) -> Path | None:

@@ -97,9 +97,10 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         extra["qa"], too_long = qa_windows(tokenizer, synth.questions("trained"),
                                            block_size=size, system=k.system_prompt)
     if k.rephrase_share and synth is not None:
-        texts = [r["text"] for r in synth.rephrasings if r["split"] != "control"]
-        texts += [a["text"] for a in synth.amplified]  # trained facts only
-        extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size)
+        # trained facts only: held-out facts are learnt from the documents alone
+        texts = [r["text"] for r in synth.rephrasings if r["split"] == "trained"]
+        texts += [a["text"] for a in synth.amplified if a["split"] == "trained"]
+        extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size, pack=True)
     if k.replay_share:
         extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
     available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}

@@ -115,8 +115,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
             monitor.header(setup.header(cfg, env, folder, hw, fitted, inputs, model, optim, facts))
             result = train_loop(run, resume)
             if not result.stopped_early:                       # the end: evaluate, report
-                finish.evaluate_knowledge(run)
-                _summary(run, result, finish.write_report(run))
+                knows = finish.evaluate_knowledge(run)
+                _summary(run, result, finish.write_report(run), knows)
             return result
         finally:
             monitor.close()
@@ -274,11 +274,14 @@ def _stopped(run: Run, state: TrainState, stop_signal: int, val_before: float | 
                      val_loss_after=None, stopped_early=True)
 
 
-def _summary(run: Run, result: RunResult, report: Path | None) -> None:
-    """The last lines: perplexity before -> after, where the model, metrics and report are."""
+def _summary(run: Run, result: RunResult, report: Path | None, knows: list[str]) -> None:
+    """The last lines: perplexity before -> after, what the model learnt to answer, where
+    the model, metrics and report are."""
     before, after = result.val_loss_before, result.val_loss_after
     if before is not None and after is not None:
         run.monitor.summary(f"validation perplexity: {_ppl(before):.2f} -> {_ppl(after):.2f}")
+    for line in knows:
+        run.monitor.summary(line)
     run.monitor.summary(f"final model: {result.final_dir}")
     run.monitor.summary(f"metrics:     {run.folder.metrics_file}")
     if report is not None:

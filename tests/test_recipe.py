@@ -1,0 +1,118 @@
+"""Which recipe ``doctune train`` trains: the study recipe for a chat model, the documents
+alone otherwise, and the run's last lines saying what the model learnt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from doctune.cli import app
+from doctune.config import load_config
+from doctune.knowledge.recipe import STUDY, choose_recipe
+from test_knowledge_mix import DOCS
+
+runner = CliRunner()
+
+
+def _tiny_model(folder: Path, *, chat: bool) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from doctune.knowledge.chat import prepare_chat_tokenizer
+    from doctune.modeling import train_tokenizer
+
+    tok = train_tokenizer(DOCS.values(), 400)
+    if chat:
+        prepare_chat_tokenizer(tok)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=256,
+                               vocab_size=len(tok), bos_token_id=tok.eos_token_id,
+                               eos_token_id=tok.eos_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("recipe-models")
+    return {"chat": _tiny_model(root / "chat", chat=True),
+            "plain": _tiny_model(root / "plain", chat=False)}
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recipe-docs")
+    for name, text in DOCS.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_a_chat_model_gets_the_study_recipe(models: dict[str, Path], docs: Path) -> None:
+    cfg = load_config(None, [f"model.name={models['chat']}", f"data.path={docs}"])
+    recipe = choose_recipe(cfg)
+    assert recipe.name == "study" and recipe.overrides == STUDY
+    applied = load_config(None, [f"model.name={models['chat']}", f"data.path={docs}"],
+                          recipe.overrides).knowledge
+    assert applied.auto and applied.amplify == STUDY["knowledge.amplify"] > 1
+    assert applied.qa_share > 0 and applied.control_fraction == 0  # every page trained
+    assert "--docs-only" in recipe.reason
+
+
+@pytest.mark.parametrize(("sets", "docs_only", "name", "why"), [
+    ([], True, "docs", "--docs-only"),
+    (["knowledge.replay_share=0.1"], False, "custom", "knowledge"),
+    (["knowledge.heldout_fraction=0.5"], False, "docs", "knowledge"),
+])
+def test_the_user_choice_wins(models: dict[str, Path], docs: Path, sets: list[str],
+                              docs_only: bool, name: str, why: str) -> None:
+    cfg = load_config(None, [f"model.name={models['chat']}", f"data.path={docs}", *sets])
+    recipe = choose_recipe(cfg, docs_only=docs_only)
+    assert (recipe.name, recipe.overrides) == (name, {}) and why in recipe.reason
+
+
+def test_a_model_without_chat_template_trains_the_docs(models: dict[str, Path],
+                                                       docs: Path) -> None:
+    for model in (str(models["plain"]), "scratch:tiny"):
+        recipe = choose_recipe(load_config(None, [f"model.name={model}", f"data.path={docs}"]))
+        assert recipe.name == "docs" and recipe.overrides == {}
+        assert "chat template" in recipe.reason
+
+
+def _train(docs: Path, model: Path, out: Path, *extra: str) -> str:
+    sets = ["data.block_size=128", "data.overlap=8", "train.max_steps=2",
+            "train.micro_batch_size=2", "train.grad_accum=1", "train.device=cpu",
+            "train.precision=fp32", "log.tensorboard=false", "log.progress=false",
+            "train.sample_max_new_tokens=2", "train.eval_every=0"]
+    res = runner.invoke(app, ["train", str(docs), "--model", str(model), "--out", str(out),
+                              *(x for s in sets for x in ("--set", s)), *extra])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_train_studies_and_ends_with_what_the_model_learnt(models: dict[str, Path], docs: Path,
+                                                           tmp_path: Path) -> None:
+    out = _train(docs, models["chat"], tmp_path / "run")
+    assert "recipe: study: documents + their facts restated 5x" in out
+    assert "knowledge mix per pass" in out
+    # the last lines: held-out questions before -> after, and one of them answered twice
+    assert "held-out questions (never trained)" in out and "right answer in the reply" in out
+    assert "multiple choice" in out and "general English perplexity" in out
+    asked = [line for line in out.splitlines() if line.strip().startswith("asked:")]
+    assert len(asked) == 1 and "before:" in out and "after:" in out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["knowledge"]["auto"] is True and saved["knowledge"]["amplify"] == 5.0
+    manifest = json.loads((tmp_path / "run" / "knowledge" / "manifest.json").read_text())
+    assert manifest["control_docs"] == [] and (tmp_path / "run" / "knowledge_eval.json").is_file()
+    assert (tmp_path / "run" / "knowledge" / "amplified.jsonl").stat().st_size > 0
+
+
+def test_docs_only_trains_the_documents_alone(models: dict[str, Path], docs: Path,
+                                              tmp_path: Path) -> None:
+    out = _train(docs, models["chat"], tmp_path / "run", "--docs-only")
+    assert "recipe: docs: --docs-only" in out
+    assert "knowledge mix" not in out and "held-out questions" not in out
+    assert not (tmp_path / "run" / "knowledge").exists()
