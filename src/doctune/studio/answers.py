@@ -1,9 +1,12 @@
 """Question by question: the base's and the tuned model's greedy answers to the run's
-knowledge questions, with exact match, as ``doctune eval --knowledge`` scores them
-(:func:`doctune.knowledge.score.greedy_answers`, the same prompts and stop tokens).
+knowledge questions.
 
-``doctune eval --knowledge`` gives the summary figures; the studio shows these answers
-beside them. Run as its own process: ``python -m doctune.studio.answers RUN --out FILE``.
+A run that was scored (at its end, or by ``doctune eval --knowledge``) holds them in
+``knowledge_answers.jsonl``: they are read from there (``right``: the expected answer is in
+the reply, as the evaluation counts it). Otherwise they are computed here, as the
+evaluation would (:func:`doctune.knowledge.score.greedy_answers`, the same prompts and stop
+tokens; ``right``: exact match). Run as its own process: ``python -m
+doctune.studio.answers RUN --out FILE``.
 """
 
 from __future__ import annotations
@@ -45,14 +48,36 @@ def _base(tuned: Any) -> tuple[Any, Any] | None:
     return load_for_inference(base, device="auto").model, contextlib.nullcontext()
 
 
+def stored_answers(run: Any, per_split: int) -> list[dict[str, Any]] | None:
+    """The answers of the run's last knowledge evaluation (``knowledge_answers.jsonl``), in
+    :func:`answers`' shape, held-out questions first; None when it has none."""
+    path = run.knowledge_answers_file
+    if not path.is_file():
+        return None
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = []
+    for split in ("heldout", "trained"):
+        picked = [r for r in lines if r.get("split") == split and r.get("set") != "template"]
+        for r in picked[:per_split]:
+            rows.append({"question": r["question"], "answer": r["expected"], "split": split,
+                         **{side: ({"text": r[f"{side}_answer"], "right": r[f"{side}_right"]}
+                                   if f"{side}_answer" in r else None)
+                            for side in ("base", "tuned", "open_book")}})
+    return rows
+
+
 def answers(run_dir: Path, *, per_split: int = PER_SPLIT) -> list[dict[str, Any]]:
-    """``[{question, answer, split, base: {text, right} | None, tuned: {...}}]``."""
+    """``[{question, answer, split, base: {text, right} | None, tuned: {...}}]`` (and
+    ``open_book`` when read from the run's evaluation)."""
     from doctune.inference import load_for_inference
     from doctune.knowledge.metrics import exact_match
     from doctune.knowledge.score import greedy_answers
     from doctune.rundir import RunDir
 
     run = RunDir.open(run_dir)
+    stored = stored_answers(run, per_split)
+    if stored is not None:
+        return stored
     qs = _questions(run, per_split)
     system = run.config().knowledge.system_prompt
     tuned = load_for_inference(run.path, device="auto")
