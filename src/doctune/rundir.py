@@ -13,6 +13,7 @@ A run folder holds::
     knowledge/           questions, rephrasings and facts made from the docs (``knowledge.auto``)
     knowledge_eval.json  base vs tuned knowledge scores (``doctune eval --knowledge``, the report)
     knowledge_answers.jsonl  each exam question with the base, open-book and tuned answers
+    replay.jsonl         the base model's answers to general prompts, replayed in training
     tokenizer/           the tokenizer trained for a from-scratch preset
     base/                the random base of a from-scratch LoRA run
     checkpoints/step-N/  weights.safetensors, optimizer.pt, trainer.pt, state.json (last)
@@ -161,6 +162,8 @@ class RunDir:
         """Base vs tuned knowledge scores, as ``doctune eval --knowledge --json`` prints them."""
         self.knowledge_answers_file = p / "knowledge_answers.jsonl"
         """One line per question of the knowledge exam: expected, base, open-book and tuned answers."""
+        self.replay_file = p / "replay.jsonl"
+        """The base model's answers to general prompts (``knowledge.replay_source: self``)."""
         self.tokenizer_dir = p / "tokenizer"
         """The tokenizer trained for a from-scratch preset."""
         self.base_dir = p / "base"
@@ -229,7 +232,8 @@ class RunDir:
         return {self.config_file, self.facts_file, self.data_summary_file, self.metrics_file,
                 self.samples_file, self.samples_md, self.report_file, self.plots_dir,
                 self.tensorboard_dir, self.data_dir, self.knowledge_dir,
-                self.knowledge_eval_file, self.knowledge_answers_file, self.tokenizer_dir, self.base_dir,
+                self.knowledge_eval_file, self.knowledge_answers_file, self.replay_file,
+                self.tokenizer_dir, self.base_dir,
                 self.checkpoints_dir, self.final_dir, self.final_staging,
                 self.path / "wandb",  # what W&B writes when given the run folder
                 *self.path.glob(TMP_GLOB)}

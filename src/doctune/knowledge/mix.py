@@ -14,8 +14,10 @@ so ``collate`` and the loop take them as they take the docs' windows:
   facts only: :mod:`doctune.knowledge.amplify`), packed into windows of up to
   ``block_size`` tokens, loss on every token. Held-out facts are learnt from the documents
   alone: a restatement of one would teach the sentence the held-out question is scored on;
-- ``replay``: the first 80% of the shipped general English text (:func:`general_text`),
-  in windows of ``block_size`` tokens, loss on every token.
+- ``replay``: the base model's own answers to general prompts (``knowledge.replay_source:
+  self``, :mod:`doctune.knowledge.replay`; loss on the answers), or the first 80% of the
+  shipped general English text (``text``, :func:`general_text`) in windows of
+  ``block_size`` tokens, loss on every token.
 
 :func:`mix_counts` fixes how many of each one pass over the mixed set holds: the smallest
 pass in which every docs window, every question and every rephrasing comes at least once,
@@ -132,6 +134,19 @@ def qa_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_size
         assert all(x != IGNORE_INDEX for x in ex.labels[start:])  # one answer span, at the end
         out.append(_window(ex.input_ids, start))
     return out, too_long
+
+
+def answer_windows(tokenizer: Any, pairs: Sequence[Mapping[str, str]], *, block_size: int,
+                   system: str | None = None) -> list[Window]:
+    """``{prompt, answer}`` pairs in the chat template, loss on the answer (the replayed
+    answers of :mod:`doctune.knowledge.replay`); a pair longer than ``block_size`` is left out."""
+    out = []
+    for p in pairs:
+        ex = render_qa(tokenizer, p["prompt"], p["answer"], system=system)
+        if len(ex.input_ids) <= block_size:
+            out.append(_window(ex.input_ids, next(k for k, x in enumerate(ex.labels)
+                                                  if x != IGNORE_INDEX)))
+    return out
 
 
 def text_windows(tokenizer: Any, texts: Sequence[str], *, block_size: int,

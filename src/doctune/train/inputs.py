@@ -38,12 +38,30 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool) -> I
     if tokenizer is None:  # the other ranks read the tokenizer rank 0 made or chose
         tokenizer = _tokenizer(cfg, folder)
     docs, val, fingerprint = _open_store(cfg, folder)
-    train = mix_training_set(cfg, knowledge, tokenizer, docs) if knowledge else docs
+    replay = _replay(cfg, env, folder, tokenizer) if knowledge else None
+    train = mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay) if knowledge else docs
     t = cfg.train
     prompts = (t.sample_prompts if t.sample_prompts is not None
                else _default_prompts(val or train, tokenizer))
     return Inputs(tokenizer=tokenizer, train=train, val=val, pad_id=pad_token_id(tokenizer),
                   fingerprint=fingerprint, knowledge=knowledge, prompts=prompts)
+
+
+def _replay(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any) -> list[dict[str, str]] | None:
+    """The base model's answers to the general prompts, to replay (made by rank 0 before
+    training, read back on resume and by the other ranks), or None: replay nothing, or the
+    shipped text (``replay_source: text``; a tokenizer without a chat template; a quantised
+    base, which would be loaded whole to answer)."""
+    from doctune.knowledge.replay import make_answers, read_answers
+
+    k = cfg.knowledge
+    if not k.replay_share or k.replay_source != "self" or cfg.lora.quantize != "none" \
+            or not getattr(tokenizer, "chat_template", None):
+        return None
+    path = folder.replay_file  # every rank takes part in main_first, made or not
+    dist.main_first(env, lambda: None if path.is_file() else make_answers(
+        cfg.model.name, tokenizer, path, device=cfg.train.device, system=k.system_prompt))
+    return read_answers(path)
 
 
 def _prepare(cfg: Config, folder: RunDir, settings: DataSettings, *, resume: bool) -> Any:

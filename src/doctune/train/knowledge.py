@@ -5,6 +5,7 @@ replayed general text into the training windows (:mod:`doctune.knowledge.mix`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from doctune.errors import ConfigError
 from doctune.knowledge.mix import (
     MixedWindows,
     SynthData,
+    answer_windows,
     control_excludes,
     general_text,
     load_synth,
@@ -50,7 +52,8 @@ class KnowledgeSetup:
                 if self.synth else "")
         long = self.summary.get("qa_too_long", 0)
         cut = (f"; {long} trained questions longer than data.block_size left out" if long else "")
-        return f"knowledge mix per pass: {mixed}{left}{cut}"
+        replay = f"; replay: {self.summary['replay']}" if self.summary.get("replay") else ""
+        return f"knowledge mix per pass: {mixed}{left}{cut}{replay}"
 
 
 def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeSetup | None:
@@ -77,8 +80,11 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
 
 
 def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
-                     docs: WindowSet) -> MixedWindows:
+                     docs: WindowSet, *,
+                     replay: Sequence[Mapping[str, str]] | None = None) -> MixedWindows:
     """The docs' training windows with the configured shares of the other sources mixed in.
+    ``replay``: the base model's answers to replay (:mod:`doctune.knowledge.replay`); None
+    replays the shipped general text.
     Questions need a chat template: a tokenizer without one gets ChatML (see
     :func:`doctune.knowledge.chat.prepare_chat_tokenizer`; the model is resized to it)."""
     from doctune.knowledge.chat import prepare_chat_tokenizer
@@ -101,8 +107,13 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         texts = [r["text"] for r in synth.rephrasings if r["split"] == "trained"]
         texts += [a["text"] for a in synth.amplified if a["split"] == "trained"]
         extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size, pack=True)
-    if k.replay_share:
+    if k.replay_share and replay:
+        extra["replay"] = answer_windows(tokenizer, replay, block_size=size,
+                                         system=k.system_prompt)
+        knowledge.summary["replay"] = f"the base model's answers to {len(replay)} general prompts"
+    elif k.replay_share:
         extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
+        knowledge.summary["replay"] = "the shipped general English text (Alice in Wonderland, its first 80%)"
     available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
     shares = {"qa": k.qa_share, "rephrasings": k.rephrase_share, "replay": k.replay_share}
     counts = mix_counts(available, shares)

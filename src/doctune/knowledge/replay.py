@@ -1,0 +1,71 @@
+"""Replay that is not the evaluation's text: the base model's own answers to general prompts.
+
+Fine-tuning on a few pages pulls a model away from what it could do before. Training on
+some general text at the same time holds it back (``knowledge.replay_share``); but when the
+replayed text is the book that general perplexity is measured on, the measure flatters the
+replaying run. With ``knowledge.replay_source: self`` (the default) the replayed examples are
+the base model's greedy answers, in its chat template, to the general prompts shipped with
+doctune (``general/prompts.txt``: everyday questions and writing tasks, nothing about any
+docs): they pull the tuned model towards the base's own behaviour (self-distillation), and
+general-English perplexity stays a measure of forgetting for every recipe.
+
+The answers are made once per run, before training, with the base model loaded for
+inference on the training device, and kept in the run folder (``replay.jsonl``: prompt,
+answer), which a resumed run reads back. An answer that does not stop within
+:data:`MAX_NEW_TOKENS` tokens, or is empty, is left out.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+MAX_NEW_TOKENS = 160
+"""Longest replayed answer, in tokens."""
+FILE = "replay.jsonl"
+"""The answers, in the run folder."""
+
+
+def general_prompts() -> list[str]:
+    """The shipped general prompts, one per line."""
+    text = (resources.files("doctune.knowledge") / "general" / "prompts.txt").read_text(
+        encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_answers(path: Path) -> list[dict[str, str]]:
+    """The ``{prompt, answer}`` lines of a replay file."""
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def base_answers(model: Any, tokenizer: Any, prompts: list[str], *,
+                 system: str | None = None) -> list[dict[str, str]]:
+    """``model``'s greedy answers to ``prompts`` that stopped and are not empty."""
+    from doctune.knowledge.score import greedy_answers
+
+    gens = greedy_answers(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
+                          system=system)
+    return [{"prompt": p, "answer": g.text} for p, g in zip(prompts, gens, strict=True)
+            if g.stopped and g.text]
+
+
+def make_answers(model_name: str, tokenizer: Any, out: Path, *, device: str,
+                 system: str | None = None) -> list[dict[str, str]]:
+    """Load the base ``model_name`` for inference on ``device``, answer the general prompts
+    and write them to ``out`` (atomically); the answers kept."""
+    from doctune.atomic import write_text
+    from doctune.device import empty_cache
+    from doctune.inference import load_for_inference
+
+    loaded = load_for_inference(model_name, device=device)
+    where = loaded.device
+    try:
+        rows = base_answers(loaded.model, tokenizer, general_prompts(), system=system)
+    finally:
+        del loaded
+        empty_cache(where)
+    write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows

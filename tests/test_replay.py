@@ -1,0 +1,105 @@
+"""Replay of the base model's own answers (``knowledge.replay_source: self``): made once per
+run before training, trained with the loss on the answers, read back on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import doctune.knowledge.replay as replay
+from doctune.cli import app
+from doctune.knowledge.score import Generation
+from test_knowledge_mix import DOCS
+from test_recipe import _tiny_model
+
+runner = CliRunner()
+ANSWERS = {"Why do we have leap years?": "Because a year is about 365.25 days long.",
+           "Write a haiku about autumn leaves.": "Red leaves drift and fall / ..."}
+
+
+def test_general_prompts_are_many_and_distinct() -> None:
+    prompts = replay.general_prompts()
+    assert len(prompts) >= 60 and len(set(prompts)) == len(prompts)
+    assert all(p == p.strip() and len(p) > 10 for p in prompts)
+
+
+def test_only_answers_that_stop_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    def greedy(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[Generation]:
+        assert kw["max_new_tokens"] == replay.MAX_NEW_TOKENS
+        return [Generation("fine.", [1, 2], True), Generation("rambles on and", [3] * 9, False),
+                Generation("", [2], True)]
+
+    monkeypatch.setattr("doctune.knowledge.score.greedy_answers", greedy)
+    got = replay.base_answers(None, None, ["a?", "b?", "c?"])
+    assert got == [{"prompt": "a?", "answer": "fine."}]
+
+
+def _fake_answers(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[dict[str, str]]:
+    return [{"prompt": p, "answer": a} for p, a in ANSWERS.items()]
+
+
+def test_a_run_replays_the_base_models_answers_and_reads_them_back(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    model = _tiny_model(tmp_path / "m", chat=True)
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    run = tmp_path / "run"
+    sets = ["knowledge.auto=true", "knowledge.qa_share=0.3", "knowledge.replay_share=0.3",
+            "data.block_size=128", "data.overlap=8", "train.max_steps=2",
+            "train.micro_batch_size=2", "train.grad_accum=1", "train.device=cpu",
+            "train.precision=fp32", "log.tensorboard=false", "log.progress=false",
+            "log.report=false", "train.sample_max_new_tokens=2", "train.eval_every=0",
+            "train.save_every=1"]
+    args = ["train", str(docs), "--model", str(model), "--out", str(run),
+            *(x for s in sets for x in ("--set", s))]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "replay: the base model's answers to 2 general prompts" in res.output
+    assert [json.loads(x) for x in (run / "replay.jsonl").read_text().splitlines()] == \
+        [{"prompt": p, "answer": a} for p, a in ANSWERS.items()]
+
+    from doctune.config import resolve
+    from doctune.rundir import RunDir
+    from doctune.train.dist import DistEnv
+    from doctune.train.inputs import load_inputs
+
+    folder = RunDir.open(run)
+    inputs = load_inputs(resolve(folder.config()), DistEnv(), folder, resume=True)
+    replayed = [inputs.train[i] for i in range(len(inputs.train))
+                if inputs.train.source_of(i) == "replay"]
+    assert replayed and {inputs.tokenizer.decode(w.ids[w.loss_start:].tolist(),
+                                                 skip_special_tokens=True).strip()
+                         for w in replayed} == set(ANSWERS.values())  # loss on the answers only
+
+    def never(*a: object, **kw: object) -> None:
+        raise AssertionError("a resumed run must read its replay back, not make it again")
+
+    monkeypatch.setattr(replay, "base_answers", never)
+    res = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=3"])
+    assert res.exit_code == 0, res.output
+
+
+def test_text_replay_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from doctune.config import load_config
+    from doctune.rundir import RunDir
+    from doctune.train.dist import DistEnv
+    from doctune.train.inputs import _replay
+
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    model = _tiny_model(tmp_path / "m", chat=True)
+    from doctune.data.tokenize import load_tokenizer
+
+    tok = load_tokenizer(model)
+    for sets, made in ((["knowledge.replay_source=text"], False), ([], True)):
+        cfg = load_config(None, [f"model.name={model}", "knowledge.replay_share=0.1",
+                                 "train.device=cpu", *sets])
+        folder = RunDir(tmp_path / f"run{made}")
+        folder.path.mkdir()
+        got = _replay(cfg, DistEnv(), folder, tok)
+        assert (got is not None) == made == folder.replay_file.is_file()
