@@ -3,10 +3,14 @@
 A model with a chat template is trained to *answer from the docs*, not only to write like
 them (the *study* recipe, measured in ``benchmarks/bench_knowledge.py``): the documents,
 their facts restated about :data:`AMPLIFY` times their size (:mod:`doctune.knowledge.amplify`),
-trained questions with their answers in the chat template, and replayed general text, in
+trained questions with their answers in the chat template, and replay against forgetting, in
 the shares of :data:`STUDY`, one pass over that mix (the budget comes from the data, not a
-step count). Some facts' questions are held out of training, so the run ends by scoring
-what reading taught (:func:`doctune.knowledge.exam.evaluate_run`); no document is held out
+step count). The shares count windows: a question with its answer is one short window, the
+restatements are packed into windows of ``data.block_size`` tokens, so 0.6 of the windows
+are about a third of the tokens; with them one pass holds every document window, question
+and restatement about once. The replay is the base model's own answers to general prompts
+(:mod:`doctune.knowledge.replay`). Some facts' questions are held out of training, so the
+run ends by scoring what reading taught (:func:`doctune.knowledge.exam.evaluate_run`); no document is held out
 (``knowledge.control_fraction=0``), as a user wants every page known.
 
 The study recipe is not used (the documents alone are trained, as before) when:
@@ -29,9 +33,9 @@ AMPLIFY = 5.0
 STUDY: dict[str, Any] = {
     "knowledge.auto": True,
     "knowledge.amplify": AMPLIFY,
-    "knowledge.qa_share": 0.3,
-    "knowledge.rephrase_share": 0.5,
-    "knowledge.replay_share": 0.0,
+    "knowledge.qa_share": 0.6,
+    "knowledge.rephrase_share": 0.3,
+    "knowledge.replay_share": 0.05,
     "knowledge.control_fraction": 0.0,
 }
 """The ``knowledge`` settings of the study recipe (the docs take the rest of each pass)."""
@@ -69,6 +73,6 @@ def choose_recipe(cfg: Config, *, docs_only: bool = False, tokenizer: Any = None
                       "the documents alone")
     parts = ["documents", f"their facts restated {AMPLIFY:g}x", "questions"]
     if STUDY["knowledge.replay_share"]:
-        parts.append("replayed general text")
+        parts.append("its own answers to general prompts replayed")
     return Recipe("study", dict(STUDY),
                   f"{' + '.join(parts)}, one pass (`--docs-only` for the documents alone)")
