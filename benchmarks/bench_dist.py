@@ -60,7 +60,7 @@ def run_one(procs: int, *, args: argparse.Namespace, model: Path, root: Path) ->
     cfg_file.write_text(yaml.safe_dump(cfg))
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc_per_node", str(procs)] if procs > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "doctune", "train", "--config", str(cfg_file), "-q"]
+    cmd = [*launcher, "-m", "doctune", "train", "--docs-only", "--config", str(cfg_file), "-q"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(cfg["train"]["num_threads"] or 1)}  # type: ignore[index]
     t0 = time.perf_counter()

@@ -66,7 +66,7 @@ def write_config(work: Path, run: Path, model: Path, docs: Path, steps: int) -> 
 
 def doctune(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "doctune", "train", *args, "-q"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "doctune", "train", "--docs-only", *args, "-q"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -214,7 +214,7 @@ def train(sets: list[str], run_dir: Path, steps: int) -> dict[str, Any]:
             seen.update(size=size, rows=len(rows))
         return seen["rows"]
 
-    cmd = [sys.executable, "-m", "doctune", "train"]
+    cmd = [sys.executable, "-m", "doctune", "train", "--docs-only"]
     for item in sets:
         cmd += ["--set", item]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",

@@ -111,7 +111,7 @@ def case_config(case: Case, models: dict[str, Path], docs: Path, work: Path, ste
 def measure(config_path: Path, log: Path) -> tuple[float, float, int]:
     """Run `doctune train` on ``config_path``; return (peak tree RSS in MB, seconds, exit code)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "doctune", "train", "--config", str(config_path), "--quiet"]
+    cmd = [sys.executable, "-m", "doctune", "train", "--docs-only", "--config", str(config_path), "--quiet"]
     t0 = time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -158,7 +158,7 @@ def run_doctune(job: dict[str, Any], work: Path, echo: bool, overrides: list[str
     cfg_path = work / "doctune.yaml"
     cfg_path.write_text(yaml.safe_dump(doctune_config(job, work), sort_keys=False))
     metrics = RunDir(work / "run").metrics_file
-    cmd = [sys.executable, "-m", "doctune", "train", "--config", str(cfg_path)]
+    cmd = [sys.executable, "-m", "doctune", "train", "--docs-only", "--config", str(cfg_path)]
     for item in overrides:
         cmd += ["--set", item]
 
