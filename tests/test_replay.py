@@ -1,5 +1,7 @@
-"""Replay of the base model's own answers (``knowledge.replay_source: self``): made once per
-run before training, trained with the loss on the answers, read back on resume."""
+"""What the base model says before training: its answers to general prompts, replayed
+(``knowledge.replay_source: self``), and its open-book answers to the trained questions
+(``knowledge.self_study``): made once per run, trained with the loss on the answers, read
+back on resume."""
 
 from __future__ import annotations
 
@@ -41,6 +43,48 @@ def _fake_answers(model: object, tokenizer: object, prompts: list[str], **kw: ob
     return [{"prompt": p, "answer": a} for p, a in ANSWERS.items()]
 
 
+def _fake_study(model: object, tokenizer: object, qa: list[dict[str, str]],
+                sections: dict[object, str], **kw: object) -> list[dict[str, str]]:
+    q = next(r for r in qa if r["split"] == "trained")
+    return [{"id": q["id"], "question": q["question"], "expected": q["answer"],
+             "answer": f"From the docs: it is {q['answer']}, as the section says."}]
+
+
+def test_self_study_keeps_right_open_book_answers_of_trained_questions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from doctune.knowledge.selfstudy import study_answers
+
+    qa = [{"id": "a", "question": "What does `server.port` default to?", "answer": "5173",
+           "split": "trained", "doc": "server.md", "section": ["Server", "Options"]},
+          {"id": "b", "question": "Which option defaults to `dist`?", "answer": "build.outDir",
+           "split": "trained", "doc": "build.md", "section": ["Build"]},
+          {"id": "c", "question": "Is 5173 the port, yes or no?", "answer": "5173",
+           "split": "trained", "doc": "server.md", "section": ["Server", "Options"]},
+          {"id": "d", "question": "Where does the cache live?", "answer": "node_modules/.vite",
+           "split": "heldout", "doc": "cache.md", "section": ["Cache"]},
+          {"id": "e", "question": "What is it?", "answer": "x", "split": "trained",
+           "doc": "gone.md", "section": ["Nowhere"]}]
+    sections = {("server.md", ("Server", "Options")): "`server.port` defaults to `5173`.",
+                ("build.md", ("Build",)): "The build writes to `dist`.",
+                ("cache.md", ("Cache",)): "It lives in `node_modules/.vite`."}
+    asked: list[str] = []
+
+    def greedy(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[Generation]:
+        asked.extend(prompts)
+        said = {"a": ("The default port is 5173.", True), "b": ("It is dist.", True),
+                "c": ("Yes, 5173.", True)}
+        return [Generation(said[key][0], [1], said[key][1]) for key in "abc"[:len(prompts)]]
+
+    monkeypatch.setattr("doctune.knowledge.score.greedy_answers", greedy)
+    got = study_answers(None, None, qa, sections)
+    # trained questions with a known section only, each after its section (the open book)
+    assert len(asked) == 3 and "`server.port` defaults to `5173`." in asked[0]
+    assert "What does `server.port` default to?" in asked[0]
+    # kept: the expected answer is in the reply (b's is not; c's question holds its answer)
+    assert got == [{"id": "a", "question": "What does `server.port` default to?",
+                    "answer": "The default port is 5173.", "expected": "5173"}]
+
+
 def test_a_run_replays_the_base_models_answers_and_reads_them_back(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
@@ -49,8 +93,10 @@ def test_a_run_replays_the_base_models_answers_and_reads_them_back(
         (docs / name).write_text(text, encoding="utf-8")
     model = _tiny_model(tmp_path / "m", chat=True)
     monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    monkeypatch.setattr("doctune.knowledge.selfstudy.study_answers", _fake_study)
     run = tmp_path / "run"
     sets = ["knowledge.auto=true", "knowledge.qa_share=0.3", "knowledge.replay_share=0.3",
+            "knowledge.self_study=true",
             "data.block_size=128", "data.overlap=8", "train.max_steps=2",
             "train.micro_batch_size=2", "train.grad_accum=1", "train.device=cpu",
             "train.precision=fp32", "log.tensorboard=false", "log.progress=false",
@@ -61,6 +107,9 @@ def test_a_run_replays_the_base_models_answers_and_reads_them_back(
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "replay: the base model's answers to 2 general prompts" in res.output
+    assert "self-study: 1 open-book answers of the base" in res.output
+    studied = json.loads((run / "selfstudy.jsonl").read_text())
+    assert studied["answer"].startswith("From the docs: it is ")
     assert [json.loads(x) for x in (run / "replay.jsonl").read_text().splitlines()] == \
         [{"prompt": p, "answer": a} for p, a in ANSWERS.items()]
 
@@ -77,10 +126,15 @@ def test_a_run_replays_the_base_models_answers_and_reads_them_back(
                                                  skip_special_tokens=True).strip()
                          for w in replayed} == set(ANSWERS.values())  # loss on the answers only
 
+    qa = [inputs.train[i] for i in range(len(inputs.train)) if inputs.train.source_of(i) == "qa"]
+    assert any(studied["answer"] in inputs.tokenizer.decode(w.ids[w.loss_start:].tolist())
+               for w in qa)  # the studied answer is trained, as the answer of its question
+
     def never(*a: object, **kw: object) -> None:
-        raise AssertionError("a resumed run must read its replay back, not make it again")
+        raise AssertionError("a resumed run must read its answers back, not make them again")
 
     monkeypatch.setattr(replay, "base_answers", never)
+    monkeypatch.setattr("doctune.knowledge.selfstudy.study_answers", never)
     res = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=3"])
     assert res.exit_code == 0, res.output
 
@@ -89,7 +143,8 @@ def test_text_replay_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     from doctune.config import load_config
     from doctune.rundir import RunDir
     from doctune.train.dist import DistEnv
-    from doctune.train.inputs import _replay
+    from doctune.train.inputs import _from_base
+    from doctune.train.knowledge import KnowledgeSetup
 
     monkeypatch.setattr(replay, "base_answers", _fake_answers)
     model = _tiny_model(tmp_path / "m", chat=True)
@@ -101,5 +156,5 @@ def test_text_replay_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                                  "train.device=cpu", *sets])
         folder = RunDir(tmp_path / f"run{made}")
         folder.path.mkdir()
-        got = _replay(cfg, DistEnv(), folder, tok)
-        assert (got is not None) == made == folder.replay_file.is_file()
+        got, studied = _from_base(cfg, DistEnv(), folder, tok, KnowledgeSetup(None, {}))
+        assert (got is not None) == made == folder.replay_file.is_file() and studied is None

@@ -224,6 +224,8 @@ class KnowledgeConfig(_Section):
     """Share of training windows of general English text (shipped with doctune), replayed against forgetting."""
     replay_source: Literal["self", "text"] = "self"
     """What knowledge.replay_share replays: `self` = the base model's own answers to general prompts shipped with doctune (made once per run, before training; general-English perplexity then measures forgetting for every recipe), `text` = chapters of Alice in Wonderland (the general-English perplexity is then taken on the rest of the same book, and flatters the replaying run)."""
+    self_study: bool = False
+    """Before training, the base model answers each trained question with its section in the prompt; answers that hold the expected answer are trained too (as questions, without the section), in the model's own words."""
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     """knowledge.auto: share of facts whose questions are never trained (the test of what reading taught)."""
     control_fraction: float = Field(0.1, ge=0.0, lt=1.0)

@@ -14,6 +14,7 @@ A run folder holds::
     knowledge_eval.json  base vs tuned knowledge scores (``doctune eval --knowledge``, the report)
     knowledge_answers.jsonl  each exam question with the base, open-book and tuned answers
     replay.jsonl         the base model's answers to general prompts, replayed in training
+    selfstudy.jsonl      the base model's open-book answers to the trained questions (self-study)
     tokenizer/           the tokenizer trained for a from-scratch preset
     base/                the random base of a from-scratch LoRA run
     checkpoints/step-N/  weights.safetensors, optimizer.pt, trainer.pt, state.json (last)
@@ -164,6 +165,8 @@ class RunDir:
         """One line per question of the knowledge exam: expected, base, open-book and tuned answers."""
         self.replay_file = p / "replay.jsonl"
         """The base model's answers to general prompts (``knowledge.replay_source: self``)."""
+        self.selfstudy_file = p / "selfstudy.jsonl"
+        """The base model's open-book answers to the trained questions (``knowledge.self_study``)."""
         self.tokenizer_dir = p / "tokenizer"
         """The tokenizer trained for a from-scratch preset."""
         self.base_dir = p / "base"
@@ -232,7 +235,7 @@ class RunDir:
         return {self.config_file, self.facts_file, self.data_summary_file, self.metrics_file,
                 self.samples_file, self.samples_md, self.report_file, self.plots_dir,
                 self.tensorboard_dir, self.data_dir, self.knowledge_dir,
-                self.knowledge_eval_file, self.knowledge_answers_file, self.replay_file,
+                self.knowledge_eval_file, self.knowledge_answers_file, self.replay_file, self.selfstudy_file,
                 self.tokenizer_dir, self.base_dir,
                 self.checkpoints_dir, self.final_dir, self.final_staging,
                 self.path / "wandb",  # what W&B writes when given the run folder

@@ -1,4 +1,5 @@
-"""Replay that is not the evaluation's text: the base model's own answers to general prompts.
+"""Replay that is not the evaluation's text: the base model's own answers to general prompts
+(and, for self-study, its open-book answers to the trained questions: one model load).
 
 Fine-tuning on a few pages pulls a model away from what it could do before. Training on
 some general text at the same time holds it back (``knowledge.replay_share``); but when the
@@ -52,20 +53,34 @@ def base_answers(model: Any, tokenizer: Any, prompts: list[str], *,
             if g.stopped and g.text]
 
 
-def make_answers(model_name: str, tokenizer: Any, out: Path, *, device: str,
-                 system: str | None = None) -> list[dict[str, str]]:
-    """Load the base ``model_name`` for inference on ``device``, answer the general prompts
-    and write them to ``out`` (atomically); the answers kept."""
-    from doctune.atomic import write_text
+def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | None = None,
+                 replay: Path | None = None, study: tuple[Any, Path] | None = None) -> None:
+    """Load the base ``model_name`` once for inference on ``device`` and write what it
+    answers (atomically): to the general prompts into ``replay``, and, for ``study`` =
+    (synth data, file), its open-book answers to the trained questions
+    (:func:`doctune.knowledge.selfstudy.study_answers`)."""
     from doctune.device import empty_cache
     from doctune.inference import load_for_inference
 
     loaded = load_for_inference(model_name, device=device)
     where = loaded.device
     try:
-        rows = base_answers(loaded.model, tokenizer, general_prompts(), system=system)
+        if replay is not None:
+            _write(replay, base_answers(loaded.model, tokenizer, general_prompts(),
+                                        system=system))
+        if study is not None:
+            from doctune.knowledge.questions import section_texts
+            from doctune.knowledge.selfstudy import study_answers
+
+            synth, out = study
+            _write(out, study_answers(loaded.model, tokenizer, synth.qa,
+                                      section_texts(synth.folder), system=system))
     finally:
         del loaded
         empty_cache(where)
-    write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> None:
+    from doctune.atomic import write_text
+
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

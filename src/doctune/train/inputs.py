@@ -17,7 +17,7 @@ from doctune.errors import DataError
 from doctune.rundir import RunDir
 from doctune.train import dist
 from doctune.train.dist import DistEnv
-from doctune.train.knowledge import load_knowledge, mix_training_set
+from doctune.train.knowledge import KnowledgeSetup, load_knowledge, mix_training_set
 from doctune.train.parts import Inputs
 
 if TYPE_CHECKING:
@@ -38,8 +38,9 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool) -> I
     if tokenizer is None:  # the other ranks read the tokenizer rank 0 made or chose
         tokenizer = _tokenizer(cfg, folder)
     docs, val, fingerprint = _open_store(cfg, folder)
-    replay = _replay(cfg, env, folder, tokenizer) if knowledge else None
-    train = mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay) if knowledge else docs
+    replay, study = _from_base(cfg, env, folder, tokenizer, knowledge) if knowledge else (None, None)
+    train = (mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay, study=study)
+             if knowledge else docs)
     t = cfg.train
     prompts = (t.sample_prompts if t.sample_prompts is not None
                else _default_prompts(val or train, tokenizer))
@@ -47,21 +48,38 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool) -> I
                   fingerprint=fingerprint, knowledge=knowledge, prompts=prompts)
 
 
-def _replay(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any) -> list[dict[str, str]] | None:
-    """The base model's answers to the general prompts, to replay (made by rank 0 before
-    training, read back on resume and by the other ranks), or None: replay nothing, or the
-    shipped text (``replay_source: text``; a tokenizer without a chat template; a quantised
-    base, which would be loaded whole to answer)."""
+def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
+               knowledge: KnowledgeSetup) -> tuple[list[dict[str, str]] | None, list[dict[str, str]] | None]:
+    """What the base model says before training, made by rank 0 (one model load) and read
+    back on resume and by the other ranks: its answers to the general prompts to replay
+    (:mod:`doctune.knowledge.replay`) and its open-book answers to the trained questions
+    (:mod:`doctune.knowledge.selfstudy`); None for what is not asked for. Neither is made for
+    a tokenizer without a chat template, nor for a quantised base (it would be loaded whole
+    to answer): the replay is then the shipped text, and self-study is left out (said in the
+    header)."""
     from doctune.knowledge.replay import make_answers, read_answers
 
     k = cfg.knowledge
-    if not k.replay_share or k.replay_source != "self" or cfg.lora.quantize != "none" \
-            or not getattr(tokenizer, "chat_template", None):
-        return None
-    path = folder.replay_file  # every rank takes part in main_first, made or not
-    dist.main_first(env, lambda: None if path.is_file() else make_answers(
-        cfg.model.name, tokenizer, path, device=cfg.train.device, system=k.system_prompt))
-    return read_answers(path)
+    able = cfg.lora.quantize == "none" and bool(getattr(tokenizer, "chat_template", None))
+    replay = bool(k.replay_share) and k.replay_source == "self" and able
+    study = k.self_study and knowledge.synth is not None and able
+    if k.self_study and not study:
+        knowledge.summary["self_study"] = ("left out: a quantised base or a tokenizer without a "
+                                           "chat template")
+    if not (replay or study):
+        return None, None
+    r_file, s_file = folder.replay_file, folder.selfstudy_file
+    missing_r = replay and not r_file.is_file()
+    missing_s = study and not s_file.is_file()
+
+    def make() -> None:
+        if missing_r or missing_s:
+            make_answers(cfg.model.name, tokenizer, device=cfg.train.device,
+                         system=k.system_prompt, replay=r_file if missing_r else None,
+                         study=(knowledge.synth, s_file) if missing_s else None)
+
+    dist.main_first(env, make)  # every rank takes part, made or not
+    return (read_answers(r_file) if replay else None), (read_answers(s_file) if study else None)
 
 
 def _prepare(cfg: Config, folder: RunDir, settings: DataSettings, *, resume: bool) -> Any:

@@ -53,6 +53,8 @@ class KnowledgeSetup:
         long = self.summary.get("qa_too_long", 0)
         cut = (f"; {long} trained questions longer than data.block_size left out" if long else "")
         replay = f"; replay: {self.summary['replay']}" if self.summary.get("replay") else ""
+        if self.summary.get("self_study"):
+            replay += f"; self-study: {self.summary['self_study']}"
         return f"knowledge mix per pass: {mixed}{left}{cut}{replay}"
 
 
@@ -81,10 +83,12 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
 
 def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                      docs: WindowSet, *,
-                     replay: Sequence[Mapping[str, str]] | None = None) -> MixedWindows:
+                     replay: Sequence[Mapping[str, str]] | None = None,
+                     study: Sequence[Mapping[str, str]] | None = None) -> MixedWindows:
     """The docs' training windows with the configured shares of the other sources mixed in.
     ``replay``: the base model's answers to replay (:mod:`doctune.knowledge.replay`); None
-    replays the shipped general text.
+    replays the shipped general text. ``study``: the base model's open-book answers to
+    trained questions (:mod:`doctune.knowledge.selfstudy`), trained as more questions.
     Questions need a chat template: a tokenizer without one gets ChatML (see
     :func:`doctune.knowledge.chat.prepare_chat_tokenizer`; the model is resized to it)."""
     from doctune.knowledge.chat import prepare_chat_tokenizer
@@ -100,8 +104,13 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                 "are new embeddings a LoRA adapter does not train or save. Train all weights "
                 "(`--set lora.enabled=false`) or start from an instruct model.")
         prepare_chat_tokenizer(tokenizer)
-        extra["qa"], too_long = qa_windows(tokenizer, synth.questions("trained"),
-                                           block_size=size, system=k.system_prompt)
+        pairs = synth.questions("trained")
+        if study:
+            pairs = [*pairs, *({"id": a["id"], "question": a["question"], "answer": a["answer"],
+                                "split": "trained"} for a in study)]
+            knowledge.summary["self_study"] = f"{len(study)} open-book answers of the base"
+        extra["qa"], too_long = qa_windows(tokenizer, pairs, block_size=size,
+                                           system=k.system_prompt)
     if k.rephrase_share and synth is not None:
         # trained facts only: held-out facts are learnt from the documents alone
         texts = [r["text"] for r in synth.rephrasings if r["split"] == "trained"]
