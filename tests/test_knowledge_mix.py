@@ -66,6 +66,18 @@ def test_mix_counts_exact() -> None:
         mix_counts({"docs": 3, "qa": 0}, {"qa": 0.5})
 
 
+def test_once_counts_take_each_example_once_and_replay_its_share() -> None:
+    from doctune.knowledge.mix import once_counts
+
+    got = once_counts({"docs": 10, "qa": 7, "rephrasings": 13, "replay": 50},
+                      {"qa": 0.6, "rephrasings": 0.3, "replay": 0.2})
+    assert got == {"docs": 10, "qa": 7, "rephrasings": 13, "replay": 8}  # 30 * 0.2 / 0.8 = 7.5
+    assert once_counts({"docs": 10, "qa": 7, "rephrasings": 13}, {"qa": 0.6}) == \
+        {"docs": 10, "qa": 7, "rephrasings": 0, "replay": 0}  # a source without a share: none
+    with pytest.raises(DataError, match="no qa examples"):
+        once_counts({"docs": 3, "qa": 0}, {"qa": 0.5})
+
+
 def test_mixed_windows_hold_the_counts_and_every_example() -> None:
     counts = {"docs": 40, "qa": 20, "rephrasings": 12, "replay": 8}
     extra = {"qa": _extra(5, 2000), "rephrasings": _extra(9, 3000), "replay": _extra(3, 4000)}

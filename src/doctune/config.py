@@ -222,6 +222,8 @@ class KnowledgeConfig(_Section):
     """Share of training windows that are rephrasings of the docs' facts (loss on every token)."""
     replay_share: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of training windows of general English text (shipped with doctune), replayed against forgetting."""
+    mix: Literal["shares", "once"] = "shares"
+    """How a pass over the training windows is made: `shares` = each source takes its share of the windows, in the smallest pass that holds every docs window, question and restatement at least once; `once` = every docs window and every example of each source with a share above 0 exactly once (replay takes replay_share), so the budget grows with the study data (the study recipe)."""
     replay_source: Literal["self", "text"] = "self"
     """What knowledge.replay_share replays: `self` = the base model's own answers to general prompts shipped with doctune (made once per run, before training; general-English perplexity then measures forgetting for every recipe), `text` = chapters of Alice in Wonderland (the general-English perplexity is then taken on the rest of the same book, and flatters the replaying run)."""
     self_study: bool = False

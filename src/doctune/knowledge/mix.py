@@ -19,7 +19,8 @@ so ``collate`` and the loop take them as they take the docs' windows:
   shipped general English text (``text``, :func:`general_text`) in windows of
   ``block_size`` tokens, loss on every token.
 
-:func:`mix_counts` fixes how many of each one pass over the mixed set holds: the smallest
+:func:`mix_counts` fixes how many of each one pass over the mixed set holds (or, with
+``knowledge.mix: once``, :func:`once_counts`: each example exactly once): the smallest
 pass in which every docs window, every question and every rephrasing comes at least once,
 each source taking its share. :class:`MixedWindows` draws them with a seeded sampler
 (whole shuffled rounds of a source, then part of one), so a seed gives the same set.
@@ -204,6 +205,24 @@ def mix_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dic
     counts = {"docs": n - sum(counts.values()), **counts}
     if available.get("docs", 0) == 0 or counts["docs"] <= 0:
         raise DataError("the docs gave no training windows to mix with; add documents.")
+    return counts
+
+
+def once_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dict[str, int]:
+    """A pass that holds each docs window, and each example of every source with a share
+    above 0, exactly once (``knowledge.mix: once``); replay, which has no end, takes
+    ``replay`` of the pass. The budget then grows with the study data, not with a share."""
+    for s in SOURCES[1:]:
+        if shares.get(s, 0.0) > 0 and available.get(s, 0) == 0:
+            raise DataError(f"a {s} share of {shares[s]:g} was asked for, but there are no {s} "
+                            "examples to train on. Check the synth folder (`doctune synth`), "
+                            "or set that share to 0.")
+    if available.get("docs", 0) == 0:
+        raise DataError("the docs gave no training windows to mix with; add documents.")
+    counts = {s: available.get(s, 0) if s == "docs" or shares.get(s, 0.0) > 0 else 0
+              for s in SOURCES[:3]}
+    replay = shares.get("replay", 0.0)
+    counts["replay"] = round(sum(counts.values()) * replay / (1.0 - replay))
     return counts
 
 

@@ -3,15 +3,14 @@
 A model with a chat template is trained to *answer from the docs*, not only to write like
 them (the *study* recipe, measured in ``benchmarks/bench_knowledge.py``): the documents,
 their facts restated about :data:`AMPLIFY` times their size (:mod:`doctune.knowledge.amplify`),
-trained questions with their answers in the chat template, and replay against forgetting, in
-the shares of :data:`STUDY`, one pass over that mix (the budget comes from the data, not a
-step count). The shares count windows: a question with its answer is one short window, the
-restatements are packed into windows of ``data.block_size`` tokens, so 0.6 of the windows
-are about a third of the tokens; with them one pass holds every document window, question
-and restatement about once. The replay is the base model's own answers to general prompts
+trained questions with their answers in the chat template, and replay against forgetting:
+one pass over that mix, which holds every document window, trained question and
+restatement once (``knowledge.mix: once``; the restatements packed into windows of
+``data.block_size`` tokens), and 5% replay: the budget comes from the data, not a step
+count. The replay is the base model's own answers to general prompts
 (:mod:`doctune.knowledge.replay`). Some facts' questions are held out of training, so the
-run ends by scoring what reading taught (:func:`doctune.knowledge.exam.evaluate_run`); no document is held out
-(``knowledge.control_fraction=0``), as a user wants every page known.
+run ends by scoring what reading taught (:func:`doctune.knowledge.exam.evaluate_run`); no
+document is held out (``knowledge.control_fraction=0``), as a user wants every page known.
 
 The study recipe is not used (the documents alone are trained, as before) when:
 
@@ -33,6 +32,7 @@ AMPLIFY = 5.0
 STUDY: dict[str, Any] = {
     "knowledge.auto": True,
     "knowledge.amplify": AMPLIFY,
+    "knowledge.mix": "once",
     "knowledge.qa_share": 0.6,
     "knowledge.rephrase_share": 0.3,
     "knowledge.replay_share": 0.05,

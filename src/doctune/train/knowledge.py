@@ -21,6 +21,7 @@ from doctune.knowledge.mix import (
     general_text,
     load_synth,
     mix_counts,
+    once_counts,
     qa_windows,
     replay_windows,
     text_windows,
@@ -125,7 +126,7 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         knowledge.summary["replay"] = "the shipped general English text (Alice in Wonderland, its first 80%)"
     available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
     shares = {"qa": k.qa_share, "rephrasings": k.rephrase_share, "replay": k.replay_share}
-    counts = mix_counts(available, shares)
+    counts = (once_counts if k.mix == "once" else mix_counts)(available, shares)
     mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
     knowledge.summary.update({
         "shares": {"docs": round(1 - sum(shares.values()), 6), **shares},
