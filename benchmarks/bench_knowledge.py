@@ -316,15 +316,27 @@ def main() -> None:
     base_loaded = load_for_inference(str(model), device="cpu")
     from doctune.knowledge.questions import section_texts
 
-    records: list[dict[str, Any]] = []
-    base = score(base_loaded.model, base_loaded.tokenizer, synth,
-                 control_texts(synth, args.corpus), mode, records=records)
-    open_book = score(base_loaded.model, base_loaded.tokenizer, synth, [], mode,
-                      sections=section_texts(synth_dir), records=records)
-    with (args.work / "base_answers.jsonl").open("w", encoding="utf-8") as f:
-        for n, r in enumerate(records):  # closed book first, then open book
-            f.write(json.dumps({"book": "closed" if n < len(records) // 2 else "open", **r},
-                               ensure_ascii=False) + "\n")
+    # the base's scores depend on the student, the questions and the mode only: kept in
+    # --work and reused by the next run with the same ones
+    key = json.dumps([str(model), summary.manifest(), mode, QUESTIONS.read_text(encoding="utf-8")],
+                     sort_keys=True, default=str)
+    cached = args.work / "base_scores.json"
+    saved = json.loads(cached.read_text()) if cached.is_file() else {}
+    if saved.get("key") == key:
+        base, open_book = saved["base"], saved["open_book"]
+        print("base scores read from the last run with the same student and questions", flush=True)
+    else:
+        records: list[dict[str, Any]] = []
+        base = score(base_loaded.model, base_loaded.tokenizer, synth,
+                     control_texts(synth, args.corpus), mode, records=records)
+        open_book = score(base_loaded.model, base_loaded.tokenizer, synth, [], mode,
+                          sections=section_texts(synth_dir), records=records)
+        with (args.work / "base_answers.jsonl").open("w", encoding="utf-8") as f:
+            for n, r in enumerate(records):  # closed book first, then open book
+                f.write(json.dumps({"book": "closed" if n < len(records) // 2 else "open", **r},
+                                   ensure_ascii=False) + "\n")
+        cached.write_text(json.dumps({"key": key, "base": base, "open_book": open_book},
+                                     default=str))
     del base_loaded
     print(f"base scored ({time.perf_counter() - started:.0f} s)", flush=True)
     from doctune.knowledge.recipe import STUDY as STUDY_SETTINGS
