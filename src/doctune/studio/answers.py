@@ -28,8 +28,8 @@ def _questions(run: Any, per_split: int) -> list[dict[str, Any]]:
     cfg = run.config()
     folder = cfg.knowledge.synth_dir or (run.knowledge_dir if run.knowledge_dir.is_dir() else None)
     if folder is None:
-        raise DataError(f"{run.path} was trained without knowledge data: tick it on the Plan "
-                        "page (knowledge.auto) and train again.")
+        raise DataError(f"{run.path} was trained on the documents alone: tick \"Study the "
+                        "docs\" on the Plan page (a chat model) and train again.")
     synth = load_synth(Path(folder))
     return [q for split in ("heldout", "trained")
             for q in sorted(synth.questions(split), key=lambda q: q["id"])[:per_split]]

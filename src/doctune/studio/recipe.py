@@ -1,9 +1,9 @@
 """What the Plan and Train pages send: a model, a docs folder and a few settings, turned into
 the ``doctune train`` (and ``doctune plan``) command line a user could type.
 
-The knowledge recipe is the one the README recommends: template questions and rephrasings
-made from the docs into the run folder (``knowledge.auto``), mixed with the docs and some
-general English text replayed against forgetting.
+The knowledge box is ``doctune train``'s own default: ticked, a chat model studies the docs
+(:mod:`doctune.knowledge.recipe`: questions and restatements made from them, one pass);
+unticked, ``--docs-only`` trains the documents alone.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from typing import Any
 
 from doctune.errors import ConfigError
 
-KNOWLEDGE_SETS = ("knowledge.auto=true", "knowledge.qa_share=0.3",
-                  "knowledge.rephrase_share=0.2", "knowledge.replay_share=0.1")
-"""The ``--set`` lines of the knowledge recipe (``knowledge.*``)."""
-KNOWLEDGE_SHARE = 0.6
-"""The part of each pass that those shares take (the docs are the rest)."""
+STUDY_TOKENS = 7.0
+"""Tokens the study recipe trains per token of docs, roughly (the docs, about 5x their size in
+restatements, the questions and the replay; 6.5 on the example FastAPI docs and 8.2 on Vite's
+config pages as measured by ``benchmarks/bench_knowledge.py``)."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,8 @@ class Recipe:
 
     model: str
     lora: bool = True
-    knowledge: bool = False
+    knowledge: bool = True
+    """Study the docs (the default of ``doctune train``), or ``--docs-only``."""
     max_steps: int | None = None
     sets: list[str] = field(default_factory=list)
     """Further ``key=value`` overrides, one per ``--set``."""
@@ -48,20 +48,18 @@ class Recipe:
         bad = [s for s in sets if "=" not in str(s)]
         if bad:
             raise ConfigError(f"Each setting is key=value (e.g. data.block_size=256), got {bad[0]!r}.")
-        return cls(model, bool(data.get("lora", True)), bool(data.get("knowledge", False)),
+        return cls(model, bool(data.get("lora", True)), bool(data.get("knowledge", True)),
                    max_steps, [str(s) for s in sets])
-
-    def all_sets(self) -> list[str]:
-        """Every override, the knowledge recipe first (the user's own win)."""
-        return [*(KNOWLEDGE_SETS if self.knowledge else ()), *self.sets]
 
     def train_args(self, docs: str, out: str) -> list[str]:
         """``doctune train`` arguments (after ``doctune``)."""
         args = ["train", docs, "--model", self.model, "--out", out,
                 "--lora" if self.lora else "--full"]
+        if not self.knowledge:
+            args.append("--docs-only")
         if self.max_steps:
             args += ["--max-steps", str(self.max_steps)]
-        for s in self.all_sets():
+        for s in self.sets:
             args += ["--set", s]
         return args
 
@@ -69,7 +67,7 @@ class Recipe:
         """``doctune plan --json`` arguments for the same run."""
         args = ["plan", "--json", "--set", f"model.name={self.model}",
                 "--set", f"lora.enabled={str(self.lora).lower()}", "--set", f"data.path={docs}"]
-        for s in self.all_sets():
+        for s in self.sets:
             args += ["--set", s]
         return [*args, "--device", device] if device else args
 
@@ -85,7 +83,7 @@ def pass_estimate(docs_chars: int, *, params: float | None, knowledge: bool, cor
     this machine when there is one, else a rough CPU rate from the model's size."""
     tokens = docs_chars / 4  # about 4 characters per token in English docs and code
     if knowledge:
-        tokens /= 1 - KNOWLEDGE_SHARE
+        tokens *= STUDY_TOKENS
     if measured_tps:
         rate, how = measured_tps, "measured by an earlier run of this model here"
     elif params:

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const saved = JSON.parse(localStorage.getItem("doctune-studio") || "{}");
 const state = { docs: saved.docs || "", model: saved.model || "scratch:tiny", run: saved.run || "",
-                lora: saved.lora ?? true, knowledge: saved.knowledge ?? false, info: null };
+                lora: saved.lora ?? true, knowledge: saved.knowledge ?? true, info: null };
 function remember() {
   const { docs, model, run, lora, knowledge } = state;
   localStorage.setItem("doctune-studio", JSON.stringify({ docs, model, run, lora, knowledge }));
