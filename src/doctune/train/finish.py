@@ -66,6 +66,11 @@ def _point_adapter_at_base(adapter_dir: Path, base: str) -> None:
     cfg_path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
+END_OF_RUN_QUESTIONS = 60
+"""Questions of each kind the run's own evaluation asks (``doctune eval --knowledge`` asks up
+to 200): a few minutes at most on a CPU, for a first answer."""
+
+
 def evaluate_knowledge(run: Run) -> list[str]:
     """When the run trained questions and writes a report: base vs tuned knowledge scores
     into ``knowledge_eval.json`` and ``knowledge_answers.jsonl`` (rank 0; what ``doctune
@@ -78,7 +83,8 @@ def evaluate_knowledge(run: Run) -> list[str]:
 
     try:
         run.monitor.message("scoring what the model learnt (base vs tuned, held-out questions) ...")
-        result = evaluate_run(run.folder.path, device=run.hw.device.type)
+        result = evaluate_run(run.folder.path, device=run.hw.device.type,
+                              max_questions=END_OF_RUN_QUESTIONS)
         save_result(run.folder, result)
         return headline(result)
     except Exception as e:  # an evaluation failure must never lose a finished run
