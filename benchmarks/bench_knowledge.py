@@ -349,8 +349,9 @@ def main() -> None:
     for name in (r for r in wanted if r in RECIPES):
         rows.append(run_recipe(name, RECIPES[name], args, mode, model, synth_dir))
         print(f"{name} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    # the default recipe's mix; its synth data is made here (amplified, with a control page)
     study = {k.removeprefix("knowledge."): v for k, v in STUDY_SETTINGS.items()
-             if k.endswith("_share")}
+             if k not in ("knowledge.auto", "knowledge.amplify", "knowledge.control_fraction")}
     for factor in (float(x) for x in args.amplify.split(",") if STUDY in wanted and x.strip()):
         amp_dir = args.work / f"synth-a{factor:g}"
         got = synthesize(args.corpus, amp_dir, seed=0, include=mode["include"],
