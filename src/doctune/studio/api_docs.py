@@ -83,7 +83,7 @@ async def plan(request: Request) -> JSONResponse:
     shown = s.workspace.shown(docs)
     code, out, err = await run_cli(recipe.plan_args(shown, device), s.workspace.cwd)
     result: dict[str, Any] = {"train_command": shlex.join(["doctune", *recipe.train_args(
-        shown, s.workspace.shown(s.workspace.runs / "NAME"))]), "sets": recipe.all_sets()}
+        shown, s.workspace.shown(s.workspace.runs / "NAME"))]), "sets": list(recipe.sets)}
     if code != 0:
         result["error"] = (err.strip() or out.strip()).removeprefix("error: ")
         return ok(result)
