@@ -194,11 +194,7 @@ def mix_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dic
     """
     share = {"docs": 1.0 - sum(shares.get(s, 0.0) for s in SOURCES[1:]),
              **{s: shares.get(s, 0.0) for s in SOURCES[1:]}}
-    for s in SOURCES[1:]:
-        if share[s] > 0 and available.get(s, 0) == 0:
-            raise DataError(f"a {s} share of {share[s]:g} was asked for, but there are no {s} "
-                            "examples to train on. Check the synth folder (`doctune synth`), "
-                            "or set that share to 0.")
+    _check_sources(available, share)
     n = max(math.ceil(available.get(s, 0) / share[s] - 1e-9)
             for s in SOURCES[:3] if share[s] > 0)
     counts = {s: round(n * share[s]) for s in SOURCES[1:]}
@@ -208,15 +204,20 @@ def mix_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dic
     return counts
 
 
-def once_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dict[str, int]:
-    """A pass that holds each docs window, and each example of every source with a share
-    above 0, exactly once (``knowledge.mix: once``); replay, which has no end, takes
-    ``replay`` of the pass. The budget then grows with the study data, not with a share."""
+def _check_sources(available: Mapping[str, int], shares: Mapping[str, float]) -> None:
+    """A :class:`DataError` for a source with a share above 0 and nothing to draw from."""
     for s in SOURCES[1:]:
         if shares.get(s, 0.0) > 0 and available.get(s, 0) == 0:
             raise DataError(f"a {s} share of {shares[s]:g} was asked for, but there are no {s} "
                             "examples to train on. Check the synth folder (`doctune synth`), "
                             "or set that share to 0.")
+
+
+def once_counts(available: Mapping[str, int], shares: Mapping[str, float]) -> dict[str, int]:
+    """A pass that holds each docs window, and each example of every source with a share
+    above 0, exactly once (``knowledge.mix: once``); replay, which has no end, takes
+    ``replay`` of the pass. The budget then grows with the study data, not with a share."""
+    _check_sources(available, shares)
     if available.get("docs", 0) == 0:
         raise DataError("the docs gave no training windows to mix with; add documents.")
     counts = {s: available.get(s, 0) if s == "docs" or shares.get(s, 0.0) > 0 else 0
