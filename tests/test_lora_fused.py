@@ -104,3 +104,20 @@ def test_fused_path_saves_less_for_the_backward_pass() -> None:
 
     peft_model, fused = _pair(0.1)
     assert saved_bytes(fused) < 0.9 * saved_bytes(peft_model)  # no dropped copy per adapter
+
+
+def test_a_compiled_block_traces_the_fused_path_whole() -> None:
+    """Under torch.compile a graph break inside the side path would compile each adapter as
+    a frame of its own (7 shapes per block: past dynamo's recompile limit, run eagerly)."""
+    _, fused = _pair(0.1)
+    block = fused.base_model.model.model.layers[0]
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    pos = torch.arange(8)[None]
+    emb = fused.base_model.model.model.rotary_emb(x, pos)
+    compiled = torch.compile(block, backend="eager", fullgraph=True)  # a break raises
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(x, position_embeddings=emb)
+    out = out[0] if isinstance(out, tuple) else out
+    out.float().sum().backward()
+    a = block.mlp.down_proj.lora_A["default"].weight
+    assert x.grad is not None and a.grad is not None and a.grad.abs().sum() > 0

@@ -29,14 +29,13 @@ from doctune.train.attention import drop_mask
 
 
 class LoraDelta(torch.autograd.Function):
-    """``(dropout(x) @ A.T) @ B.T * scaling`` in ``dtype``; gradients for x, A and B."""
+    """``(dropout(x) @ A.T) @ B.T * scaling`` in ``dtype``, ``drop`` the dropped positions
+    (None: no dropout) and ``keep`` = 1 / (1 - p); gradients for x, A and B."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
-                p: float, dtype: torch.dtype) -> torch.Tensor:
+                drop: torch.Tensor | None, keep: float, dtype: torch.dtype) -> torch.Tensor:
         xc = x.to(dtype)
-        drop = drop_mask(tuple(xc.shape), p, xc.device) if p > 0 else None
-        keep = 1.0 / (1.0 - p) if p > 0 else 1.0
         xd = xc.masked_fill(drop, 0).mul_(keep) if drop is not None else xc
         h = xd @ a.to(dtype).t()  # (..., r)
         y = (h @ b.to(dtype).t()).mul_(scaling)  # (..., out)
@@ -60,7 +59,7 @@ class LoraDelta(torch.autograd.Function):
             if drop is not None:
                 gx.masked_fill_(drop, 0).mul_(ctx.keep)
             gx = gx.to(ctx.x_dtype)
-        return gx, grad_a, grad_b, None, None, None
+        return gx, grad_a, grad_b, None, None, None, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -68,6 +67,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return x.dtype
+
+
+def _mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
+    """The positions of ``x`` to drop, drawn outside the autograd function: compiled, a
+    random draw inside one breaks the graph (``torch.compile`` then falls back to running
+    each adapter on its own); there the mask comes from ``torch.rand``, which compiles."""
+    if p <= 0:
+        return None
+    if torch.compiler.is_compiling():
+        return torch.rand(x.shape, device=x.device) < p
+    return drop_mask(tuple(x.shape), p, x.device)
 
 
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -82,7 +92,8 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     dropout = self.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
     delta = LoraDelta.apply(x, self.lora_A[name].weight, self.lora_B[name].weight,
-                            float(self.scaling[name]), p, _compute_dtype(x))
+                            float(self.scaling[name]), _mask(x, p),
+                            1.0 / (1.0 - p) if p > 0 else 1.0, _compute_dtype(x))
     return (result + delta).to(result.dtype)
 
 
