@@ -11,7 +11,13 @@ import torch
 from doctune.data.store import IGNORE_INDEX
 from doctune.device import Precision, resolve_device, resolve_precision
 from doctune.errors import ConfigError
-from doctune.train.batches import BatchOrder, collate, count_loss_tokens
+from doctune.train.batches import (
+    GROUP_BATCHES,
+    BatchOrder,
+    collate,
+    count_loss_tokens,
+    window_lengths,
+)
 from doctune.train.optim import lr_lambda
 
 
@@ -31,6 +37,35 @@ def test_batch_order_is_a_seeded_permutation_per_epoch() -> None:
     assert [again.indices(k) for k in (7, 2, 9)] == [order.indices(k) for k in (7, 2, 9)]
     assert BatchOrder(10, 3, seed=2).indices(0) != order.indices(0)
     assert order.epoch_of(5) == 1.5
+
+
+@pytest.mark.parametrize("n", [200, 203])  # a multiple of the batch size, and not
+def test_grouped_order_batches_windows_of_one_length_and_keeps_every_epoch_whole(n: int) -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.choice([40, 256], size=n).tolist()  # questions beside whole windows
+    order = BatchOrder(n, 4, seed=3, lengths=lengths)
+    steps = -(-3 * n // 4)
+    batches = [order.indices(k) for k in range(steps)]
+    stream = [i for b in batches for i in b]
+    for e in range(3):  # each epoch still shows every window once
+        assert sorted(stream[e * n:(e + 1) * n]) == list(range(n))
+    mixed = sum(len({lengths[i] for i in b}) > 1 for b in batches)
+    plain = BatchOrder(n, 4, seed=3)
+    mixed_plain = sum(len({lengths[i] for i in plain.indices(k)}) > 1 for k in range(steps))
+    # at most one mixed batch per group of GROUP_BATCHES (and per epoch seam); at random most are
+    assert mixed <= 3 * (-(-n // (4 * GROUP_BATCHES)) + 1) < mixed_plain
+    plain_stream = [i for k in range(steps) for i in plain.indices(k)]
+    assert stream[:n] != plain_stream[:n] and stream[:n] != stream[n:2 * n]  # still shuffled
+    again = BatchOrder(n, 4, seed=3, lengths=lengths)  # a pure function of (seed, position)
+    assert [again.indices(k) for k in (90, 5, 140)] == [batches[k] for k in (90, 5, 140)]
+
+
+def test_windows_of_one_length_keep_the_plain_order() -> None:
+    grouped, plain = BatchOrder(50, 4, seed=1, lengths=[256] * 50), BatchOrder(50, 4, seed=1)
+    assert [grouped.indices(k) for k in range(30)] == [plain.indices(k) for k in range(30)]
+    with pytest.raises(ValueError, match="3 lengths for 50 windows"):
+        BatchOrder(50, 4, seed=1, lengths=[1, 2, 3])
+    assert window_lengths([W(np.arange(3)), W(np.arange(7))]) == [3, 7]
 
 
 def test_collate_pads_right_and_masks_context_and_padding() -> None:

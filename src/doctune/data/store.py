@@ -71,6 +71,10 @@ class WindowSet:
     def __len__(self) -> int:
         return len(self.index)
 
+    def lengths(self) -> np.ndarray:
+        """Each window's token count, from the index (no tokens read)."""
+        return self.index[:, 2].copy()
+
     def __getitem__(self, i: int) -> Window:
         n = len(self.index)
         if not -n <= i < n:

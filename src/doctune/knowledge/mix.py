@@ -137,16 +137,19 @@ def qa_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_size
     return out, too_long
 
 
-def answer_windows(tokenizer: Any, pairs: Sequence[Mapping[str, str]], *, block_size: int,
+def answer_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_size: int,
                    system: str | None = None) -> list[Window]:
-    """``{prompt, answer}`` pairs in the chat template, loss on the answer (the replayed
-    answers of :mod:`doctune.knowledge.replay`); a pair longer than ``block_size`` is left out."""
+    """``{prompt, answer[, stopped]}`` pairs in the chat template, loss on the answer (the
+    replayed answers of :mod:`doctune.knowledge.replay`); an answer with ``stopped: false``
+    (cut off at a length) is trained without the end-of-turn token; a pair longer than
+    ``block_size`` is left out."""
     out = []
     for p in pairs:
         ex = render_qa(tokenizer, p["prompt"], p["answer"], system=system)
-        if len(ex.input_ids) <= block_size:
-            out.append(_window(ex.input_ids, next(k for k, x in enumerate(ex.labels)
-                                                  if x != IGNORE_INDEX)))
+        ids = ex.input_ids if p.get("stopped", True) else ex.input_ids[:-1]
+        if len(ids) <= block_size:
+            out.append(_window(ids, next(k for k, x in enumerate(ex.labels)
+                                         if x != IGNORE_INDEX)))
     return out
 
 
@@ -260,6 +263,17 @@ class MixedWindows:
     def __getitem__(self, i: int) -> Window:
         source, j = (int(v) for v in self.entries[i])
         return self.docs[j] if source == 0 else self.extra[SOURCES[source]][j]
+
+    def lengths(self) -> np.ndarray:
+        """Each entry's token count."""
+        doc_lengths = self.docs.lengths() if len(self.docs) else np.zeros(0, np.int64)
+        extra = {s: np.array([len(w.ids) for w in v], dtype=np.int64)
+                 for s, v in self.extra.items()}
+        out = np.zeros(len(self.entries), dtype=np.int64)
+        for k, s in enumerate(SOURCES):
+            rows = self.entries[:, 0] == k
+            out[rows] = (doc_lengths if s == "docs" else extra[s])[self.entries[rows, 1]]
+        return out
 
     def source_of(self, i: int) -> str:
         """Which source entry ``i`` comes from."""

@@ -3,6 +3,14 @@
 The order is a pure function of (seed, position): sample ``i`` of the endless stream is
 ``perm(epoch = i // n)[i % n]``, each epoch shuffled by its own seeded generator. A run that
 resumes at micro-step ``k`` therefore sees exactly the batches an uninterrupted run would.
+
+With the windows' lengths (``train.group_by_length``, as the Hugging Face Trainer's option
+of that name does) each epoch's shuffled order is regrouped so that a micro-batch holds
+windows of about one length: the shuffled order is cut into groups of
+:data:`GROUP_BATCHES` micro-batches, each group sorted by length and cut into its
+micro-batches, which are shuffled again. A knowledge mix puts questions of a few dozen
+tokens beside whole windows; mixed at random nearly every batch is padded to the longest,
+grouped the short ones make short batches. Still a pure function of (seed, position).
 """
 
 from __future__ import annotations
@@ -31,15 +39,28 @@ class WindowsLike(Protocol):
     def __getitem__(self, i: int) -> WindowLike: ...
 
 
-class BatchOrder:
-    """Which windows make up micro-batch ``k``, for any ``k``, without state."""
+GROUP_BATCHES = 16
+"""Micro-batches per length group: the order stays random at the scale of a few dozen
+steps, while each batch is padded only to windows of about its own length."""
 
-    def __init__(self, n_windows: int, micro_batch_size: int, seed: int) -> None:
+
+class BatchOrder:
+    """Which windows make up micro-batch ``k``, for any ``k``, without state.
+
+    ``lengths`` (one per window): group each epoch's order by length (module docstring);
+    None, or windows all of one length, keep the plain shuffled order."""
+
+    def __init__(self, n_windows: int, micro_batch_size: int, seed: int,
+                 lengths: Sequence[int] | None = None) -> None:
         if n_windows <= 0:
             raise ValueError("BatchOrder needs at least one window")
+        if lengths is not None and len(lengths) != n_windows:
+            raise ValueError(f"{len(lengths)} lengths for {n_windows} windows")
         self.n = n_windows
         self.size = micro_batch_size
         self.seed = seed
+        self.lengths = (list(lengths) if lengths is not None and len(set(lengths)) > 1
+                        and micro_batch_size > 1 else None)
         self._epoch = -1
         self._perm: list[int] = []
 
@@ -49,8 +70,30 @@ class BatchOrder:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None:
+                self._perm = self._grouped(self._perm, epoch, g)
             self._epoch = epoch
         return self._perm
+
+    def _grouped(self, perm: list[int], epoch: int, g: torch.Generator) -> list[int]:
+        """``perm`` regrouped by length, along the micro-batch boundaries of ``epoch``
+        (an epoch whose length is not a multiple of the micro-batch size starts inside a
+        batch: those first positions, which finish the previous epoch's batch, stay)."""
+        import torch
+
+        assert self.lengths is not None
+        lengths, size = self.lengths, self.size
+        first = (-epoch * self.n) % size  # where this epoch's first whole batch starts
+        out = perm[:first]
+        group = size * GROUP_BATCHES
+        for lo in range(first, self.n, group):
+            chunk = sorted(perm[lo:lo + group], key=lambda i: -lengths[i])  # stable
+            batches = [chunk[k:k + size] for k in range(0, len(chunk), size)]
+            whole = len(chunk) // size  # a last, partial batch stays last: it joins the next
+            for k in torch.randperm(whole, generator=g).tolist():
+                out += batches[k]
+            out += [i for b in batches[whole:] for i in b]
+        return out
 
     def indices(self, micro_step: int) -> list[int]:
         """Window indices of micro-batch number ``micro_step`` (0-based)."""
@@ -62,6 +105,14 @@ class BatchOrder:
     def epoch_of(self, micro_step: int) -> float:
         """Epochs completed (fractional) after ``micro_step`` micro-batches."""
         return micro_step * self.size / self.n
+
+
+def window_lengths(windows: WindowsLike) -> list[int]:
+    """Each window's token count (read from a window index when the set has one)."""
+    lengths = getattr(windows, "lengths", None)
+    if callable(lengths):
+        return [int(x) for x in lengths()]
+    return [len(windows[i].ids) for i in range(len(windows))]
 
 
 LENGTH_STEP = 64

@@ -27,7 +27,7 @@ from doctune.device import release_if_near_budget
 from doctune.errors import TrainingError
 from doctune.rundir import RunDir
 from doctune.train import dist, finish, setup
-from doctune.train.batches import BatchOrder, collate, count_loss_tokens
+from doctune.train.batches import BatchOrder, collate, count_loss_tokens, window_lengths
 from doctune.train.checkpoint import (
     TrainState,
     check_resumable,
@@ -101,7 +101,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
         cfg, env = fitted.cfg, fitted.env
         setup.open_run_folder(folder, cfg, env, resume=resume, overwrite=overwrite)  # 3.
         setup.seed_everything(cfg.train.seed)
-        inputs = load_inputs(cfg, env, folder, resume=resume)  # 4. tokenizer, windows, mix
+        say = _say if env.is_main and not quiet else _silent
+        inputs = load_inputs(cfg, env, folder, resume=resume, say=say)  # 4. tokenizer, windows, mix
         setup.seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
         model = build_model(cfg, env, folder, inputs.tokenizer, hw, resume=resume)  # 5.
         optim = setup.make_optimizer(cfg, model.model, hw, train_windows=len(inputs.train),
@@ -120,6 +121,14 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
             return result
         finally:
             monitor.close()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _silent(text: str) -> None:
+    pass
 
 
 def _start(run: Run, resume: bool) -> tuple[TrainState, float | None]:
@@ -160,7 +169,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     model, module, device, prec = run.model.model, run.model.module, run.hw.device, run.hw.precision
     opt, sched, scaler = run.optim.optimizer, run.optim.scheduler, run.optim.scaler
     windows, total_steps = run.inputs.train, run.optim.schedule.total_steps
-    order = BatchOrder(len(windows), t.micro_batch_size, t.seed)
+    order = BatchOrder(len(windows), t.micro_batch_size, t.seed,
+                       lengths=window_lengths(windows) if t.group_by_length else None)
     state, val_before = _start(run, resume)
 
     # ---- the loop ------------------------------------------------------------------
