@@ -108,6 +108,12 @@ def test_train_studies_and_ends_with_what_the_model_learnt(models: dict[str, Pat
     manifest = json.loads((tmp_path / "run" / "knowledge" / "manifest.json").read_text())
     assert manifest["control_docs"] == [] and (tmp_path / "run" / "knowledge_eval.json").is_file()
     assert (tmp_path / "run" / "knowledge" / "amplified.jsonl").stat().st_size > 0
+    # what takes a while before the first step is said; the end leaves the blank-filling
+    # comparison to `doctune eval --knowledge`
+    assert "making the study data from the docs" in out
+    assert "the base model answers general prompts (replayed against forgetting)" in out
+    tuned = json.loads((tmp_path / "run" / "knowledge_eval.json").read_text())["tuned"]
+    assert "heldout_contains" in tuned and not any("template" in k for k in tuned)
 
 
 def test_docs_only_trains_the_documents_alone(models: dict[str, Path], docs: Path,

@@ -28,7 +28,7 @@ def test_general_prompts_are_many_and_distinct() -> None:
     assert all(p == p.strip() and len(p) > 10 for p in prompts)
 
 
-def test_only_answers_that_stop_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_answers_are_kept_with_whether_they_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     def greedy(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[Generation]:
         assert kw["max_new_tokens"] == replay.MAX_NEW_TOKENS
         return [Generation("fine.", [1, 2], True), Generation("rambles on and", [3] * 9, False),
@@ -36,7 +36,22 @@ def test_only_answers_that_stop_are_kept(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr("doctune.knowledge.score.greedy_answers", greedy)
     got = replay.base_answers(None, None, ["a?", "b?", "c?"])
-    assert got == [{"prompt": "a?", "answer": "fine."}]
+    assert got == [{"prompt": "a?", "answer": "fine.", "stopped": True},
+                   {"prompt": "b?", "answer": "rambles on and", "stopped": False}]
+
+
+def test_an_answer_cut_off_is_trained_without_the_end_of_turn(tmp_path: Path) -> None:
+    from doctune.data.tokenize import load_tokenizer
+    from doctune.knowledge.chat import end_of_turn_id
+    from doctune.knowledge.mix import answer_windows
+
+    tok = load_tokenizer(_tiny_model(tmp_path / "m", chat=True))
+    pair = {"prompt": "Why is the sky blue?", "answer": "Because of Rayleigh"}
+    stopped, cut, old = (answer_windows(tok, [r], block_size=128)[0]
+                         for r in ({**pair, "stopped": True}, {**pair, "stopped": False}, pair))
+    eot = end_of_turn_id(tok)
+    assert stopped.ids[-1] == eot and old.ids.tolist() == stopped.ids.tolist()  # no flag: stopped
+    assert cut.ids.tolist() == stopped.ids[:-1].tolist() and cut.loss_start == stopped.loss_start
 
 
 def _fake_answers(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[dict[str, str]]:

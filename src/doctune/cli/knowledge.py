@@ -130,8 +130,10 @@ def knowledge_eval(model: str, *, synth_dir: Path | None, device: str,
     if not RunDir.is_run(model):
         raise ConfigError(f"--knowledge compares a run with its base: pass a run folder (the "
                           f"`--out` of `doctune train`), got {model!r}.")
+    from doctune.knowledge.exam import MAX_QUESTIONS
+
     result = evaluate_run(model, device=device, synth_dir=synth_dir, questions=questions,
-                          **({"max_questions": max_questions} if max_questions else {}))
+                          max_questions=max_questions or MAX_QUESTIONS)
     save_result(RunDir.open(model), result)
     result.pop("answers", None)  # in knowledge_answers.jsonl
     if json_:

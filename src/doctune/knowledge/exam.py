@@ -145,9 +145,11 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
                 system: str | None = None, max_new_tokens: int = 32,
                 max_text_tokens: int | None = None, handwritten: Sequence[Item] = (),
                 sections: dict[Any, str] | None = None,
-                records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                records: list[dict[str, Any]] | None = None,
+                templates: bool = True) -> dict[str, Any]:
     """The knowledge numbers of one model (see the module docstring for the keys);
-    ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look).
+    ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look);
+    ``templates=False`` leaves out the sentence-with-a-blank comparison (``*_template_*``).
 
     ``handwritten``: items of a question file, scored as ``hand_*`` (trained pages) and
     ``hand_control_*``. ``sections``: open book, each question with its section before it
@@ -156,7 +158,7 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
     stopped: list[bool] = []
     natural = any(q.get("source") == "natural" for q in synth.qa)
     sets = [("", *generated_items(synth.qa, synth.mc, source="natural" if natural else None))]
-    if natural and sections is None:  # the sentence-with-a-blank questions, for comparison
+    if natural and sections is None and templates:  # sentence-with-a-blank, for comparison
         sets.append(("template_", *generated_items(synth.qa, synth.mc, source="template")))
     kw = {"system": system, "max_new_tokens": max_new_tokens}
     for tag, qa, mc in sets:
@@ -256,7 +258,7 @@ def merge_answers(base: list[dict[str, Any]], open_book: list[dict[str, Any]],
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path | None = None,
                  max_questions: int = MAX_QUESTIONS,
-                 questions: Path | None = None) -> dict[str, Any]:
+                 questions: Path | None = None, templates: bool = True) -> dict[str, Any]:
     """Base vs tuned knowledge numbers of a run folder: ``{"base", "open_book", "tuned",
     "change", "gap_closed", "answers", ...}``; ``answers`` holds one line per question
     (:func:`merge_answers`).
@@ -266,7 +268,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
     (:mod:`~doctune.knowledge.questions`) scored beside the generated questions. The open
     book is the base with each question's section in its prompt. Both models are scored with
     the tuned model's tokenizer (a base without the chat tokens training added gets them,
-    untrained)."""
+    untrained). ``templates=False``: without the sentence-with-a-blank comparison (the end
+    of a run leaves it to ``doctune eval --knowledge``)."""
     from doctune.errors import DataError
     from doctune.inference import load_for_inference
     from doctune.knowledge.questions import file_items, load_question_file, section_texts
@@ -292,7 +295,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
         return score_model(model, tuned.tokenizer, synth, control_texts=texts,
                            block_size=cfg.data.block_size, max_questions=max_questions,
                            system=cfg.knowledge.system_prompt, handwritten=hand,
-                           sections=sections, records=records[name])
+                           sections=sections, records=records[name], templates=templates)
 
     scores = {"tuned": score(tuned.model, "tuned")}
     sections = section_texts(synth.folder)

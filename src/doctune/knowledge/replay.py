@@ -12,8 +12,11 @@ general-English perplexity stays a measure of forgetting for every recipe.
 
 The answers are made once per run, before training, with the base model loaded for
 inference on the training device, and kept in the run folder (``replay.jsonl``: prompt,
-answer), which a resumed run reads back. An answer that does not stop within
-:data:`MAX_NEW_TOKENS` tokens, or is empty, is left out.
+answer, stopped), which a resumed run reads back. An answer that does not stop within
+:data:`MAX_NEW_TOKENS` tokens is kept as far as it went (``stopped: false``) and trained
+without an end of turn: a small model rambles past that length on most open prompts, and
+those first tokens are as much its own behaviour as a short answer is. An empty answer is
+left out.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 MAX_NEW_TOKENS = 160
 """Longest replayed answer, in tokens."""
+GENERATE_BATCH = 16
+"""Prompts answered at once (left-padded): the answers run to about the same length."""
 FILE = "replay.jsonl"
 """The answers, in the run folder."""
 
@@ -36,21 +41,22 @@ def general_prompts() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def read_answers(path: Path) -> list[dict[str, str]]:
-    """The ``{prompt, answer}`` lines of a replay file."""
+def read_answers(path: Path) -> list[dict[str, Any]]:
+    """The ``{prompt, answer[, stopped]}`` lines of a replay file."""
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def base_answers(model: Any, tokenizer: Any, prompts: list[str], *,
-                 system: str | None = None) -> list[dict[str, str]]:
-    """``model``'s greedy answers to ``prompts`` that stopped and are not empty."""
+                 system: str | None = None) -> list[dict[str, Any]]:
+    """``model``'s greedy answers to ``prompts`` that are not empty, each with whether it
+    stopped within :data:`MAX_NEW_TOKENS` tokens."""
     from doctune.knowledge.score import greedy_answers
 
     gens = greedy_answers(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                          system=system)
-    return [{"prompt": p, "answer": g.text} for p, g in zip(prompts, gens, strict=True)
-            if g.stopped and g.text]
+                          system=system, batch_size=GENERATE_BATCH)
+    return [{"prompt": p, "answer": g.text, "stopped": g.stopped}
+            for p, g in zip(prompts, gens, strict=True) if g.text]
 
 
 def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | None = None,
@@ -80,7 +86,7 @@ def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | 
         empty_cache(where)
 
 
-def _write(path: Path, rows: list[dict[str, str]]) -> None:
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     from doctune.atomic import write_text
 
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

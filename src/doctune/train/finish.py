@@ -84,7 +84,7 @@ def evaluate_knowledge(run: Run) -> list[str]:
     try:
         run.monitor.message("scoring what the model learnt (base vs tuned, held-out questions) ...")
         result = evaluate_run(run.folder.path, device=run.hw.device.type,
-                              max_questions=END_OF_RUN_QUESTIONS)
+                              max_questions=END_OF_RUN_QUESTIONS, templates=False)
         save_result(run.folder, result)
         return headline(result)
     except Exception as e:  # an evaluation failure must never lose a finished run

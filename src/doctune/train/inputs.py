@@ -8,6 +8,7 @@ others wait, then read what it made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +26,18 @@ if TYPE_CHECKING:
     from doctune.knowledge.mix import MixedWindows
 
 
-def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool) -> Inputs:
-    """The tokenizer and windows of the run in ``folder``, knowledge mixed in."""
+def _silent(text: str) -> None:
+    pass
+
+
+def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
+                say: Callable[[str], None] = _silent) -> Inputs:
+    """The tokenizer and windows of the run in ``folder``, knowledge mixed in. ``say``
+    tells the user what takes a while before training starts (the monitor is not open yet)."""
     from doctune.modeling import pad_token_id
 
+    if cfg.knowledge.enabled and cfg.knowledge.auto and not (resume and folder.knowledge_dir.is_dir()):
+        say("making the study data from the docs: facts, questions, restatements ...")
     knowledge = dist.main_first(env, lambda: load_knowledge(cfg, folder))
     if not env.is_main:  # the synth data rank 0 made (or found)
         knowledge = load_knowledge(cfg, folder, make=False)
@@ -38,7 +47,8 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool) -> I
     if tokenizer is None:  # the other ranks read the tokenizer rank 0 made or chose
         tokenizer = _tokenizer(cfg, folder)
     docs, val, fingerprint = _open_store(cfg, folder)
-    replay, study = _from_base(cfg, env, folder, tokenizer, knowledge) if knowledge else (None, None)
+    replay, study = (_from_base(cfg, env, folder, tokenizer, knowledge, say) if knowledge
+                     else (None, None))
     train = (mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay, study=study)
              if knowledge else docs)
     t = cfg.train
@@ -49,7 +59,7 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool) -> I
 
 
 def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
-               knowledge: KnowledgeSetup) -> tuple[list[dict[str, str]] | None, list[dict[str, str]] | None]:
+               knowledge: KnowledgeSetup, say: Callable[[str], None] = _silent) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """What the base model says before training, made by rank 0 (one model load) and read
     back on resume and by the other ranks: its answers to the general prompts to replay
     (:mod:`doctune.knowledge.replay`) and its open-book answers to the trained questions
@@ -74,6 +84,10 @@ def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
 
     def make() -> None:
         if missing_r or missing_s:
+            what = [*(["general prompts (replayed against forgetting)"] if missing_r else []),
+                    *(["the trained questions with their sections (self-study)"] if missing_s
+                      else [])]
+            say(f"the base model answers {' and '.join(what)} ...")
             make_answers(cfg.model.name, tokenizer, device=cfg.train.device,
                          system=k.system_prompt, replay=r_file if missing_r else None,
                          study=(knowledge.synth, s_file) if missing_s else None)

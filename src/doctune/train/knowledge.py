@@ -84,8 +84,8 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
 
 def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                      docs: WindowSet, *,
-                     replay: Sequence[Mapping[str, str]] | None = None,
-                     study: Sequence[Mapping[str, str]] | None = None) -> MixedWindows:
+                     replay: Sequence[Mapping[str, Any]] | None = None,
+                     study: Sequence[Mapping[str, Any]] | None = None) -> MixedWindows:
     """The docs' training windows with the configured shares of the other sources mixed in.
     ``replay``: the base model's answers to replay (:mod:`doctune.knowledge.replay`); None
     replays the shipped general text. ``study``: the base model's open-book answers to
