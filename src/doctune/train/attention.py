@@ -29,6 +29,9 @@ def register_attention() -> str:
 
     The masks are built as for ``sdpa`` (None for a purely causal batch).
     """
+    from doctune.quantize import import_torchao_quietly
+
+    import_torchao_quietly()  # transformers' model code imports it when it is installed
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
