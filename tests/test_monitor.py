@@ -194,8 +194,17 @@ def test_eta_after_a_laptop_slept_through_one_step() -> None:
     disp = ProgressDisplay(100, progress=False, stream=out, clock=lambda: next(clock))
     for step in range(1, 6):
         disp.update(step, {"train_loss": 1.0})
-    assert disp.eta(5) == 2.0 * 95  # the median step, not the average since the start
+    assert disp.eta(5) == 2.0 * 95  # the usual step, not the average since the start
     assert out.getvalue().splitlines()[-1].endswith("| eta 3:10")
+
+
+def test_eta_of_short_and_long_steps_is_their_mean() -> None:
+    times = [0.0, 1.0, 4.0, 5.0, 8.0, 9.0]  # short (1 s) and long (3 s) batches, alternating
+    clock = iter(times)
+    disp = ProgressDisplay(101, progress=False, stream=io.StringIO(), clock=lambda: next(clock))
+    for step in range(1, 7):
+        disp.update(step, {"train_loss": 1.0})
+    assert disp.eta(6) == pytest.approx(95 * 9.0 / 5)  # the mean step (1.8 s), not 1 s or 3 s
 
 
 def test_progress_bar_on_a_terminal() -> None:

@@ -91,11 +91,15 @@ class ProgressDisplay:
             self._print(line)
 
     def eta(self, step: int) -> float | None:
-        """Seconds left: the median time of the recent steps times the steps left. A median,
-        so that one long gap (a laptop asleep) does not stretch the estimate."""
+        """Seconds left: the mean time of the recent steps times the steps left, leaving out
+        steps over 3x the median, so that one long gap (a laptop asleep) does not stretch the
+        estimate. A mean, not the median: with short and long batches (questions grouped
+        apart from whole windows) the median would be one kind's time or the other's."""
         if not self._step_s:
             return None
-        return statistics.median(self._step_s) * (self.total - step)
+        cap = 3 * statistics.median(self._step_s)
+        usual = [s for s in self._step_s if s <= cap]
+        return statistics.fmean(usual) * (self.total - step)
 
     def message(self, text: str) -> None:
         """A line above the bar (dropped when quiet)."""
