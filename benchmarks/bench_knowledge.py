@@ -188,11 +188,15 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
     loaded = load_for_inference(out, device="cpu")
     synth = load_synth(synth_dir)
     texts = control_texts(synth, args.corpus, exclude=())
-    tuned = score(loaded.model, loaded.tokenizer, synth, texts, mode)
+    records: list[dict[str, Any]] = []
+    tuned = score(loaded.model, loaded.tokenizer, synth, texts, mode, records=records)
+    answers = args.work / f"answers-{name.replace(' ', '_').replace(',', '')}.jsonl"
+    answers.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                       encoding="utf-8")
     print(f"{name}: {steps} steps, {result.tokens_seen:,} tokens, {wall:.0f} s; "
           f"hand MC {fmt(tuned.get('hand_mc_acc'))}, in-reply {fmt(tuned.get('hand_contains'))}; "
           f"gen MC {fmt(tuned.get('heldout_mc_acc'))}, in-reply "
-          f"{fmt(tuned.get('heldout_contains'))}", flush=True)
+          f"{fmt(tuned.get('heldout_contains'))}; answers in {answers}", flush=True)
     return {"recipe": name, "shares": shares, "steps": steps,
             "input_tokens": round(steps * MICRO_BATCH * mean),
             "tokens_trained": result.tokens_seen, "train_s": wall, "tuned": tuned}
