@@ -60,6 +60,17 @@ def test_grouped_order_batches_windows_of_one_length_and_keeps_every_epoch_whole
     assert [again.indices(k) for k in (90, 5, 140)] == [batches[k] for k in (90, 5, 140)]
 
 
+def test_grouping_is_by_step_so_a_step_holds_the_same_windows_however_it_is_split() -> None:
+    lengths = np.random.default_rng(1).choice([40, 128, 256], size=150).tolist()
+    one_of_four = BatchOrder(150, 4, seed=5, lengths=lengths, step_windows=4)
+    four_of_one = BatchOrder(150, 1, seed=5, lengths=lengths, step_windows=4)
+    for step in range(80):  # past the first epoch's end
+        whole = one_of_four.indices(step)
+        assert [four_of_one.indices(4 * step + k)[0] for k in range(4)] == whole
+    with pytest.raises(ValueError, match="not whole micro-batches"):
+        BatchOrder(150, 4, seed=5, lengths=lengths, step_windows=6)
+
+
 def test_windows_of_one_length_keep_the_plain_order() -> None:
     grouped, plain = BatchOrder(50, 4, seed=1, lengths=[256] * 50), BatchOrder(50, 4, seed=1)
     assert [grouped.indices(k) for k in range(30)] == [plain.indices(k) for k in range(30)]

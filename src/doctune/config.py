@@ -131,7 +131,7 @@ class TrainConfig(_Section):
     grad_accum: int = Field(4, ge=1, le=65536)
     """Micro-batches per optimizer step (effective batch = micro_batch_size x grad_accum)."""
     group_by_length: bool = True
-    """Put windows of about one length in a micro-batch (short questions together): less padding, same data; false: plain shuffled order."""
+    """Put windows of about one length in an optimizer step (short questions together): less padding, same data; false: plain shuffled order."""
     lr: float | None = Field(None, gt=0, le=10.0)
     """Peak learning rate; null = 1e-3 for LoRA and scratch presets, 1e-4 for full fine-tuning of a pretrained model."""
     warmup_steps: int = Field(10, ge=0, le=MAX_COUNT)

@@ -5,12 +5,14 @@ The order is a pure function of (seed, position): sample ``i`` of the endless st
 resumes at micro-step ``k`` therefore sees exactly the batches an uninterrupted run would.
 
 With the windows' lengths (``train.group_by_length``, as the Hugging Face Trainer's option
-of that name does) each epoch's shuffled order is regrouped so that a micro-batch holds
-windows of about one length: the shuffled order is cut into groups of
-:data:`GROUP_BATCHES` micro-batches, each group sorted by length and cut into its
-micro-batches, which are shuffled again. A knowledge mix puts questions of a few dozen
-tokens beside whole windows; mixed at random nearly every batch is padded to the longest,
-grouped the short ones make short batches. Still a pure function of (seed, position).
+of that name does) each epoch's shuffled order is regrouped so that an optimizer step holds
+windows of about one length: the shuffled order is cut into groups of :data:`GROUP_BATCHES`
+steps, each group sorted by length and cut into its steps, which are shuffled again. A
+knowledge mix puts questions of a few dozen tokens beside whole windows; mixed at random
+nearly every batch is padded to the longest, grouped the short ones make short batches.
+Grouping by step, not by micro-batch, keeps each step's windows the same however the step is
+split (4 micro-batches of 1 == 1 of 4 == 2 processes x 2 of 1). Still a pure function of
+(seed, position).
 """
 
 from __future__ import annotations
@@ -40,18 +42,20 @@ class WindowsLike(Protocol):
 
 
 GROUP_BATCHES = 16
-"""Micro-batches per length group: the order stays random at the scale of a few dozen
+"""Optimizer steps per length group: the order stays random at the scale of a few dozen
 steps, while each batch is padded only to windows of about its own length."""
 
 
 class BatchOrder:
     """Which windows make up micro-batch ``k``, for any ``k``, without state.
 
-    ``lengths`` (one per window): group each epoch's order by length (module docstring);
-    None, or windows all of one length, keep the plain shuffled order."""
+    ``lengths`` (one per window): group each epoch's order by length, in units of
+    ``step_windows`` (the windows of one optimizer step over all processes; default one
+    micro-batch), see the module docstring. None, windows all of one length, or steps of one
+    window keep the plain shuffled order."""
 
     def __init__(self, n_windows: int, micro_batch_size: int, seed: int,
-                 lengths: Sequence[int] | None = None) -> None:
+                 lengths: Sequence[int] | None = None, step_windows: int | None = None) -> None:
         if n_windows <= 0:
             raise ValueError("BatchOrder needs at least one window")
         if lengths is not None and len(lengths) != n_windows:
@@ -59,8 +63,12 @@ class BatchOrder:
         self.n = n_windows
         self.size = micro_batch_size
         self.seed = seed
+        self.unit = step_windows or micro_batch_size
+        if self.unit % micro_batch_size:
+            raise ValueError(f"a step of {self.unit} windows is not whole micro-batches of "
+                             f"{micro_batch_size}")
         self.lengths = (list(lengths) if lengths is not None and len(set(lengths)) > 1
-                        and micro_batch_size > 1 else None)
+                        and self.unit > 1 else None)
         self._epoch = -1
         self._perm: list[int] = []
 
@@ -76,13 +84,13 @@ class BatchOrder:
         return self._perm
 
     def _grouped(self, perm: list[int], epoch: int, g: torch.Generator) -> list[int]:
-        """``perm`` regrouped by length, along the micro-batch boundaries of ``epoch``
-        (an epoch whose length is not a multiple of the micro-batch size starts inside a
-        batch: those first positions, which finish the previous epoch's batch, stay)."""
+        """``perm`` regrouped by length, along the step boundaries of ``epoch`` (an epoch
+        whose length is not a multiple of the step starts inside a step: those first
+        positions, which finish the previous epoch's step, stay)."""
         import torch
 
         assert self.lengths is not None
-        lengths, size = self.lengths, self.size
+        lengths, size = self.lengths, self.unit
         first = (-epoch * self.n) % size  # where this epoch's first whole batch starts
         out = perm[:first]
         group = size * GROUP_BATCHES

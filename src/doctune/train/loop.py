@@ -170,7 +170,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     opt, sched, scaler = run.optim.optimizer, run.optim.scheduler, run.optim.scaler
     windows, total_steps = run.inputs.train, run.optim.schedule.total_steps
     order = BatchOrder(len(windows), t.micro_batch_size, t.seed,
-                       lengths=window_lengths(windows) if t.group_by_length else None)
+                       lengths=window_lengths(windows) if t.group_by_length else None,
+                       step_windows=t.micro_batch_size * t.grad_accum * env.world)
     state, val_before = _start(run, resume)
 
     # ---- the loop ------------------------------------------------------------------
