@@ -142,6 +142,10 @@ def test_shares_need_room_for_docs_and_a_source() -> None:
     with pytest.raises(ConfigError, match="need questions and rephrasings"):
         load_config(None, ["knowledge.qa_share=0.3"])
     assert not load_config(None, []).knowledge.enabled
+    # one pass of everything: the other shares only switch a source on, replay is a share
+    once = load_config(None, ["knowledge.auto=true", "knowledge.mix=once", "knowledge.qa_share=0.6",
+                              "knowledge.rephrase_share=0.3", "knowledge.replay_share=0.2"])
+    assert once.knowledge.replay_share == 0.2
 
 
 @pytest.fixture(scope="module")
