@@ -196,7 +196,9 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
     print(f"{name}: {steps} steps, {result.tokens_seen:,} tokens, {wall:.0f} s; "
           f"hand MC {fmt(tuned.get('hand_mc_acc'))}, in-reply {fmt(tuned.get('hand_contains'))}; "
           f"gen MC {fmt(tuned.get('heldout_mc_acc'))}, in-reply "
-          f"{fmt(tuned.get('heldout_contains'))}; answers in {answers}", flush=True)
+          f"{fmt(tuned.get('heldout_contains'))}; general ppl {fmt(tuned.get('general_ppl'), '.1f')}, "
+          f"control-page ppl {fmt(tuned.get('heldout_doc_ppl'), '.1f')}; answers in {answers}",
+          flush=True)
     return {"recipe": name, "shares": shares, "steps": steps,
             "input_tokens": round(steps * MICRO_BATCH * mean),
             "tokens_trained": result.tokens_seen, "train_s": wall, "tuned": tuned}
