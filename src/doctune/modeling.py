@@ -328,9 +328,6 @@ def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float,
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    from doctune.quantize import import_torchao_quietly
-
-    import_torchao_quietly()  # before PEFT imports it for its own checks
     targets = target_modules or default_lora_targets(model)
     matched = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
     if not matched:
