@@ -266,7 +266,7 @@ class MixedWindows:
 
     def lengths(self) -> np.ndarray:
         """Each entry's token count."""
-        doc_lengths = self.docs.lengths() if len(self.docs) else np.zeros(0, np.int64)
+        doc_lengths = self.docs.lengths()
         extra = {s: np.array([len(w.ids) for w in v], dtype=np.int64)
                  for s, v in self.extra.items()}
         out = np.zeros(len(self.entries), dtype=np.int64)

@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from doctune.knowledge.mix import MixedWindows
 
 
-def _silent(text: str) -> None:
-    pass
+def silent(text: str) -> None:
+    """A ``say`` that says nothing (other ranks, ``--quiet``)."""
 
 
 def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
-                say: Callable[[str], None] = _silent) -> Inputs:
+                say: Callable[[str], None] = silent) -> Inputs:
     """The tokenizer and windows of the run in ``folder``, knowledge mixed in. ``say``
     tells the user what takes a while before training starts (the monitor is not open yet)."""
     from doctune.modeling import pad_token_id
@@ -59,7 +59,7 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
 
 
 def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
-               knowledge: KnowledgeSetup, say: Callable[[str], None] = _silent) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+               knowledge: KnowledgeSetup, say: Callable[[str], None] = silent) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """What the base model says before training, made by rank 0 (one model load) and read
     back on resume and by the other ranks: its answers to the general prompts to replay
     (:mod:`doctune.knowledge.replay`) and its open-book answers to the trained questions

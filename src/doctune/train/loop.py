@@ -35,7 +35,7 @@ from doctune.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from doctune.train.inputs import load_inputs
+from doctune.train.inputs import load_inputs, silent
 from doctune.train.model import build_model
 from doctune.train.parts import Run
 from doctune.train.speed import CompileTracker, eager
@@ -101,7 +101,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
         cfg, env = fitted.cfg, fitted.env
         setup.open_run_folder(folder, cfg, env, resume=resume, overwrite=overwrite)  # 3.
         setup.seed_everything(cfg.train.seed)
-        say = _say if env.is_main and not quiet else _silent
+        say = _say if env.is_main and not quiet else silent
         inputs = load_inputs(cfg, env, folder, resume=resume, say=say)  # 4. tokenizer, windows, mix
         setup.seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
         model = build_model(cfg, env, folder, inputs.tokenizer, hw, resume=resume)  # 5.
@@ -125,10 +125,6 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def _silent(text: str) -> None:
-    pass
 
 
 def _start(run: Run, resume: bool) -> tuple[TrainState, float | None]:
