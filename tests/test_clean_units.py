@@ -391,3 +391,20 @@ def test_mkdocs_admonition_without_space_or_with_quotes_in_its_title() -> None:
     src = '!!!note\n    Body one.\n\n!!! warning "The "best" way"\n    Body two.\n'
     assert clean(src, "mkdocs") == '**Note**\n\nBody one.\n\n**The "best" way**\n\nBody two.\n'
     assert sniff_dialect("!!!tip\n    A tip.\n") == "mkdocs"
+
+
+@pytest.mark.parametrize("dialect", ["mdx", "markdown", "mkdocs", "vitepress"])
+def test_a_fence_that_a_removed_tag_kept_out_of_a_list_stays_out(dialect: str) -> None:
+    # `<Tabs>` at the start of its line ends the list; once it is gone, the indented fence
+    # would join the item, and the code line at column 0 would end the item and the code.
+    src = ("- item\n\n<Tabs>\n  <TabItem value=\"js\">\n\n  ```js\nconst x = 1;\n  ```\n\n"
+           "  </TabItem>\n</Tabs>\n")
+    out = clean_markdown(src, dialect=dialect).text
+    assert out == "- item\n\n<!-- -->\n\n  ```js\nconst x = 1;\n  ```\n"
+    assert clean_markdown(out, dialect=dialect).text == out
+
+
+def test_a_fence_that_fits_the_list_gets_no_marker() -> None:
+    src = "- item\n\n<Tabs>\n\n  ```bash\n  npm install\n  ```\n\n</Tabs>\n"
+    out = clean_markdown(src, dialect="mdx").text
+    assert out == "- item\n\n  ```bash\n  npm install\n  ```\n"

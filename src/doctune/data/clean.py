@@ -218,6 +218,34 @@ def _tidy(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
     return out, out_code
 
 
+END_LIST = "<!-- -->"
+"""The line put between a list and an indented fence that a removed line used to keep out of
+it (CommonMark's own advice for ending a list): an empty comment, shown as nothing."""
+
+
+def _end_lists(lines: list[str], code: list[bool]) -> tuple[list[str], list[bool]]:
+    """Keep each fence out of a list it did not belong to.
+
+    A removed line at the start of a line (``<Tabs>`` after ``- item``) may be all that
+    ended a list: read again, an indented fence after it joins the list item, and a code
+    line less indented than the item's content ends the item and the code with it. Before
+    such a fence goes an empty comment, which ends the list as the removed line did (only
+    where that brings every code line back into code)."""
+    openers = [k for k in range(1, len(lines))
+               if code[k] and not code[k - 1] and lines[k][:1].isspace()]
+    if not openers or _code_kept(lines, code):
+        return lines, code
+    for k in reversed(openers):
+        tried = [*lines[:k], END_LIST, "", *lines[k:]]
+        tried_code = [*code[:k], False, False, *code[k:]]
+        if lines[k - 1].strip():
+            tried.insert(k, "")
+            tried_code.insert(k, False)
+        if _code_kept(tried, tried_code):
+            return tried, tried_code
+    return lines, code
+
+
 def _split_entries(entries: list[str], origin: list[int]) -> tuple[list[str], list[int]]:
     """Lines from per-line entries that may hold several lines, and each one's source line."""
     parts = [e.split("\n") for e in entries]
@@ -265,6 +293,7 @@ def _clean_once(text: str, dialect: str, notes: Notes, title_heading: bool) -> t
         if mdx or _code_kept(shifted, code):
             lines = shifted
     lines, code = _tidy(*_join_empty_items(lines, code))
+    lines, code = _end_lists(lines, code)
     if title and title_heading and not _has_h1(lines, code):
         heading = "# " + _TITLE_ESCAPES.sub(lambda m: "\\" + m.group(), title)
         lines = [heading, "", *lines] if lines else [heading]
