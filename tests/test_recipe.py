@@ -65,13 +65,27 @@ def test_a_chat_model_gets_the_study_recipe(models: dict[str, Path], docs: Path)
 @pytest.mark.parametrize(("sets", "docs_only", "name", "why"), [
     ([], True, "docs", "--docs-only"),
     (["knowledge.replay_share=0.1"], False, "custom", "knowledge"),
-    (["knowledge.heldout_fraction=0.5"], False, "docs", "knowledge"),
 ])
 def test_the_user_choice_wins(models: dict[str, Path], docs: Path, sets: list[str],
                               docs_only: bool, name: str, why: str) -> None:
     cfg = load_config(None, [f"model.name={models['chat']}", f"data.path={docs}", *sets])
     recipe = choose_recipe(cfg, docs_only=docs_only)
     assert (recipe.name, recipe.overrides) == (name, {}) and why in recipe.reason
+
+
+def test_split_and_evaluation_keys_keep_the_study_recipe_with_the_users_values(
+        models: dict[str, Path], docs: Path) -> None:
+    sets = ["knowledge.heldout_fraction=0.5", "knowledge.control_fraction=0.2",
+            "knowledge.dev_fraction=0.5"]
+    cfg = load_config(None, [f"model.name={models['chat']}", f"data.path={docs}", *sets])
+    recipe = choose_recipe(cfg)
+    assert recipe.name == "study"
+    assert recipe.overrides == {k: v for k, v in STUDY.items()
+                                if k != "knowledge.control_fraction"}
+    k = load_config(None, [f"model.name={models['chat']}", f"data.path={docs}", *sets],
+                    recipe.overrides).knowledge
+    assert (k.heldout_fraction, k.control_fraction, k.dev_fraction) == (0.5, 0.2, 0.5)
+    assert k.auto and k.mix == "once"
 
 
 def test_a_model_without_chat_template_trains_the_docs(models: dict[str, Path],

@@ -240,6 +240,10 @@ class KnowledgeConfig(_Section):
     """Share of natural question phrasings never trained: held-out facts are asked only in these (synth)."""
     natural_per_fact: int = Field(2, ge=1)
     """Natural questions per trained fact and direction, each in another trained phrasing (synth)."""
+    dev_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    """Share of held-out facts whose questions choose which step's weights become final/ (a dev split, never reported as test); 0: the last step's."""
+    dev_checks: int = Field(4, ge=0, le=1000)
+    """How many times during training the dev questions are asked (evenly spaced, the last after the last step); 0: the last step is final."""
     amplify: float = Field(0.0, ge=0.0, le=1000.0)
     """Amplified study data of about this many times the trained docs' tokens (synth; 0 = none): trained facts restated in many frames, lists, Q/A and passages."""
 

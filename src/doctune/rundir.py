@@ -18,6 +18,7 @@ A run folder holds::
     tokenizer/           the tokenizer trained for a from-scratch preset
     base/                the random base of a from-scratch LoRA run
     checkpoints/step-N/  weights.safetensors, optimizer.pt, trainer.pt, state.json (last)
+    best/                the trainable weights of the step that answered the dev questions best
     final/               the finished model: a transformers folder or a LoRA adapter
 
 :class:`RunDir` is the only module that knows these names. Commands resolve a folder into
@@ -94,6 +95,9 @@ class RunFacts(BaseModel):
     quant_types: dict[str, int] | None = None
     knowledge: dict[str, Any] | None = None
     """The knowledge mix: shares, examples per pass, distinct examples, what was left out."""
+    final_choice: dict[str, Any] | None = None
+    """Which step's weights ``final/`` holds and why: the dev split's facts, questions and
+    checks (:mod:`doctune.train.choose`), or why the last step is final."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Set several facts at once (each one checked against its type)."""
@@ -173,6 +177,8 @@ class RunDir:
         """The random base model of a from-scratch LoRA run."""
         self.checkpoints_dir = p / "checkpoints"
         self.final_dir = p / "final"
+        self.best_dir = p / "best"
+        """The best dev check's trainable weights (:mod:`doctune.train.choose`)."""
         self.final_staging = p / ".tmp-final"
 
     def __repr__(self) -> str:
@@ -237,7 +243,7 @@ class RunDir:
                 self.tensorboard_dir, self.data_dir, self.knowledge_dir,
                 self.knowledge_eval_file, self.knowledge_answers_file, self.replay_file, self.selfstudy_file,
                 self.tokenizer_dir, self.base_dir,
-                self.checkpoints_dir, self.final_dir, self.final_staging,
+                self.checkpoints_dir, self.final_dir, self.final_staging, self.best_dir,
                 self.path / "wandb",  # what W&B writes when given the run folder
                 *self.path.glob(TMP_GLOB)}
 

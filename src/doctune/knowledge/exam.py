@@ -146,20 +146,24 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
                 max_text_tokens: int | None = None, handwritten: Sequence[Item] = (),
                 sections: dict[Any, str] | None = None,
                 records: list[dict[str, Any]] | None = None,
-                templates: bool = True) -> dict[str, Any]:
+                templates: bool = True, leave_out: Sequence[str] = ()) -> dict[str, Any]:
     """The knowledge numbers of one model (see the module docstring for the keys);
     ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look);
     ``templates=False`` leaves out the sentence-with-a-blank comparison (``*_template_*``).
 
     ``handwritten``: items of a question file, scored as ``hand_*`` (trained pages) and
     ``hand_control_*``. ``sections``: open book, each question with its section before it
-    (no perplexities). ``records`` gets one line per question answered."""
+    (no perplexities). ``records`` gets one line per question answered. ``leave_out``: facts
+    whose questions are not asked (the dev split that chose the run's final step)."""
     out: dict[str, Any] = {}
     stopped: list[bool] = []
     natural = any(q.get("source") == "natural" for q in synth.qa)
-    sets = [("", *generated_items(synth.qa, synth.mc, source="natural" if natural else None))]
+    dev = set(leave_out)
+    qa_rows = [r for r in synth.qa if r.get("fact_id") not in dev]
+    mc_rows = [r for r in synth.mc if r.get("fact_id") not in dev]
+    sets = [("", *generated_items(qa_rows, mc_rows, source="natural" if natural else None))]
     if natural and sections is None and templates:  # sentence-with-a-blank, for comparison
-        sets.append(("template_", *generated_items(synth.qa, synth.mc, source="template")))
+        sets.append(("template_", *generated_items(qa_rows, mc_rows, source="template")))
     kw = {"system": system, "max_new_tokens": max_new_tokens}
     for tag, qa, mc in sets:
         for split in ("trained", "heldout"):
@@ -290,12 +294,15 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
     texts = control_texts(synth, cfg.data.path, dialect=cfg.data.dialect,
                           exclude=cfg.data.exclude)
     records: dict[str, list[dict[str, Any]]] = {"base": [], "open_book": [], "tuned": []}
+    # the dev facts chose the final step: they are not test questions
+    dev = (run.facts.final_choice or {}).get("dev_facts", []) if synth_dir is None else []
 
     def score(model: Any, name: str, sections: Any = None) -> dict[str, Any]:
         return score_model(model, tuned.tokenizer, synth, control_texts=texts,
                            block_size=cfg.data.block_size, max_questions=max_questions,
                            system=cfg.knowledge.system_prompt, handwritten=hand,
-                           sections=sections, records=records[name], templates=templates)
+                           sections=sections, records=records[name], templates=templates,
+                           leave_out=dev)
 
     scores = {"tuned": score(tuned.model, "tuned")}
     sections = section_texts(synth.folder)
@@ -307,7 +314,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
             base = _base_model(run, tuned)
         scores["base"] = score(base, "base")
         scores["open_book"] = score(base, "open_book", sections) if sections else {}
-    return {"run": str(run.path), "synth_dir": str(synth.folder),
+    return {"run": str(run.path), "synth_dir": str(synth.folder), "dev_facts_left_out": len(dev),
             "questions": None if questions is None else str(questions),
             "control_docs": synth.control_docs, "base": scores["base"],
             "open_book": scores["open_book"], "tuned": scores["tuned"],

@@ -15,7 +15,9 @@ document is held out (``knowledge.control_fraction=0``), as a user wants every p
 The study recipe is not used (the documents alone are trained, as before) when:
 
 - ``--docs-only`` is given;
-- anything under ``knowledge:`` is set (the config then says what to mix);
+- the config says what to mix (any of :data:`MIX_KEYS` under ``knowledge:`` is set); keys
+  that only tune the split or the evaluation (``heldout_fraction``, ``dev_fraction``,
+  ``system_prompt``, ...) keep the recipe, with the user's values;
 - the tokenizer has no chat template (a base model, ``scratch:tiny``): questions would need
   chat tokens the model never learnt.
 """
@@ -39,6 +41,9 @@ STUDY: dict[str, Any] = {
     "knowledge.control_fraction": 0.0,
 }
 """The ``knowledge`` settings of the study recipe (the docs take the rest of each pass)."""
+MIX_KEYS = frozenset({"synth_dir", "auto", "qa_share", "rephrase_share", "replay_share", "mix",
+                      "replay_source", "self_study", "amplify"})
+"""``knowledge`` keys that say what to mix: setting any of them means the config's own mix."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,10 @@ def choose_recipe(cfg: Config, *, docs_only: bool = False, tokenizer: Any = None
     if already loaded (else loaded here, to look for a chat template)."""
     if docs_only:
         return Recipe("docs", {}, "--docs-only: the documents alone")
-    if cfg.knowledge != KnowledgeConfig():
+    default = KnowledgeConfig()
+    own = {k for k in KnowledgeConfig.model_fields
+           if getattr(cfg.knowledge, k) != getattr(default, k)}
+    if own & MIX_KEYS:
         return Recipe("docs" if not cfg.knowledge.enabled else "custom", {},
                       "the config's own `knowledge:` settings")
     if cfg.data.path is None:
@@ -74,5 +82,6 @@ def choose_recipe(cfg: Config, *, docs_only: bool = False, tokenizer: Any = None
     parts = ["documents", f"their facts restated {AMPLIFY:g}x", "questions"]
     if STUDY["knowledge.replay_share"]:
         parts.append("its own answers to general prompts replayed")
-    return Recipe("study", dict(STUDY),
+    overrides = {k: v for k, v in STUDY.items() if k.removeprefix("knowledge.") not in own}
+    return Recipe("study", overrides,
                   f"{' + '.join(parts)}, one pass (`--docs-only` for the documents alone)")

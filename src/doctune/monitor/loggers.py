@@ -25,6 +25,8 @@ _TB_TAGS = {
     "tokens_seen": "train/tokens_seen",
     "val_loss": "val/loss",
     "val_ppl": "val/perplexity",
+    "dev_score": "dev/score",
+    "dev_mc_acc": "dev/mc_acc",
 }
 
 

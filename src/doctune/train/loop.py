@@ -35,6 +35,7 @@ from doctune.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from doctune.train.choose import make_chooser
 from doctune.train.inputs import load_inputs, silent
 from doctune.train.model import build_model
 from doctune.train.parts import Run
@@ -169,6 +170,7 @@ def train_loop(run: Run, resume: bool) -> RunResult:
                        lengths=window_lengths(windows) if t.group_by_length else None,
                        step_windows=t.micro_batch_size * t.grad_accum * env.world)
     state, val_before = _start(run, resume)
+    chooser, no_choice = make_chooser(run)  # the dev questions that choose final/
 
     # ---- the loop ------------------------------------------------------------------
     flag = _StopFlag()
@@ -249,6 +251,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
                     _evaluate(run, state.step)
                 if t.sample_every and state.step % t.sample_every == 0 and not last:
                     _sample(run, state.step)
+                if chooser is not None and chooser.due(state.step, total_steps):
+                    chooser.check(state.step)
             if (t.save_every and state.step % t.save_every == 0) or last or stop_signal:
                 _save_checkpoint(run, state)
     run.facts.update({"train_time_s": round(time.perf_counter() - t_start, 2), **compiler.facts()})
@@ -256,6 +260,9 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
     if stop_signal:
         return _stopped(run, state, stop_signal, val_before)
+    # final/ holds the step that answered the dev questions best
+    run.facts.final_choice = (chooser.restore(state.step) if chooser is not None else
+                              {"step": state.step, "why": no_choice or "the last step"})
     with eager(compiler.compiled):
         val_after = _evaluate(run, state.step)
         _sample(run, state.step)
@@ -289,7 +296,11 @@ def _summary(run: Run, result: RunResult, report: Path | None, knows: list[str])
         run.monitor.summary(f"validation perplexity: {_ppl(before):.2f} -> {_ppl(after):.2f}")
     for line in knows:
         run.monitor.summary(line)
-    run.monitor.summary(f"final model: {result.final_dir}")
+    choice = run.facts.final_choice or {}
+    chosen = (f" (step {choice['step']} of {result.steps}: the best of "
+              f"{len(choice['checks'])} checks on {choice['dev_questions']} dev questions)"
+              if choice.get("checks") else "")
+    run.monitor.summary(f"final model: {result.final_dir}{chosen}")
     run.monitor.summary(f"metrics:     {run.folder.metrics_file}")
     if report is not None:
         run.monitor.summary(f"report:      {report}")
