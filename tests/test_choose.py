@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from doctune.config import Config
 from doctune.rundir import RunDir
 from doctune.train.choose import (
-    TOLERANCE,
     DevChooser,
+    clearly_worse,
     is_dev,
-    right_option_probability,
+    right_option_probabilities,
 )
 from test_recipe import _train, docs, models  # noqa: F401 (fixtures)
 
@@ -34,11 +34,21 @@ def test_the_dev_split_is_a_fixed_share_of_the_facts() -> None:
     assert dev != [f for f in ids if is_dev(f, seed=8, fraction=0.3)]
 
 
-def test_the_score_is_the_mean_probability_of_the_right_option() -> None:
+def test_each_question_scores_the_probability_of_its_right_option() -> None:
     scored = [[(math.log(3), 2), (0.0, 5)], [(0.0, 1), (0.0, 1), (0.0, 1), (0.0, 1)]]
-    assert right_option_probability(scored, [0, 2]) == pytest.approx((0.75 + 0.25) / 2)
+    assert right_option_probabilities(scored, [0, 2]) == pytest.approx([0.75, 0.25])
     # large log-likelihoods do not overflow
-    assert right_option_probability([[(-900.0, 1), (-1000.0, 1)]], [0]) == pytest.approx(1.0)
+    assert right_option_probabilities([[(-900.0, 1), (-1000.0, 1)]], [0]) == pytest.approx([1.0])
+
+
+def test_clearly_worse_takes_two_standard_errors_of_the_paired_difference() -> None:
+    best = [0.5] * 16
+    assert not clearly_worse([0.5] * 16, best)
+    # every question a little worse: a consistent difference is clear
+    assert clearly_worse([0.48] * 15 + [0.47], best)
+    # the same mean difference, from two questions out of 16: noise
+    assert not clearly_worse([0.5] * 14 + [0.34, 0.34], best)
+    assert not clearly_worse([0.1], [0.9])  # one question tells nothing
 
 
 class _Model(torch.nn.Module):
@@ -65,19 +75,21 @@ def test_checks_are_evenly_spaced_and_end_at_the_last_step(tmp_path: Path, check
     assert [s for s in range(1, total + 1) if chooser.due(s, total)] == steps
 
 
-def test_the_last_check_near_the_best_score_is_chosen(tmp_path: Path) -> None:
+def test_the_last_check_not_clearly_worse_than_the_best_is_chosen(tmp_path: Path) -> None:
     chooser = _chooser(tmp_path)
     model = chooser.run.model.model
     kept: dict[int, torch.Tensor] = {}
-    for step, score in [(2, 0.40), (4, 0.50), (6, 0.50 - TOLERANCE / 2), (8, 0.30)]:
+    noisy = [0.5] * 14 + [0.3, 0.34]  # lower than step 4 on two questions: noise
+    for step, probs in [(2, [0.4] * 16), (4, [0.5] * 16), (6, noisy), (8, [0.3] * 16)]:
         with torch.no_grad():
             model.adapter.weight.fill_(step)  # the weights of this step
         kept[step] = model.adapter.weight.detach().clone()
-        chooser.consider(step, score, 0.5)
-    # step 6 is within the tolerance of step 4's best score and later: chosen; step 8 fell
-    assert chooser.best is not None and (chooser.best.step, chooser.best.top) == (6, 0.50)
+        chooser.consider(step, probs, 0.5)
+    # step 6 is not clearly worse than step 4, the best, and later: chosen; step 8 is
+    assert chooser.best is not None and chooser.top is not None
+    assert (chooser.best.step, chooser.top.step) == (6, 4)
     fact = chooser.restore(8)
-    assert fact["step"] == 6 and "step 6 answered the 0 dev questions best" in fact["why"]
+    assert fact["step"] == 6 and "than the best one (step 4: score 0.500" in fact["why"]
     assert "the last step scored 0.300" in fact["why"]
     assert [c["step"] for c in fact["checks"]] == [2, 4, 6, 8]
     assert torch.equal(model.adapter.weight, kept[6])  # the chosen step's weights are back
@@ -85,13 +97,14 @@ def test_the_last_check_near_the_best_score_is_chosen(tmp_path: Path) -> None:
     assert "frozen.weight" not in load_file(str(chooser.file))  # trainable weights only
     # a resumed run reads its choice back from the file
     again = _chooser(tmp_path)
-    assert again.best is not None and (again.best.step, again.best.score, again.best.top) == \
-        (6, pytest.approx(0.50 - TOLERANCE / 2), 0.50)
+    assert again.best is not None and again.top is not None
+    assert (again.best.step, again.top.step, again.top.probs) == (6, 4, (0.5,) * 16)
+    assert again.best.score == pytest.approx(sum(noisy) / 16)
 
 
 def test_only_the_main_process_writes_the_choice(tmp_path: Path) -> None:
     chooser = _chooser(tmp_path, main=False)
-    chooser.consider(2, 0.4, 0.5)
+    chooser.consider(2, [0.4, 0.5], 0.5)
     assert chooser.best is not None and chooser.best.step == 2 and not chooser.file.exists()
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import doctune.knowledge.replay as replay
@@ -172,4 +173,28 @@ def test_text_replay_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         folder = RunDir(tmp_path / f"run{made}")
         folder.path.mkdir()
         got, studied = _from_base(cfg, DistEnv(), folder, tok, KnowledgeSetup(None, {}))
-        assert (got is not None) == made == folder.replay_file.is_file() and studied is None
+        assert (got is not None) == made and studied is None
+        assert not folder.replay_file.is_file()  # made when the mix says how many it replays
+        if got is not None:
+            assert got(3) == [{"prompt": p, "answer": a} for p, a in ANSWERS.items()]
+            assert folder.replay_file.is_file()
+
+
+def test_the_base_answers_only_the_prompts_the_mix_replays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def answers(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[dict[str, str]]:
+        asked.append(prompts)
+        return [{"prompt": p, "answer": "yes"} for p in prompts]
+
+    monkeypatch.setattr(replay, "base_answers", answers)
+    monkeypatch.setattr("doctune.inference.load_for_inference",
+                        lambda *a, **kw: type("M", (), {"model": None,
+                                                        "device": torch.device("cpu")})())
+    for windows, want in ((3, 7), (40, 50), (1000, len(replay.general_prompts()))):
+        out = tmp_path / f"r{windows}.jsonl"
+        replay.make_answers("m", None, device="cpu", replay=out,
+                            prompts=replay.prompts_for(windows))
+        assert asked[-1] == replay.general_prompts()[:want]
+        assert len(replay.read_answers(out)) == want

@@ -10,8 +10,9 @@ doctune (``general/prompts.txt``: everyday questions and writing tasks, nothing 
 docs): they pull the tuned model towards the base's own behaviour (self-distillation), and
 general-English perplexity stays a measure of forgetting for every recipe.
 
-The answers are made once per run, before training, with the base model loaded for
-inference on the training device, and kept in the run folder (``replay.jsonl``: prompt,
+The answers are made once per run, before training, for as many prompts as the mix replays
+(a few pages of docs replay a few dozen answers: no need to wait for all of them), with the
+base model loaded for inference on the training device, and kept in the run folder (``replay.jsonl``: prompt,
 answer, stopped), which a resumed run reads back. An answer that does not stop within
 :data:`MAX_NEW_TOKENS` tokens is kept as far as it went (``stopped: false``) and trained
 without an end of turn: a small model rambles past that length on most open prompts, and
@@ -59,12 +60,19 @@ def base_answers(model: Any, tokenizer: Any, prompts: list[str], *,
             for p, g in zip(prompts, gens, strict=True) if g.text]
 
 
+def prompts_for(windows: int) -> int:
+    """How many general prompts to answer for ``windows`` replayed windows: that many and a
+    quarter more (an empty or too long answer is left out), at most all of them."""
+    return min(len(general_prompts()), windows + max(4, windows // 4))
+
+
 def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | None = None,
-                 replay: Path | None = None, study: tuple[Any, Path] | None = None) -> None:
+                 replay: Path | None = None, study: tuple[Any, Path] | None = None,
+                 prompts: int | None = None) -> None:
     """Load the base ``model_name`` once for inference on ``device`` and write what it
-    answers (atomically): to the general prompts into ``replay``, and, for ``study`` =
-    (synth data, file), its open-book answers to the trained questions
-    (:func:`doctune.knowledge.selfstudy.study_answers`)."""
+    answers (atomically): to the general prompts (the first ``prompts`` of them; None: all)
+    into ``replay``, and, for ``study`` = (synth data, file), its open-book answers to the
+    trained questions (:func:`doctune.knowledge.selfstudy.study_answers`)."""
     from doctune.device import empty_cache
     from doctune.inference import load_for_inference
 
@@ -72,7 +80,7 @@ def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | 
     where = loaded.device
     try:
         if replay is not None:
-            _write(replay, base_answers(loaded.model, tokenizer, general_prompts(),
+            _write(replay, base_answers(loaded.model, tokenizer, general_prompts()[:prompts],
                                         system=system))
         if study is not None:
             from doctune.knowledge.questions import section_texts

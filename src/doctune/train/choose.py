@@ -11,12 +11,14 @@ why (``final_choice``). The dev facts are never test questions: the knowledge ev
 such a run leaves them out.
 
 The score is the mean probability the model gives the right option among the options (a
-smooth multiple-choice accuracy: a handful of questions changes it by more than one step of
-accuracy); the accuracy is logged beside it. The chosen step is the *last* one within
-:data:`TOLERANCE` of the best score: a later step has read more of the docs, and a dev set
-of a few dozen questions cannot tell such steps apart. Each check that becomes the choice
-writes the trainable weights (an adapter's are a few MB), its step and the best score into
-one file, ``best/weights.safetensors``, atomically: a resumed run keeps its choice.
+smooth multiple-choice accuracy); the accuracy is logged beside it. The chosen step is the
+*last* one that is not significantly worse than the best-scoring one: paired over the dev
+questions, its mean difference in probability is within :data:`Z` standard errors of zero.
+A later step has read more of the docs, and a dev set of a dozen questions cannot tell
+steps apart that score a few points apart; an earlier step wins only when it is clearly
+better. Each check that becomes the choice writes the trainable weights (an adapter's are a
+few MB), its step and the best check's scores into one file, ``best/weights.safetensors``,
+atomically: a resumed run keeps its choice.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ MIN_DEV_QUESTIONS = 8
 """Fewer dev questions than this choose nothing (the last step is final): their score is noise."""
 MAX_DEV_QUESTIONS = 64
 """Dev questions asked at each check at most (a seeded-order prefix): a few seconds each."""
-TOLERANCE = 0.01
-"""A later check within this much of the best dev score is chosen over an earlier, better one."""
+Z = 2.0
+"""Standard errors by which a later check must fall behind the best one to be passed over."""
 
 
 def is_dev(fact_id: str, *, seed: int, fraction: float) -> bool:
@@ -73,20 +75,32 @@ class DevScore:
     score: float
     """Mean probability of the right option (among the options)."""
     accuracy: float
-    top: float = 0.0
-    """The best score of the run up to this check (for the chosen check, in its file)."""
+    probs: tuple[float, ...] = ()
+    """Each dev question's probability of the right option."""
 
 
-def right_option_probability(scored: Sequence[Sequence[tuple[float, int]]],
-                             answers: Sequence[int]) -> float:
-    """Mean over items of softmax(option log-likelihoods)[right option]."""
+def right_option_probabilities(scored: Sequence[Sequence[tuple[float, int]]],
+                               answers: Sequence[int]) -> list[float]:
+    """Per item, softmax(option log-likelihoods)[right option]."""
     probs = []
     for options, answer in zip(scored, answers, strict=True):
         lps = [lp for lp, _ in options]
         top = max(lps)
         total = sum(math.exp(lp - top) for lp in lps)
         probs.append(math.exp(lps[answer] - top) / total)
-    return sum(probs) / len(probs) if probs else 0.0
+    return probs
+
+
+def clearly_worse(probs: Sequence[float], than: Sequence[float], *, z: float = Z) -> bool:
+    """Whether ``probs`` are lower than ``than`` (the same questions) by more than ``z``
+    standard errors of their paired mean difference."""
+    diffs = [a - b for a, b in zip(probs, than, strict=True)]
+    n = len(diffs)
+    if n < 2:
+        return False
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    return mean < -z * sd / math.sqrt(n)
 
 
 class DevChooser:
@@ -96,8 +110,11 @@ class DevChooser:
         self.run, self.facts, self.items = run, facts, items
         self.file = run.folder.best_dir / "weights.safetensors"
         self.checks: list[DevScore] = []
-        self.best: DevScore | None = self._saved()
-        """The chosen check so far (its ``top``: the best score so far)."""
+        self.best: DevScore | None = None
+        """The chosen check so far."""
+        self.top: DevScore | None = None
+        """The best-scoring check so far."""
+        self._read_saved()
 
     # ---- when ---------------------------------------------------------------------
     def due(self, step: int, total_steps: int) -> bool:
@@ -109,7 +126,7 @@ class DevChooser:
     # ---- the check -----------------------------------------------------------------
     def check(self, step: int) -> DevScore:
         """Score the dev questions now; save the weights when this check becomes the choice
-        (within :data:`TOLERANCE` of the best score so far)."""
+        (not clearly worse than the best check so far)."""
         from doctune.knowledge.metrics import mc_choice
         from doctune.knowledge.score import option_logprobs
 
@@ -126,18 +143,19 @@ class DevChooser:
             model.train(was_training)
         answers = [i.answer_index for i in self.items]
         right = [mc_choice([lp for lp, _ in s]) == a for s, a in zip(scored, answers, strict=True)]
-        got = self.consider(step, right_option_probability(scored, answers),
+        got = self.consider(step, right_option_probabilities(scored, answers),
                             sum(right) / len(right))
         run.monitor.log_eval(step, {"dev_score": got.score, "dev_mc_acc": got.accuracy})
         return got
 
-    def consider(self, step: int, score: float, accuracy: float) -> DevScore:
-        """Record a check's score; it becomes the choice (its weights saved) when it is
-        within :data:`TOLERANCE` of the best score so far."""
-        top = max(score, self.best.top if self.best is not None else score)
-        got = DevScore(step, score, accuracy, top)
+    def consider(self, step: int, probs: Sequence[float], accuracy: float) -> DevScore:
+        """Record a check (each question's probability of the right option); it becomes the
+        choice (its weights saved) unless it is clearly worse than the best check so far."""
+        got = DevScore(step, sum(probs) / len(probs) if probs else 0.0, accuracy, tuple(probs))
         self.checks.append(got)
-        if got.score >= top - TOLERANCE:
+        if self.top is None or got.score > self.top.score:
+            self.top = got
+        if not clearly_worse(got.probs, self.top.probs):
             self.best = got
             self._save(got)
         return got
@@ -156,11 +174,14 @@ class DevChooser:
         if best.step != last_step:
             self._load()
         last = next((c for c in self.checks if c.step == last_step), None)
-        why = (f"step {best.step} answered the {len(self.items)} dev questions best "
-               f"(score {best.score:.3f}, multiple choice {best.accuracy:.0%}; the last "
-               f"check within {TOLERANCE} of the best score, {best.top:.3f})")
+        top = self.top or best
+        why = (f"the last check not clearly worse on the {len(self.items)} dev questions than "
+               f"the best one (step {top.step}: score {top.score:.3f}, multiple choice "
+               f"{top.accuracy:.0%}): step {best.step}, score {best.score:.3f}, multiple choice "
+               f"{best.accuracy:.0%}")
         if last is not None and best.step != last_step:
-            why += f"; the last step scored {last.score:.3f} ({last.accuracy:.0%})"
+            why += (f"; the last step scored {last.score:.3f} ({last.accuracy:.0%}), more than "
+                    f"{Z:g} standard errors below")
         return {**fact, "step": best.step, "dev_score": round(best.score, 4),
                 "dev_mc_acc": round(best.accuracy, 4), "why": why}
 
@@ -173,24 +194,35 @@ class DevChooser:
 
         if not self.run.env.is_main:
             return
+        import json
+
+        top = self.top or got
         meta = {"step": str(got.step), "dev_score": repr(got.score),
-                "dev_mc_acc": repr(got.accuracy), "top": repr(got.top)}
+                "dev_mc_acc": repr(got.accuracy),
+                "top": json.dumps({"step": top.step, "score": top.score,
+                                   "accuracy": top.accuracy, "probs": list(top.probs)})}
         with atomic_path(self.file) as tmp:
             save_file(trainable_state(self.run.model.model), str(tmp), metadata=meta)
 
-    def _saved(self) -> DevScore | None:
-        """The best check of an earlier part of this run (a resume), from its file."""
+    def _read_saved(self) -> None:
+        """The chosen and the best check of an earlier part of this run (a resume), from
+        the file; nothing when there is none or it is unreadable (the checks to come choose)."""
+        import json
+
         from safetensors import safe_open
 
         if not self.file.is_file():
-            return None
+            return
         try:
             with safe_open(str(self.file), framework="pt") as f:
                 meta = f.metadata() or {}
-            return DevScore(int(meta["step"]), float(meta["dev_score"]),
-                            float(meta["dev_mc_acc"]), float(meta["top"]))
-        except (OSError, ValueError, KeyError):
-            return None  # unreadable: the checks to come choose again
+            top = json.loads(meta["top"])
+            self.best = DevScore(int(meta["step"]), float(meta["dev_score"]),
+                                 float(meta["dev_mc_acc"]))
+            self.top = DevScore(int(top["step"]), float(top["score"]), float(top["accuracy"]),
+                                tuple(float(p) for p in top["probs"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            self.best = self.top = None
 
     def _load(self) -> None:
         import torch

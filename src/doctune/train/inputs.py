@@ -58,16 +58,20 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
                   fingerprint=fingerprint, knowledge=knowledge, prompts=prompts)
 
 
+Answers = list[dict[str, Any]]
+
+
 def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
-               knowledge: KnowledgeSetup, say: Callable[[str], None] = silent) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
-    """What the base model says before training, made by rank 0 (one model load) and read
-    back on resume and by the other ranks: its answers to the general prompts to replay
-    (:mod:`doctune.knowledge.replay`) and its open-book answers to the trained questions
-    (:mod:`doctune.knowledge.selfstudy`); None for what is not asked for. Neither is made for
-    a tokenizer without a chat template, nor for a quantised base (it would be loaded whole
-    to answer): the replay is then the shipped text, and self-study is left out (said in the
-    header)."""
-    from doctune.knowledge.replay import make_answers, read_answers
+               knowledge: KnowledgeSetup, say: Callable[[str], None] = silent
+               ) -> tuple[Callable[[int], Answers] | None, Answers | None]:
+    """What the base model says before training, made by rank 0 and read back on resume and
+    by the other ranks: its open-book answers to the trained questions
+    (:mod:`doctune.knowledge.selfstudy`), and a function that gives its answers to the general
+    prompts for the number of windows the mix replays (:mod:`doctune.knowledge.replay`);
+    None for what is not asked for. Neither is made for a tokenizer without a chat template,
+    nor for a quantised base (it would be loaded whole to answer): the replay is then the
+    shipped text, and self-study is left out (said in the header)."""
+    from doctune.knowledge.replay import make_answers, prompts_for, read_answers
 
     k = cfg.knowledge
     able = cfg.lora.quantize == "none" and bool(getattr(tokenizer, "chat_template", None))
@@ -79,21 +83,28 @@ def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
     if not (replay or study):
         return None, None
     r_file, s_file = folder.replay_file, folder.selfstudy_file
-    missing_r = replay and not r_file.is_file()
-    missing_s = study and not s_file.is_file()
 
-    def make() -> None:
-        if missing_r or missing_s:
-            what = [*(["general prompts (replayed against forgetting)"] if missing_r else []),
-                    *(["the trained questions with their sections (self-study)"] if missing_s
-                      else [])]
-            say(f"the base model answers {' and '.join(what)} ...")
+    def make_study() -> None:
+        if not s_file.is_file():
+            say("the base model answers the trained questions with their sections "
+                "(self-study) ...")
             make_answers(cfg.model.name, tokenizer, device=cfg.train.device,
-                         system=k.system_prompt, replay=r_file if missing_r else None,
-                         study=(knowledge.synth, s_file) if missing_s else None)
+                         system=k.system_prompt, study=(knowledge.synth, s_file))
 
-    dist.main_first(env, make)  # every rank takes part, made or not
-    return (read_answers(r_file) if replay else None), (read_answers(s_file) if study else None)
+    def replayed(windows: int) -> Answers:
+        def make() -> None:
+            if not r_file.is_file():
+                say("the base model answers general prompts (replayed against forgetting) ...")
+                make_answers(cfg.model.name, tokenizer, device=cfg.train.device,
+                             system=k.system_prompt, replay=r_file,
+                             prompts=prompts_for(windows))
+
+        dist.main_first(env, make)  # every rank takes part, made or not
+        return read_answers(r_file)
+
+    if study:
+        dist.main_first(env, make_study)  # every rank takes part, made or not
+    return (replayed if replay else None), (read_answers(s_file) if study else None)
 
 
 def _prepare(cfg: Config, folder: RunDir, settings: DataSettings, *, resume: bool) -> Any:

@@ -5,7 +5,7 @@ replayed general text into the training windows (:mod:`doctune.knowledge.mix`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,11 +84,11 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
 
 def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                      docs: WindowSet, *,
-                     replay: Sequence[Mapping[str, Any]] | None = None,
+                     replay: Callable[[int], Sequence[Mapping[str, Any]]] | None = None,
                      study: Sequence[Mapping[str, Any]] | None = None) -> MixedWindows:
     """The docs' training windows with the configured shares of the other sources mixed in.
-    ``replay``: the base model's answers to replay (:mod:`doctune.knowledge.replay`); None
-    replays the shipped general text. ``study``: the base model's open-book answers to
+    ``replay``: gives the base model's answers to replay (:mod:`doctune.knowledge.replay`)
+    for a number of replayed windows; None replays the shipped general text. ``study``: the base model's open-book answers to
     trained questions (:mod:`doctune.knowledge.selfstudy`), trained as more questions.
     Questions need a chat template: a tokenizer without one gets ChatML (see
     :func:`doctune.knowledge.chat.prepare_chat_tokenizer`; the model is resized to it)."""
@@ -117,16 +117,26 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         texts = [r["text"] for r in synth.rephrasings if r["split"] == "trained"]
         texts += [a["text"] for a in synth.amplified if a["split"] == "trained"]
         extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size, pack=True)
-    if k.replay_share and replay:
-        extra["replay"] = answer_windows(tokenizer, replay, block_size=size,
-                                         system=k.system_prompt)
-        knowledge.summary["replay"] = f"the base model's answers to {len(replay)} general prompts"
-    elif k.replay_share:
-        extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
-        knowledge.summary["replay"] = "the shipped general English text (Alice in Wonderland, its first 80%)"
-    available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
     shares = {"qa": k.qa_share, "rephrasings": k.rephrase_share, "replay": k.replay_share}
-    counts = (once_counts if k.mix == "once" else mix_counts)(available, shares)
+    count = once_counts if k.mix == "once" else mix_counts
+    if k.replay_share and replay is not None:
+        # the replayed count does not depend on how many answers there are: ask for that many
+        wanted = count({"docs": len(docs), **{s: len(v) for s, v in extra.items()},
+                        "replay": 1}, shares)["replay"]
+        answers = replay(wanted)
+        extra["replay"] = answer_windows(tokenizer, answers, block_size=size,
+                                         system=k.system_prompt)
+        knowledge.summary["replay"] = f"the base model's answers to {len(answers)} general prompts"
+    if k.replay_share and not extra.get("replay"):
+        if replay is not None:  # every answer empty or longer than a window: a small model
+            knowledge.summary["replay"] = ("the shipped general English text: the base model's "
+                                           "answers were empty or too long")
+        else:
+            knowledge.summary["replay"] = ("the shipped general English text (Alice in "
+                                           "Wonderland, its first 80%)")
+        extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
+    available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
+    counts = count(available, shares)
     mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
     knowledge.summary.update({
         "shares": {"docs": round(1 - sum(shares.values()), 6), **shares},

@@ -9,9 +9,10 @@ training with ``lora.dropout=0.05`` ran at 442 tokens/s and 4.6 GB, without drop
 612 tokens/s and 3.9 GB.
 
 :class:`LoraDelta` computes the same thing in the compute dtype (the autocast dtype, or the
-input's) and saves only what the backward pass cannot recompute: the dropout mask (bool)
-and the rank-``r`` product. The dropped input is recomputed from the input, which the
-base layer keeps anyway. Same masks (:func:`doctune.train.attention.drop_mask`, drawn in
+input's) and saves only what the backward pass cannot recompute: the input in that dtype
+(one copy for the adapters that read the same input: q, k and v; gate and up), the dropout
+mask (packed, one bit an element) and the rank-``r`` product. The dropped input is
+recomputed from the input and the mask. Same masks (:func:`doctune.train.attention.drop_mask`, drawn in
 the same order), same products: the loss and gradients match PEFT's path (see the tests).
 :func:`use_fused_lora` puts it into every plain LoRA linear layer of a PEFT model; anything
 else (DoRA, a LoRA bias, several or no active adapters, merged weights, no gradients) runs
@@ -21,6 +22,7 @@ PEFT's own forward.
 from __future__ import annotations
 
 import types
+import weakref
 from typing import Any
 
 import torch
@@ -33,19 +35,22 @@ class LoraDelta(torch.autograd.Function):
     (None: no dropout) and ``keep`` = 1 / (1 - p); gradients for x, A and B."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
-                drop: torch.Tensor | None, keep: float, dtype: torch.dtype) -> torch.Tensor:
-        xc = x.to(dtype)
+    def forward(ctx: Any, x: torch.Tensor, xc: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                scaling: float, drop: torch.Tensor | None, keep: float,
+                dtype: torch.dtype) -> torch.Tensor:
+        # xc: x in ``dtype``, without gradient, the same tensor for the adapters that read
+        # the same input (q, k, v; gate, up): saved once for all of them
         xd = xc.masked_fill(drop, 0).mul_(keep) if drop is not None else xc
         h = xd @ a.to(dtype).t()  # (..., r)
         y = (h @ b.to(dtype).t()).mul_(scaling)  # (..., out)
-        ctx.save_for_backward(xc, drop, a, b, h)
+        ctx.save_for_backward(xc, pack_bits(drop) if drop is not None else None, a, b, h)
         ctx.scaling, ctx.keep, ctx.dtype, ctx.x_dtype = scaling, keep, dtype, x.dtype
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
-        xc, drop, a, b, h = ctx.saved_tensors
+        xc, packed, a, b, h = ctx.saved_tensors
+        drop = unpack_bits(packed, xc.shape) if packed is not None else None
         dtype = ctx.dtype
         g = gy.to(dtype) * ctx.scaling  # (..., out)
         rank, width = a.shape
@@ -59,7 +64,32 @@ class LoraDelta(torch.autograd.Function):
             if drop is not None:
                 gx.masked_fill_(drop, 0).mul_(ctx.keep)
             gx = gx.to(ctx.x_dtype)
-        return gx, grad_a, grad_b, None, None, None, None
+        return gx, None, grad_a, grad_b, None, None, None, None
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as one bit an element (uint8, ``numel / 8`` bytes: a dropout mask kept
+    for the backward pass takes an eighth of the memory); returned as it is when its size
+    is not a multiple of 8. Element ``8w + j`` is bit ``j`` of byte ``w``."""
+    if mask.numel() % 8:
+        return mask
+    # 8 flags a little-endian int64 word, flag j at bit 8j: move each to bit j
+    words = mask.contiguous().view(torch.uint8).view(-1).view(torch.int64)
+    packed = words.bitwise_and(1)
+    for j in range(1, 8):
+        packed |= (words >> (7 * j)).bitwise_and_(1 << j)
+    return packed.to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The bool tensor of ``shape`` that :func:`pack_bits` packed."""
+    if packed.dtype == torch.bool:
+        return packed
+    byte = packed.to(torch.int64)
+    words = byte.bitwise_and(1)
+    for j in range(1, 8):
+        words |= (byte << (7 * j)).bitwise_and_(1 << (8 * j))
+    return words.view(torch.uint8).view(torch.bool).view(shape)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -80,6 +110,24 @@ def _mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
     return drop_mask(tuple(x.shape), p, x.device)
 
 
+_last_cast: list[tuple[Any, int, torch.dtype, torch.Tensor]] = []
+
+
+def _shared_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, without gradient: the same tensor for the adapters that read the
+    same input one after another (q, k and v; gate and up), so that the backward pass keeps
+    one copy of it, not one per adapter. (Compiled, the graph shares it by itself.)"""
+    if torch.compiler.is_compiling():
+        return x.detach().to(dtype)
+    if _last_cast:
+        ref, version, cast_to, xc = _last_cast[0]
+        if ref() is x and version == x._version and cast_to == dtype:
+            return xc
+    xc = x.detach().to(dtype)
+    _last_cast[:] = [(weakref.ref(x), x._version, dtype, xc)]
+    return xc
+
+
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """A PEFT ``lora.Linear``'s forward with the side path as :class:`LoraDelta`."""
     active = self.active_adapters
@@ -91,9 +139,10 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     result = self.base_layer(x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-    delta = LoraDelta.apply(x, self.lora_A[name].weight, self.lora_B[name].weight,
-                            float(self.scaling[name]), _mask(x, p),
-                            1.0 / (1.0 - p) if p > 0 else 1.0, _compute_dtype(x))
+    dtype = _compute_dtype(x)
+    delta = LoraDelta.apply(x, _shared_cast(x, dtype), self.lora_A[name].weight,
+                            self.lora_B[name].weight, float(self.scaling[name]), _mask(x, p),
+                            1.0 / (1.0 - p) if p > 0 else 1.0, dtype)
     return (result + delta).to(result.dtype)
 
 

@@ -87,10 +87,12 @@ def _fit_tokenizer(model: Any, tokenizer: Any, cfg: Config) -> None:
 
 def _prepare_for_training(model: Any, cfg: Config, device: torch.device, fmt: BaseFormat) -> Any:
     """On ``device``, the frozen base stored as ``fmt`` says (bf16 or quantised), with
-    gradient checkpointing, LoRA (its side path fused) and (CPU) the faster dropout."""
+    gradient checkpointing, LoRA (its side path fused), (CPU) the faster dropout, and the
+    RMSNorms and SwiGLU MLPs that keep less for the backward pass."""
     from doctune.modeling import apply_lora, enable_grad_checkpointing
     from doctune.quantize import prepare_base
     from doctune.train.dropout import use_fast_dropout
+    from doctune.train.fused_blocks import use_fused_blocks
 
     prepare_base(model, fmt, device)  # bf16 or quantised frozen weights, moved to the device
     if cfg.train.grad_checkpointing:
@@ -105,6 +107,7 @@ def _prepare_for_training(model: Any, cfg: Config, device: torch.device, fmt: Ba
         use_fused_lora(model)
     if device.type == "cpu":  # the CPU's dropout masks are drawn serially: a faster draw
         use_fast_dropout(model)
+    use_fused_blocks(model)  # RMSNorm and SwiGLU keeping less for the backward pass
     return model
 
 
