@@ -151,12 +151,24 @@ def hand_items(synth: Any) -> list[Any]:
 
 def score(model: Any, tokenizer: Any, synth: Any, texts: list[str], mode: dict[str, Any],
           *, sections: Any = None, records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The knowledge numbers, without the dev facts (they choose each run's final step)."""
     from doctune.knowledge.exam import score_model
 
     return score_model(model, tokenizer, synth, control_texts=texts,
                        block_size=mode["block_size"], max_questions=mode["max_questions"],
                        max_text_tokens=mode["max_text_tokens"], handwritten=hand_items(synth),
-                       sections=sections, records=records)
+                       sections=sections, records=records, leave_out=mode["dev_facts"])
+
+
+def dev_split(args: argparse.Namespace, mode: dict[str, Any], model: Path, synth: Any) -> list[str]:
+    """The held-out facts the runs' dev checks ask about (as the training loop picks them)."""
+    from doctune.config import load_config
+    from doctune.train.choose import dev_facts
+
+    cfg = load_config(None, [*base_overrides(args, mode, model, synth.folder, args.work / "runs"),
+                             *args.sets])
+    k = cfg.knowledge
+    return dev_facts(synth, seed=cfg.data.seed, fraction=k.dev_fraction) if k.dev_checks else []
 
 
 def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
@@ -186,6 +198,9 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
     result = train(load_config(None, sets), quiet=True)
     wall = time.perf_counter() - t0
     steps = result.steps
+    choice = json.loads((out / "run.json").read_text(encoding="utf-8")).get("final_choice", {})
+    if choice.get("dev_facts", []) not in ([], mode["dev_facts"]):
+        print(f"warning: {name} chose on other dev facts than the ones left out", flush=True)
     loaded = load_for_inference(out, device="cpu")
     synth = load_synth(synth_dir)
     texts = control_texts(synth, args.corpus, exclude=())
@@ -194,7 +209,8 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
     answers = args.work / f"answers-{name.replace(' ', '_').replace(',', '')}.jsonl"
     answers.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
                        encoding="utf-8")
-    print(f"{name}: {steps} steps, {result.tokens_seen:,} tokens, {wall:.0f} s; "
+    print(f"{name}: {steps} steps, {result.tokens_seen:,} tokens, {wall:.0f} s; final/ is step "
+          f"{choice.get('step', steps)} ({choice.get('why', 'the last step')}); "
           f"hand MC {fmt(tuned.get('hand_mc_acc'))}, in-reply {fmt(tuned.get('hand_contains'))}; "
           f"gen MC {fmt(tuned.get('heldout_mc_acc'))}, in-reply "
           f"{fmt(tuned.get('heldout_contains'))}; general ppl {fmt(tuned.get('general_ppl'), '.1f')}, "
@@ -202,7 +218,8 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
           flush=True)
     return {"recipe": name, "shares": shares, "steps": steps,
             "input_tokens": round(steps * MICRO_BATCH * mean),
-            "tokens_trained": result.tokens_seen, "train_s": wall, "tuned": tuned}
+            "tokens_trained": result.tokens_seen, "train_s": wall, "tuned": tuned,
+            "final_choice": {k: v for k, v in choice.items() if k != "dev_facts"}}
 
 
 def fmt(x: float | None, spec: str = ".2f") -> str:
@@ -325,6 +342,9 @@ def main() -> None:
     print(f"synth: {summary.counts['qa_by_split']} questions, {summary.counts['mc']} "
           f"multiple-choice items, control docs {summary.control_docs}", flush=True)
     synth = load_synth(synth_dir)
+    mode["dev_facts"] = dev_split(args, mode, model, synth)
+    print(f"dev split: {len(mode['dev_facts'])} held-out facts choose each run's final step; "
+          "their questions are left out of every score below", flush=True)
     base_loaded = load_for_inference(str(model), device="cpu")
     from doctune.knowledge.questions import section_texts
 

@@ -146,3 +146,22 @@ def test_adapters_reading_one_input_keep_one_copy_of_it(monkeypatch: pytest.Monk
     assert float(run().detach()) == loss_shared
     # per block: q, k, v read one input and gate, up another: 3 fewer copies of 32 wide
     assert copies - shared >= 2 * 3 * 4 * 48 * 32 * 2
+
+
+def test_a_loaded_model_keeps_the_fused_layers_through_train_and_eval(tmp_path: object) -> None:
+    """transformers 5 swaps in hub kernels at each .train()/.eval() of a model loaded with
+    use_kernels (its default when the `kernels` package is installed), undoing doctune's
+    layers; doctune loads without them (they are code from the hub)."""
+    from pathlib import Path
+
+    from doctune.modeling import load_pretrained
+
+    folder = Path(str(tmp_path)) / "llama"
+    _tiny_llama().save_pretrained(folder)
+    model = load_pretrained(str(folder))
+    assert use_fused_blocks(model) == 7
+    model.eval()
+    model.train()
+    norm = model.model.layers[0].input_layernorm
+    x = torch.randn(1, 3, 32, requires_grad=True)
+    assert type(norm(x).grad_fn).__name__ == "RMSNormFnBackward"

@@ -200,6 +200,13 @@ def _offline_hint(name: str) -> str:
             "weights), or train from scratch with `--set model.name=scratch:tiny`.")
 
 
+def _has_hub_kernels() -> bool:
+    """Whether this transformers can swap layers for hub kernels (``use_kernels``)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "set_use_kernels")
+
+
 def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code: bool = False,
                     attn_implementation: str | None = None, dtype: Any = None) -> PreTrainedModel:
     """Load a causal LM from a hub id, local folder or GGUF file, safetensors preferred, in fp32.
@@ -222,6 +229,11 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
                               "dtype": torch.float32 if dtype is None else dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if _has_hub_kernels():
+        # transformers 5 swaps layers for kernels downloaded from the hub (code run from the
+        # hub: only with trust_remote_code), and does it again at each .train()/.eval(),
+        # undoing doctune's own layers (train/fused_blocks.py)
+        kwargs["use_kernels"] = trust_remote_code
     from doctune.sources import gguf_config, quiet_gguf
 
     where = src.path

@@ -67,13 +67,10 @@ class SwiGLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
         gate, up = ctx.saved_tensors
-        g = gate.to(torch.float32)
-        sig = torch.sigmoid(g)
-        silu = g * sig
-        gy32 = gy.to(torch.float32)
-        d_gate = gy32 * up.to(torch.float32) * sig * (1 + g * (1 - sig))
-        d_up = gy32 * silu
-        return d_gate.to(gate.dtype), d_up.to(up.dtype)
+        # what autograd computes for silu(gate) * up, with silu(gate) made again
+        d_gate = torch.ops.aten.silu_backward(gy * up, gate)
+        d_up = gy * torch.nn.functional.silu(gate)
+        return d_gate, d_up
 
 
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
