@@ -117,7 +117,7 @@ def test_a_study_run_keeps_the_best_step_and_leaves_its_dev_facts_out_of_the_exa
     choice = json.loads((run / "run.json").read_text())["final_choice"]
     assert [c["step"] for c in choice["checks"]] == [1, 2, 3, 4]
     assert choice["dev_questions"] >= 8 and choice["step"] in {1, 2, 3, 4}
-    assert f"(step {choice['step']} of 4: the best of 4 checks on " in out
+    assert f"(step {choice['step']} of 4: chosen by 4 checks on " in out
     with safe_open(str(run / "best" / "weights.safetensors"), framework="pt") as f:
         assert int(f.metadata()["step"]) == choice["step"]
         best = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118

@@ -31,9 +31,12 @@ from doctune.quantize import (
     base_format,
     cast_base,
     dequantize_base,
+    dequantize_int4,
+    is_int4,
     is_quantized,
     nf4_scaler_block,
     prepare_base,
+    quantize_int4,
     quantize_linears,
     to_nf4,
 )
@@ -143,6 +146,57 @@ def test_base_format_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)
     with pytest.raises(ConfigError, match=r'pip install "doctune\[quant\]"'):
         base_format(base_dtype="auto", quantize="nf4", lora=True, precision="bf16")
+    # int4 is plain PyTorch
+    assert base_format(base_dtype="auto", quantize="int4", lora=True,
+                       precision="bf16") == BaseFormat("bf16", "int4")
+
+
+def test_int4_finds_the_values_of_a_q4_1_file_again() -> None:
+    """A Q4_1 GGUF's weights are code * d + m per block of 32 (d, m fp16); dequantised to
+    bf16 (what a 4-bit base loads) and quantised to int4, they give back the same codes and
+    their values within bf16's rounding; NF4 would move them onto another grid."""
+    torch.manual_seed(0)
+    out, groups = 64, 6
+    q = torch.randint(0, 16, (out, groups, 32))
+    q[..., 0], q[..., 1] = 0, 15  # Q4_1 takes its block's minimum and maximum
+    d = (torch.rand(out, groups, 1) * 0.02 + 1e-3).half()
+    m = (-d.float() * (5 + 5 * torch.rand(out, groups, 1))).half()  # blocks about centred
+    exact = (q * d.float() + m.float()).reshape(out, -1)
+    codes, scales, mins = quantize_int4(exact.bfloat16())
+    assert codes.dtype == torch.uint8 and codes.shape == (out, groups * 16)
+    assert scales.dtype == mins.dtype == torch.float16 and scales.shape == (out, groups)
+    got = dequantize_int4(codes, scales, mins, torch.float32)
+    unpacked = torch.stack((codes & 15, codes >> 4), -1).reshape(out, groups, 32)
+    assert torch.equal(unpacked.long(), q)
+    # as close to the file's values as the bf16 copy it was made from, and never farther
+    # than bf16 rounds a weight of the group's size
+    rounded = (exact.bfloat16().float() - exact).abs()
+    assert (got - exact).abs().mean() <= 1.2 * rounded.mean()
+    size = exact.reshape(out, groups, 32).abs().amax(-1, keepdim=True).expand(-1, -1, 32)
+    assert ((got - exact).abs() <= size.reshape(out, -1) * 2**-8).all()
+    # constant groups (scale 0) come back as they are
+    flat = torch.full((4, 32), 0.25)
+    assert torch.equal(dequantize_int4(*quantize_int4(flat), torch.float32), flat)
+
+
+def test_int4_base_computes_its_dequantised_weights_and_takes_five_eighths_of_a_byte() -> None:
+    base = build("llama")
+    int4 = copy.deepcopy(base)
+    assert quantize_linears(int4, "int4", CPU) == 14
+    cast_base(int4, "bf16")
+    layers = [m for m in int4.modules() if is_int4(m)]
+    assert len(layers) == 14
+    for m in layers:
+        stored = sum(t.numel() * t.element_size() for t in (m.weight, m.scales, m.mins))
+        assert stored == m.in_features * m.out_features * (0.5 + 4 / 32)
+    dense = copy.deepcopy(int4)
+    assert dequantize_base(dense, torch.bfloat16) == 14
+    (loss_q, grads_q), (loss_d, grads_d) = loss_and_grads(lora(int4)), loss_and_grads(lora(dense))
+    torch.testing.assert_close(loss_q, loss_d, rtol=1e-6, atol=0)
+    for name in grads_q:
+        torch.testing.assert_close(grads_q[name], grads_d[name], rtol=1e-4, atol=1e-6, msg=name)
+    loss_fp32, _ = loss_and_grads(lora(base))
+    torch.testing.assert_close(loss_q, loss_fp32, rtol=0.03, atol=0)
 
 
 def test_quantize_config_needs_lora() -> None:
@@ -236,7 +290,7 @@ def test_bf16_base_run_trains_in_fp32_and_merges_into_the_original_base(
     assert (logits(m) - logits(b)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["nf4", "int8"])
+@pytest.mark.parametrize("kind", ["nf4", "int4", "int8"])
 def test_qlora_run_merges_into_dequantised_base_plus_adapter(
         kind: str, llama_dir: Path, docs: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
@@ -269,8 +323,8 @@ def test_qlora_run_merges_into_dequantised_base_plus_adapter(
     # inference keeps the base quantised, as in training: the merged model's logits (NF4
     # dequantises to the input's fp32; torchao's int8 layer computes in bf16: logits ~1)
     loaded = load_for_inference(run, device="cpu", dtype="fp32").model
-    assert any(is_quantized(p) for p in loaded.parameters())
-    assert (logits(loaded) - logits(merged)).abs().max() < (1e-4 if kind == "nf4" else 3e-2)
+    assert any(is_quantized(p) for p in loaded.parameters()) or any(map(is_int4, loaded.modules()))
+    assert (logits(loaded) - logits(merged)).abs().max() < (3e-2 if kind == "int8" else 1e-4)
 
 
 def test_nf4_run_resumes_exactly(llama_dir: Path, docs: Path, tmp_path: Path) -> None:

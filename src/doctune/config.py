@@ -101,8 +101,8 @@ class LoraConfig(_Section):
     """Module names to adapt; null = every linear layer of attention and MLP for the architecture (GPT-2: c_attn, c_proj, c_fc; Llama, Qwen, Gemma: q/k/v/o_proj, gate/up/down_proj)."""
     dora: bool = False
     """Train DoRA (weight-decomposed LoRA, PEFT's use_dora) instead of plain LoRA: a little slower, often closer to full fine-tuning."""
-    quantize: Literal["none", "nf4", "int8"] = "none"
-    """Store the frozen base's linear layers quantised (QLoRA): nf4 = 4-bit NormalFloat (about 0.52 bytes a weight), int8 = 8-bit; both through torchao (pip install "doctune[quant]"), dequantised layer by layer in each forward. Needs lora.enabled."""
+    quantize: Literal["none", "nf4", "int4", "int8"] = "none"
+    """Store the frozen base's linear layers quantised (QLoRA): nf4 = 4-bit NormalFloat (about 0.52 bytes a weight), int8 = 8-bit, both through torchao (pip install "doctune[quant]"); int4 = 4-bit integers in groups of 32 with an fp16 scale and minimum (0.625 bytes a weight, GGUF's Q4_1 layout: a Q4_0/Q4_1 GGUF keeps its own values), plain PyTorch. Dequantised layer by layer in each forward. Needs lora.enabled."""
 
     @model_validator(mode="after")
     def _quantize_needs_lora(self) -> LoraConfig:

@@ -54,13 +54,15 @@ LORA_DROPOUT = 4.0
 """Bytes per element of each LoRA branch's input kept for the backward (its own copy, as the
 adapter's matmul reads it), and more with LoRA dropout. Measured with saved-tensor hooks
 (torch 2.13, bf16 autocast): 2 + 4 bytes per input element, on Llama and GPT-2 blocks alike."""
-QUANT_BYTES = {"nf4": 0.5 + 1 / 64, "int8": 1.0}
+QUANT_BYTES = {"nf4": 0.5 + 1 / 64, "int4": 0.5 + 4 / 32, "int8": 1.0}
 """Bytes a quantised weight takes: NF4 codes (4 bits) + one int8 scale a block of 64 (the
-scales' own scales are negligible); int8 + a scale a row (negligible)."""
-DEQUANT_TRANSIENT = {"nf4": 26.0, "int8": 4.0}
+scales' own scales are negligible); int4 codes + an fp16 scale and minimum a group of 32;
+int8 + a scale a row (negligible)."""
+DEQUANT_TRANSIENT = {"nf4": 26.0, "int4": 9.0, "int8": 4.0}
 """Bytes per weight of the largest layer while layers are dequantised for the matmuls of a
 step (torchao's NF4 unpacks codes to int64 indices; the forward's, the recomputation's and the
-backward's copies come and go): NF4 calibrated on Llama-3.1-8B and Qwen3-4B shapes on a CPU."""
+backward's copies come and go): NF4 calibrated on Llama-3.1-8B and Qwen3-4B shapes on a CPU;
+int4 from its arithmetic (uint8 codes, an fp32 weight, its compute-dtype copy), not measured."""
 
 
 @dataclass

@@ -297,9 +297,8 @@ def _summary(run: Run, result: RunResult, report: Path | None, knows: list[str])
     for line in knows:
         run.monitor.summary(line)
     choice = run.facts.final_choice or {}
-    chosen = (f" (step {choice['step']} of {result.steps}: the best of "
-              f"{len(choice['checks'])} checks on {choice['dev_questions']} dev questions)"
-              if choice.get("checks") else "")
+    chosen = (f" (step {choice['step']} of {result.steps}: chosen by {len(choice['checks'])} "
+              f"checks on {choice['dev_questions']} dev questions)" if choice.get("checks") else "")
     run.monitor.summary(f"final model: {result.final_dir}{chosen}")
     run.monitor.summary(f"metrics:     {run.folder.metrics_file}")
     if report is not None:
