@@ -127,6 +127,9 @@ def test_packed_masks_unpack_to_the_same_mask(shape: tuple[int, ...], p: float) 
     if mask.numel() % 8 == 0:
         assert packed.dtype == torch.uint8 and packed.numel() == mask.numel() // 8
     assert torch.equal(unpack_bits(packed, mask.shape), mask)
+    if mask.numel() % 8 == 0:  # the tensor-operation path (GPUs, compiled) packs alike
+        assert torch.equal(lora_fused._pack_words(mask), packed)
+        assert torch.equal(lora_fused._unpack_words(packed, mask.shape), mask)
 
 
 def test_adapters_reading_one_input_keep_one_copy_of_it(monkeypatch: pytest.MonkeyPatch) -> None:

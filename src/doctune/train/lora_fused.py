@@ -77,6 +77,11 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
         import numpy as np  # numpy's packbits: SIMD, ~10x the int64 arithmetic below
 
         return torch.from_numpy(np.packbits(mask.reshape(-1).numpy(), bitorder="little"))
+    return _pack_words(mask)
+
+
+def _pack_words(mask: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_bits` in tensor operations (any device; compiles)."""
     # 8 flags a little-endian int64 word, flag j at bit 8j: move each to bit j
     words = mask.contiguous().view(torch.uint8).view(-1).view(torch.int64)
     packed = words.bitwise_and(1)
@@ -94,6 +99,11 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
         flags = np.unpackbits(packed.numpy(), bitorder="little")
         return torch.from_numpy(flags).view(torch.bool).view(shape)
+    return _unpack_words(packed, shape)
+
+
+def _unpack_words(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """:func:`unpack_bits` in tensor operations (any device; compiles)."""
     byte = packed.to(torch.int64)
     words = byte.bitwise_and(1)
     for j in range(1, 8):
