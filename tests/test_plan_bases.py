@@ -41,6 +41,16 @@ def test_shape_counts_embeddings_and_quantizable_layers() -> None:
     assert tied.embed_params == 128256 * 3072  # the head is the embedding
 
 
+def test_lora_inputs_shared_by_several_adapters_count_once() -> None:
+    s = shape("llama-3.1-8b")  # q, k, v read one input, gate and up another
+    assert s.lora_inputs == 6 * 4096 + 14336
+    assert s.lora_distinct_inputs == 3 * 4096 + 14336
+    from transformers import GPT2Config
+
+    gpt2 = shape_of(GPT2Config(n_layer=2, n_embd=64, n_head=2), r=8)  # no shared inputs
+    assert gpt2.lora_distinct_inputs == gpt2.lora_inputs
+
+
 def test_weight_bytes_per_base() -> None:
     s = shape("qwen3-4b")
     rest = s.params - s.matmul_params - s.embed_params

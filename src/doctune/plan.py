@@ -50,10 +50,11 @@ shrink. MPS is assumed to behave alike, CUDA's caching allocator better (not mea
 SAFE_SHARE = {"cpu": 0.70, "mps": 0.70, "cuda": 0.90}
 """Default budget: share of RAM (CPU, Apple unified memory) or of the GPU's memory."""
 LORA_INPUT = {"fp32": 4.0, "bf16": 2.0}
-LORA_DROPOUT = 4.0
-"""Bytes per element of each LoRA branch's input kept for the backward (its own copy, as the
-adapter's matmul reads it), and more with LoRA dropout. Measured with saved-tensor hooks
-(torch 2.13, bf16 autocast): 2 + 4 bytes per input element, on Llama and GPT-2 blocks alike."""
+LORA_MASK = 1 / 8
+"""Bytes per element of each distinct LoRA input kept for the backward (one copy for the
+adapters that read the same input), and of each adapter's input with LoRA dropout (its mask,
+packed a bit an element): :mod:`doctune.train.lora_fused`, measured with saved-tensor hooks
+(torch 2.13, bf16 autocast)."""
 QUANT_BYTES = {"nf4": 0.5 + 1 / 64, "int4": 0.5 + 4 / 32, "int8": 1.0}
 """Bytes a quantised weight takes: NF4 codes (4 bits) + one int8 scale a block of 64 (the
 scales' own scales are negligible); int4 codes + an fp16 scale and minimum a group of 32;
@@ -211,8 +212,10 @@ def estimate_for_shape(shape: ModelShape, cfg: Config, *, device: str,
     layer = (ACT_PER_LAYER[(prec, lora)] + (ACT_DROPOUT_EXTRA[prec] if shape.attn_dropout else 0.0)) * tok * C
     if shape.attn_dropout:
         layer += ATTN_MATRIX * tok * shape.n_head * T
-    if lora:  # each LoRA branch: its input as the adapter's matmul keeps it, + a dropout copy
-        layer += (LORA_INPUT[prec] + (LORA_DROPOUT if cfg.lora.dropout > 0 else 0.0)) * tok * shape.lora_inputs
+    if lora:  # LoRA's inputs as the adapters' matmuls keep them (one per input), + masks
+        distinct = shape.lora_distinct_inputs or shape.lora_inputs
+        layer += (LORA_INPUT[prec] * distinct
+                  + (LORA_MASK * shape.lora_inputs if cfg.lora.dropout > 0 else 0.0)) * tok
     # bf16 copies of the weights, kept for the backward (recomputed when checkpointing)
     # (an fp32 base only: a bf16 or quantised weight is used, and saved, as it is)
     cast = ((2.0 * V * C, 2.0 * (V * C + shape.matmul_params)) if prec == "bf16" and base_dtype == "fp32"

@@ -36,7 +36,16 @@ class ModelShape:
     """Weights of the largest of those layers."""
     lora_inputs: int = 0
     """Summed input widths of the layers LoRA adapts in one block (Llama: 6 x width + MLP
-    size): each LoRA branch keeps its own (dropped-out) copy of its input for the backward."""
+    size): each LoRA branch keeps its dropout mask for the backward."""
+    lora_distinct_inputs: int = 0
+    """The same with an input read by several of them counted once (Llama: 3 x width + MLP
+    size): the copies LoRA's fused side path keeps (one for q, k and v; one for gate and up)."""
+
+
+SHARED_INPUT = {"q_proj": "attention input", "k_proj": "attention input",
+                "v_proj": "attention input", "gate_proj": "MLP input", "up_proj": "MLP input"}
+"""Projections that read the same input in the families doctune knows (Llama, Qwen, Gemma,
+Mistral): one copy of it serves all their adapters."""
 
 
 def _model_config(cfg: Config) -> Any:
@@ -95,11 +104,15 @@ def shape_of(mc: Any, *, r: int, targets: list[str] | None = None,
                    if type(m) is torch.nn.Linear and m.weight.numel() % 128 == 0]
     targets = targets or default_lora_targets(model)
     lora = inputs = 0
+    read: dict[tuple[str, str], int] = {}  # (module path, what it reads) -> input width
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
-        if name.rsplit(".", 1)[-1] in targets and w is not None and w.dim() == 2:
+        parent, _, leaf = name.rpartition(".")
+        if leaf in targets and w is not None and w.dim() == 2:
             lora += r * (w.shape[0] + w.shape[1])
-            inputs += int(w.shape[0] if type(module).__name__ == "Conv1D" else w.shape[1])
+            width = int(w.shape[0] if type(module).__name__ == "Conv1D" else w.shape[1])
+            inputs += width
+            read[(parent, SHARED_INPUT.get(leaf, leaf))] = width
 
     def get(*names: str, default: Any = None) -> Any:
         return next((getattr(mc, n) for n in names if getattr(mc, n, None) is not None), default)
@@ -111,4 +124,5 @@ def shape_of(mc: Any, *, r: int, targets: list[str] | None = None,
         params=params, matmul_params=matmul, lora_params=lora, embed_params=sum(embeds.values()),
         quantizable_params=sum(quantizable), max_linear=max(quantizable, default=0),
         lora_inputs=inputs // max(1, int(get("n_layer", "num_hidden_layers"))),
+        lora_distinct_inputs=sum(read.values()) // max(1, int(get("n_layer", "num_hidden_layers"))),
         attn_dropout=float(get("attn_pdrop", "attention_dropout", default=0.0)) > 0)
