@@ -35,7 +35,6 @@ from doctune.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from doctune.train.choose import make_chooser
 from doctune.train.inputs import load_inputs, silent
 from doctune.train.model import build_model
 from doctune.train.parts import Run
@@ -170,6 +169,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
                        lengths=window_lengths(windows) if t.group_by_length else None,
                        step_windows=t.micro_batch_size * t.grad_accum * env.world)
     state, val_before = _start(run, resume)
+    from doctune.train.choose import make_chooser
+
     chooser, no_choice = make_chooser(run)  # the dev questions that choose final/
 
     # ---- the loop ------------------------------------------------------------------
