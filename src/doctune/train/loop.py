@@ -169,9 +169,7 @@ def train_loop(run: Run, resume: bool) -> RunResult:
                        lengths=window_lengths(windows) if t.group_by_length else None,
                        step_windows=t.micro_batch_size * t.grad_accum * env.world)
     state, val_before = _start(run, resume)
-    from doctune.train.choose import make_chooser
-
-    chooser, no_choice = make_chooser(run)  # the dev questions that choose final/
+    chooser, no_choice = _chooser(run)  # the dev questions that choose final/
 
     # ---- the loop ------------------------------------------------------------------
     flag = _StopFlag()
@@ -277,6 +275,14 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     return RunResult(run_dir=run.folder.path, final_dir=final, steps=state.step,
                      tokens_seen=state.tokens_seen, val_loss_before=val_before,
                      val_loss_after=val_after)
+
+
+def _chooser(run: Run) -> tuple[Any, str | None]:
+    """:func:`doctune.train.choose.make_chooser`, imported when a run gets that far (the
+    fact extractor it brings is not needed to start, nor to refuse a start)."""
+    from doctune.train.choose import make_chooser
+
+    return make_chooser(run)
 
 
 def _stopped(run: Run, state: TrainState, stop_signal: int, val_before: float | None) -> RunResult:
