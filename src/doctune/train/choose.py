@@ -127,24 +127,22 @@ class DevChooser:
     def check(self, step: int) -> DevScore:
         """Score the dev questions now; save the weights when this check becomes the choice
         (not clearly worse than the best check so far)."""
-        from doctune.knowledge.metrics import mc_choice
-        from doctune.knowledge.score import option_logprobs
+        from doctune.knowledge.score import score_mc
 
         run = self.run
         model = run.model.model
         was_training = model.training
         model.eval()
+        answers = [i.answer_index for i in self.items]
         try:
             with run.hw.precision.autocast(run.hw.device):
-                scored = [option_logprobs(model, run.inputs.tokenizer, i.question,
-                                          list(i.options), system=run.cfg.knowledge.system_prompt)
-                          for i in self.items]
+                mc = score_mc(model, run.inputs.tokenizer, [i.question for i in self.items],
+                              [list(i.options) for i in self.items], answers,
+                              system=run.cfg.knowledge.system_prompt)
         finally:
             model.train(was_training)
-        answers = [i.answer_index for i in self.items]
-        right = [mc_choice([lp for lp, _ in s]) == a for s, a in zip(scored, answers, strict=True)]
-        got = self.consider(step, right_option_probabilities(scored, answers),
-                            sum(right) / len(right))
+        got = self.consider(step, right_option_probabilities(mc.logprobs, answers),
+                            mc.accuracy.value)
         run.monitor.log_eval(step, {"dev_score": got.score, "dev_mc_acc": got.accuracy})
         return got
 
