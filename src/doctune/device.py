@@ -136,6 +136,15 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
     raise ConfigError(f"The precision must be auto, bf16, fp16 or fp32, got {choice!r}.")
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype products of ``x`` are computed in: the autocast dtype when autocast is on
+    for its device, else its own."""
+    import torch
+
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
 def empty_cache(device: torch.device) -> None:
     """Give cached device memory back (after evaluation or sampling)."""
     import torch

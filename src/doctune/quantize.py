@@ -141,6 +141,8 @@ def _torchao() -> Any:
 def _nf4_linear_class() -> type:
     import torch
 
+    from doctune.device import compute_dtype
+
     class NF4Linear(torch.nn.Linear):
         """A frozen ``nn.Linear`` whose weight is a torchao ``NF4Tensor`` (torchtune's
         ``FrozenNF4Linear``): the forward dequantises it straight to the compute dtype (the
@@ -149,8 +151,7 @@ def _nf4_linear_class() -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4
 
-            if torch.is_autocast_enabled(x.device.type):
-                x = x.to(torch.get_autocast_dtype(x.device.type))
+            x = x.to(compute_dtype(x))
             out = linear_nf4(x, self.weight)  # (..., out): dequantises, then one matmul
             return out + self.bias.to(out.dtype) if self.bias is not None else out
 
@@ -231,6 +232,8 @@ def _int4_linear_class() -> type:
             codes, scales, mins = ctx.saved_tensors
             return gy @ dequantize_int4(codes, scales, mins, gy.dtype), None, None, None
 
+    from doctune.device import compute_dtype
+
     class Int4Linear(torch.nn.Linear):
         """A frozen ``nn.Linear`` stored as :func:`quantize_int4`'s parts: ``weight`` holds
         the codes (uint8), ``scales`` and ``mins`` the groups' fp16 parameters; the forward
@@ -238,8 +241,7 @@ def _int4_linear_class() -> type:
         autocast is on, else the input's)."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if torch.is_autocast_enabled(x.device.type):
-                x = x.to(torch.get_autocast_dtype(x.device.type))
+            x = x.to(compute_dtype(x))
             out = Int4Matmul.apply(x, self.weight, self.scales, self.mins)
             return out + self.bias.to(out.dtype) if self.bias is not None else out
 

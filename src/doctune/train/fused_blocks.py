@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from doctune.device import compute_dtype
+
 RMSNORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
 """transformers' RMSNorm classes computed as ``weight * (x * rsqrt(mean(x^2) + eps))``."""
 MLPS = ("LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP")
@@ -76,10 +78,8 @@ class SwiGLUFn(torch.autograd.Function):
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return self._hf_forward(hidden_states)
-    kind = hidden_states.device.type
-    save = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else \
-        hidden_states.dtype
-    return RMSNormFn.apply(hidden_states, self.weight, float(self.variance_epsilon), save)
+    return RMSNormFn.apply(hidden_states, self.weight, float(self.variance_epsilon),
+                           compute_dtype(hidden_states))
 
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:

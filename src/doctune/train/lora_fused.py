@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from doctune.device import compute_dtype
 from doctune.train.attention import drop_mask
 
 
@@ -111,13 +112,6 @@ def _unpack_words(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return words.view(torch.uint8).view(torch.bool).view(shape)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    kind = x.device.type
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return x.dtype
-
-
 def _mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
     """The positions of ``x`` to drop, drawn outside the autograd function: compiled, a
     random draw inside one breaks the graph (``torch.compile`` then falls back to running
@@ -158,7 +152,7 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     result = self.base_layer(x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     delta = LoraDelta.apply(x, _shared_cast(x, dtype), self.lora_A[name].weight,
                             self.lora_B[name].weight, float(self.scaling[name]), _mask(x, p),
                             1.0 / (1.0 - p) if p > 0 else 1.0, dtype)
