@@ -7,7 +7,7 @@ bf16 as the hub checkpoints are (an 8B model never needs more than one 2 GB shar
 and a byte-level BPE tokenizer that fits its vocabulary. It then LoRA-trains it with doctune's
 own code, ``python -m doctune train`` in a child process (LoRA on doctune's default targets,
 block 256, micro-batch 1, no evaluation, samples nor compile), on each frozen base of
-``--bases``: fp32, bf16 (``model.base_dtype``) and 4-bit NF4 (``lora.quantize``), with gradient
+``--bases``: fp32, bf16 (``model.base_dtype``) and 4-bit NF4 or int4 (``lora.quantize``), with gradient
 checkpointing as the planner chooses for ``--budget``, and reports:
 
 * parameters, counted on the built model and checked against the published size;
@@ -141,8 +141,8 @@ def build_model(spec: Spec, out: Path, shard_bytes: int = 2 << 30) -> int:
 
 
 BASES = {"fp32": ["model.base_dtype=fp32"], "bf16": ["model.base_dtype=bf16"],
-         "nf4": ["lora.quantize=nf4"]}
-"""The frozen base of each measured run: fp32, bf16, or 4-bit NF4 (with bf16 embeddings)."""
+         "nf4": ["lora.quantize=nf4"], "int4": ["lora.quantize=int4"]}
+"""The frozen base of each measured run: fp32, bf16, or 4-bit NF4 or int4 (with bf16 embeddings)."""
 FP32_MAX_PARAMS = 2e9
 """No fp32 base above this: 4 bytes a weight is too much for the machine's shared RAM."""
 
