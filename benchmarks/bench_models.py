@@ -86,6 +86,20 @@ def save_tokenizer(vocab_size: int, out: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(out)
 
 
+def write_config(spec: Spec, out: Path) -> int:
+    """The model's ``config.json`` and tokenizer without weights (``--plan-only``); its
+    parameter count."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(**spec.config)
+    config.dtype = torch.bfloat16
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    save_tokenizer(spec.config["vocab_size"], out)
+    return _count_params(config)
+
+
 def build_model(spec: Spec, out: Path, shard_bytes: int = 2 << 30) -> int:
     """Save a random model of ``spec``'s shape (bf16, like the hub's) and a tokenizer; its parameters.
 
@@ -243,10 +257,13 @@ def measure(key: str, spec: Spec, work: Path, args: argparse.Namespace, precisio
     """Build, plan and train one model on each base; its rows of the table."""
     model_dir = work / "models" / key
     t0 = time.perf_counter()
-    if (model_dir / "config.json").is_file():
+    built = (model_dir / "model.safetensors.index.json").is_file()
+    if built or (args.plan_only and (model_dir / "config.json").is_file()):
         from transformers import AutoConfig
 
         params = _count_params(AutoConfig.from_pretrained(model_dir))
+    elif args.plan_only:  # the planner reads the config and the tokenizer, never the weights
+        params = write_config(spec, model_dir)
     else:
         params = build_model(spec, model_dir)
     match = abs(params / spec.published - 1) <= 0.02
