@@ -13,6 +13,7 @@ from doctune.data.store import IGNORE_INDEX
 from doctune.knowledge.chat import prepare_chat_tokenizer, render_prompt, render_qa
 from doctune.knowledge.metrics import mc_choice
 from doctune.knowledge.score import (
+    generate_answers,
     greedy_answers,
     option_logprobs,
     score_mc,
@@ -107,6 +108,42 @@ def test_greedy_answers_batched_equal_manual_greedy(model_and_tokenizer: tuple[A
         assert g.ids == _manual_greedy(model, render_prompt(tok, q), stops, 6)
         assert g.stopped == (g.ids[-1] in stops)
         assert g.text == tok.decode(g.ids, skip_special_tokens=True).strip()
+
+
+def _manual_sample(model: Any, prompt: list[int], stops: list[int], n: int,
+                   temperature: float) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1))
+            ids.append(nxt)
+            if nxt in stops:
+                break
+    return ids[len(prompt):]
+
+
+def test_sampled_answers_come_from_the_whole_distribution(
+        model_and_tokenizer: tuple[Any, Any]) -> None:
+    """Sampling ignores a top-k/top-p the model's generation config sets (replay must be the
+    model's own distribution), and the caller's seed makes it repeatable."""
+    model, tok = model_and_tokenizer
+    stops = stop_ids(tok)
+    model.generation_config.top_k, model.generation_config.top_p = 2, 0.5
+    try:
+        for q in QUESTIONS:
+            torch.manual_seed(7)
+            got = generate_answers(model, tok, [q], max_new_tokens=6, temperature=0.7)[0]
+            torch.manual_seed(7)
+            assert got.ids == _manual_sample(model, render_prompt(tok, q), stops, 6, 0.7)
+        torch.manual_seed(3)
+        one = generate_answers(model, tok, QUESTIONS * 4, max_new_tokens=6, temperature=1.0)
+        torch.manual_seed(3)
+        two = generate_answers(model, tok, QUESTIONS * 4, max_new_tokens=6, temperature=1.0)
+        assert [g.ids for g in one] == [g.ids for g in two]
+        assert len({tuple(g.ids) for g in one}) > len(QUESTIONS)  # not the greedy answers
+    finally:
+        model.generation_config.top_k, model.generation_config.top_p = None, None
 
 
 def test_score_qa_against_its_own_answers(model_and_tokenizer: tuple[Any, Any]) -> None:

@@ -35,7 +35,7 @@ def test_answers_are_kept_with_whether_they_stopped(monkeypatch: pytest.MonkeyPa
         return [Generation("fine.", [1, 2], True), Generation("rambles on and", [3] * 9, False),
                 Generation("", [2], True)]
 
-    monkeypatch.setattr("doctune.knowledge.score.greedy_answers", greedy)
+    monkeypatch.setattr("doctune.knowledge.score.generate_answers", greedy)
     got = replay.base_answers(None, None, ["a?", "b?", "c?"])
     assert got == [{"prompt": "a?", "answer": "fine.", "stopped": True},
                    {"prompt": "b?", "answer": "rambles on and", "stopped": False}]
@@ -198,3 +198,31 @@ def test_the_base_answers_only_the_prompts_the_mix_replays(
                             prompts=replay.prompts_for(windows))
         assert asked[-1] == replay.general_prompts()[:want]
         assert len(replay.read_answers(out)) == want
+    # sampled: a fresh answer for every replayed window, the prompts asked again in turn
+    prompts = replay.general_prompts()
+    replay.make_answers("m", None, device="cpu", replay=tmp_path / "s.jsonl",
+                        prompts=replay.prompts_for(1000, sampled=True), temperature=1.0)
+    assert asked[-1] == [prompts[k % len(prompts)] for k in range(1250)]
+
+
+def test_sampled_replay_is_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed gives the same sampled answers (a resumed or repeated run replays the
+    same), another seed others; the caller's random state is left as it was."""
+    seen: list[tuple[float, float]] = []
+
+    def answers(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[dict[str, object]]:
+        seen.append((kw["temperature"], float(torch.rand(()))))
+        return [{"prompt": p, "answer": f"{seen[-1][1]:.6f}"} for p in prompts]
+
+    monkeypatch.setattr(replay, "base_answers", answers)
+    monkeypatch.setattr("doctune.inference.load_for_inference",
+                        lambda *a, **kw: type("M", (), {"model": None,
+                                                        "device": torch.device("cpu")})())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        replay.make_answers("m", None, device="cpu", replay=tmp_path / f"{name}.jsonl",
+                            prompts=3, temperature=0.8, seed=seed)
+    assert torch.equal(torch.get_rng_state(), before)
+    got = {n: replay.read_answers(tmp_path / f"{n}.jsonl") for n in "abc"}
+    assert got["a"] == got["b"] != got["c"] and {t for t, _ in seen} == {0.8}

@@ -5,10 +5,17 @@ Fine-tuning on a few pages pulls a model away from what it could do before. Trai
 some general text at the same time holds it back (``knowledge.replay_share``); but when the
 replayed text is the book that general perplexity is measured on, the measure flatters the
 replaying run. With ``knowledge.replay_source: self`` (the default) the replayed examples are
-the base model's greedy answers, in its chat template, to the general prompts shipped with
+the base model's answers, in its chat template, to the general prompts shipped with
 doctune (``general/prompts.txt``: everyday questions and writing tasks, nothing about any
 docs): they pull the tuned model towards the base's own behaviour (self-distillation), and
 general-English perplexity stays a measure of forgetting for every recipe.
+
+The answers are *sampled* from the base (``knowledge.replay_temperature: 1``), one fresh
+answer for each replayed window (the prompts asked again in turn). Trained on, samples are in
+expectation the cross-entropy to the base's own distribution, whose gradient vanishes at the
+base: they only pull back. Greedy answers (temperature 0) teach the base's single most
+likely continuation, over and over: that sharpens the model, and its loss on other text
+rises with the replay share (``benchmarks/check_replay.py`` measures both).
 
 The answers are made once per run, before training, for as many prompts as the mix replays
 (a few pages of docs replay a few dozen answers: no need to wait for all of them), with the
@@ -49,30 +56,46 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
 
 
 def base_answers(model: Any, tokenizer: Any, prompts: list[str], *,
-                 system: str | None = None) -> list[dict[str, Any]]:
-    """``model``'s greedy answers to ``prompts`` that are not empty, each with whether it
-    stopped within :data:`MAX_NEW_TOKENS` tokens."""
-    from doctune.knowledge.score import greedy_answers
+                 system: str | None = None, temperature: float = 0.0) -> list[dict[str, Any]]:
+    """``model``'s answers to ``prompts`` (greedy at ``temperature`` 0, else sampled) that
+    are not empty, each with whether it stopped within :data:`MAX_NEW_TOKENS` tokens."""
+    from doctune.knowledge.score import generate_answers
 
-    gens = greedy_answers(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                          system=system, batch_size=GENERATE_BATCH)
+    gens = generate_answers(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
+                            system=system, batch_size=GENERATE_BATCH, temperature=temperature)
     return [{"prompt": p, "answer": g.text, "stopped": g.stopped}
             for p, g in zip(prompts, gens, strict=True) if g.text]
 
 
-def prompts_for(windows: int) -> int:
+def prompts_for(windows: int, *, sampled: bool = False) -> int:
     """How many general prompts to answer for ``windows`` replayed windows: that many and a
-    quarter more (an empty or too long answer is left out), at most all of them."""
-    return min(len(general_prompts()), windows + max(4, windows // 4))
+    quarter more (an empty or too long answer is left out); greedy answers (the same for a
+    prompt asked twice) at most all of them, sampled ones as many as that (the prompts asked
+    again in turn: each window a fresh answer)."""
+    want = windows + max(4, windows // 4)
+    return want if sampled else min(len(general_prompts()), want)
+
+
+def asked(count: int | None) -> list[str]:
+    """The first ``count`` general prompts, the list taken again from the start as often
+    as needed (None: each once)."""
+    prompts = general_prompts()
+    if count is None:
+        return prompts
+    return [prompts[k % len(prompts)] for k in range(count)]
 
 
 def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | None = None,
                  replay: Path | None = None, study: tuple[Any, Path] | None = None,
-                 prompts: int | None = None) -> None:
+                 prompts: int | None = None, temperature: float = 0.0, seed: int = 0) -> None:
     """Load the base ``model_name`` once for inference on ``device`` and write what it
-    answers (atomically): to the general prompts (the first ``prompts`` of them; None: all)
-    into ``replay``, and, for ``study`` = (synth data, file), its open-book answers to the
-    trained questions (:func:`doctune.knowledge.selfstudy.study_answers`)."""
+    answers (atomically): to ``prompts`` general prompts (:func:`asked`), greedy or sampled
+    at ``temperature`` with torch's generator seeded by ``seed`` (the same answers for the
+    same seed and machine), into ``replay``, and, for ``study`` = (synth data, file), its
+    open-book answers to the trained questions
+    (:func:`doctune.knowledge.selfstudy.study_answers`)."""
+    import torch
+
     from doctune.device import empty_cache
     from doctune.inference import load_for_inference
 
@@ -80,8 +103,11 @@ def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | 
     where = loaded.device
     try:
         if replay is not None:
-            _write(replay, base_answers(loaded.model, tokenizer, general_prompts()[:prompts],
-                                        system=system))
+            devices = [where] if where.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                _write(replay, base_answers(loaded.model, tokenizer, asked(prompts),
+                                            system=system, temperature=temperature))
         if study is not None:
             from doctune.knowledge.questions import section_texts
             from doctune.knowledge.selfstudy import study_answers

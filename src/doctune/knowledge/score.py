@@ -28,7 +28,7 @@ from doctune.knowledge.metrics import (
 
 @dataclass(frozen=True)
 class Generation:
-    """One greedy answer."""
+    """One answer (greedy or sampled)."""
 
     text: str
     """Decoded without special tokens, white space stripped."""
@@ -84,7 +84,22 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
                    max_new_tokens: int = 32, batch_size: int = default_of("eval.batch_size"),
                    system: str | None = None) -> list[Generation]:
     """The model's greedy answer to each question, stopping at end-of-turn/end-of-text."""
+    return generate_answers(model, tokenizer, questions, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, system=system)
+
+
+def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
+                     max_new_tokens: int = 32, batch_size: int = default_of("eval.batch_size"),
+                     system: str | None = None, temperature: float = 0.0) -> list[Generation]:
+    """The model's answer to each question, stopping at end-of-turn/end-of-text: greedy at
+    ``temperature`` 0, else sampled from the model's own distribution at that temperature
+    (no top-k, top-p or other filter, whatever the model's generation config says; the
+    caller seeds torch's generator)."""
     import torch
+
+    how: dict[str, Any] = ({"do_sample": False} if temperature <= 0 else
+                           {"do_sample": True, "temperature": temperature, "top_k": 0,
+                            "top_p": 1.0, "min_p": None, "repetition_penalty": 1.0})
 
     stops = stop_ids(tokenizer)
     pad = _pad_id(tokenizer)
@@ -96,7 +111,7 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.no_grad():
             gen = model.generate(input_ids=ids.to(_device(model)),
-                                 attention_mask=mask.to(_device(model)), do_sample=False,
+                                 attention_mask=mask.to(_device(model)), **how,
                                  max_new_tokens=max_new_tokens, eos_token_id=stops,
                                  pad_token_id=pad)
         for row in gen[:, width:].tolist():

@@ -97,7 +97,8 @@ def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
                 say("the base model answers general prompts (replayed against forgetting) ...")
                 make_answers(cfg.model.name, tokenizer, device=cfg.train.device,
                              system=k.system_prompt, replay=r_file,
-                             prompts=prompts_for(windows))
+                             prompts=prompts_for(windows, sampled=k.replay_temperature > 0),
+                             temperature=k.replay_temperature, seed=cfg.train.seed)
 
         dist.main_first(env, make)  # every rank takes part, made or not
         return read_answers(r_file)
