@@ -81,7 +81,7 @@ def choose_recipe(cfg: Config, *, docs_only: bool = False, tokenizer: Any = None
                       "the documents alone")
     parts = ["documents", f"their facts restated {AMPLIFY:g}x", "questions"]
     if STUDY["knowledge.replay_share"]:
-        parts.append("its own answers to general prompts replayed")
+        parts.append("its own sampled answers to general prompts replayed")
     overrides = {k: v for k, v in STUDY.items() if k.removeprefix("knowledge.") not in own}
     return Recipe("study", overrides,
                   f"{' + '.join(parts)}, one pass (`--docs-only` for the documents alone)")
