@@ -110,7 +110,7 @@ def _train(docs: Path, model: Path, out: Path, *extra: str) -> str:
 def test_train_studies_and_ends_with_what_the_model_learnt(models: dict[str, Path], docs: Path,
                                                            tmp_path: Path) -> None:
     out = _train(docs, models["chat"], tmp_path / "run")
-    assert "recipe: study: documents + their facts restated 5x + questions + its own answers" in out
+    assert "recipe: study: documents + their facts restated 5x + questions + its own sampled answers" in out
     assert "knowledge mix per pass" in out
     # the last lines: held-out questions before -> after, and one of them answered twice
     assert "held-out questions (never trained)" in out and "right answer in the reply" in out
