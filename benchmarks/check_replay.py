@@ -32,35 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import SMOLLM2_INSTALL, smollm2_gguf
 
 
-def _batches(windows, size, pad):
-    import torch
-
-    for b in range(0, len(windows), size):
-        part = windows[b:b + size]
-        width = max(len(w.ids) for w in part)
-        ids = torch.full((len(part), width), pad)
-        labels = torch.full((len(part), width), -100)
-        for k, w in enumerate(part):
-            ids[k, :len(w.ids)] = torch.as_tensor(w.ids)
-            labels[k, w.loss_start:len(w.ids)] = torch.as_tensor(w.ids[w.loss_start:])
-        yield ids, labels
-
-
 def general_ppl(model, tokenizer, *, block: int = 256) -> float:
-    import torch
+    """doctune's general-English perplexity (the knowledge evaluation's), under autocast."""
+    from doctune.knowledge.exam import text_perplexity
+    from doctune.knowledge.mix import general_text
 
-    from doctune.knowledge.mix import general_text, replay_windows
-
-    windows = replay_windows(tokenizer, general_text("eval"), block_size=block)
-    nll = n = 0.0
     model.eval()
-    with torch.no_grad(), _autocast():
-        for ids, labels in _batches(windows, 8, 0):
-            out = model(input_ids=ids, labels=labels)
-            count = int((labels[:, 1:] != -100).sum())
-            nll += float(out.loss) * count
-            n += count
-    return math.exp(nll / n)
+    with _autocast():
+        return text_perplexity(model, tokenizer, [general_text("eval")], block_size=block,
+                               batch_size=8)
 
 
 def _autocast():
@@ -77,6 +57,7 @@ def train_on(model_path: Path, tokenizer, pairs, *, steps: int, seed: int) -> fl
 
     from doctune.inference import load_for_inference
     from doctune.knowledge.mix import answer_windows
+    from doctune.train.batches import collate
 
     torch.manual_seed(seed)
     model = load_for_inference(model_path, device="cpu", dtype="fp32").model
@@ -90,7 +71,8 @@ def train_on(model_path: Path, tokenizer, pairs, *, steps: int, seed: int) -> fl
         opt, lambda s: min(1.0, (s + 1) / 2) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     pad = tokenizer.pad_token_id or 0
-    for ids, labels in _batches(order, 4, pad):
+    for b in range(0, len(order), 4):
+        ids, labels = collate(order[b:b + 4], pad)
         with _autocast():
             loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
