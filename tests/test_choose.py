@@ -102,6 +102,15 @@ def test_the_last_check_not_clearly_worse_than_the_best_is_chosen(tmp_path: Path
     assert again.best.score == pytest.approx(sum(noisy) / 16)
 
 
+def test_a_best_check_that_is_also_the_top_one_is_said_once(tmp_path: Path) -> None:
+    chooser = _chooser(tmp_path)
+    for step, probs in [(2, [0.4] * 16), (4, [0.5] * 16)]:
+        chooser.consider(step, probs, 0.5)
+    fact = chooser.restore(4)
+    assert (fact["step"], fact["why"]) == (
+        4, "the best of 2 checks on the 0 dev questions (score 0.500, multiple choice 50%)")
+
+
 def test_only_the_main_process_writes_the_choice(tmp_path: Path) -> None:
     chooser = _chooser(tmp_path, main=False)
     chooser.consider(2, [0.4, 0.5], 0.5)

@@ -173,10 +173,14 @@ class DevChooser:
             self._load()
         last = next((c for c in self.checks if c.step == last_step), None)
         top = self.top or best
-        why = (f"the last check not clearly worse on the {len(self.items)} dev questions than "
-               f"the best one (step {top.step}: score {top.score:.3f}, multiple choice "
-               f"{top.accuracy:.0%}): step {best.step}, score {best.score:.3f}, multiple choice "
-               f"{best.accuracy:.0%}")
+        if top.step == best.step:
+            why = (f"the best of {len(self.checks)} checks on the {len(self.items)} dev questions "
+                   f"(score {best.score:.3f}, multiple choice {best.accuracy:.0%})")
+        else:
+            why = (f"the last check not clearly worse on the {len(self.items)} dev questions "
+                   f"than the best one (step {top.step}: score {top.score:.3f}, multiple choice "
+                   f"{top.accuracy:.0%}): step {best.step}, score {best.score:.3f}, multiple "
+                   f"choice {best.accuracy:.0%}")
         if last is not None and best.step != last_step:
             why += (f"; the last step scored {last.score:.3f} ({last.accuracy:.0%}), more than "
                     f"{Z:g} standard errors below")
