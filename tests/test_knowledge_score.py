@@ -146,6 +146,25 @@ def test_sampled_answers_come_from_the_whole_distribution(
         model.generation_config.top_k, model.generation_config.top_p = None, None
 
 
+def test_plain_text_is_written_on_from_the_opening(model_and_tokenizer: tuple[Any, Any]) -> None:
+    """``plain``: no chat template; the opening rendered as a document (its BOS, no EOS) and
+    the text written on from it, not stripped (opening + text is the text as written)."""
+    from doctune.knowledge.chat import render_document
+
+    model, tok = model_and_tokenizer
+    stops = stop_ids(tok)
+    for opening in ("The old harbour was quiet, and", "Bread is"):
+        prompt = render_document(tok, opening, add_eos=False).input_ids
+        torch.manual_seed(11)
+        got = generate_answers(model, tok, [opening], max_new_tokens=6, temperature=1.0,
+                               plain=True)[0]
+        torch.manual_seed(11)
+        assert got.ids == _manual_sample(model, prompt, stops, 6, 1.0)
+        assert got.text == tok.decode(got.ids, skip_special_tokens=True)  # not stripped
+        greedy = generate_answers(model, tok, [opening], max_new_tokens=6, plain=True)[0]
+        assert greedy.ids == _manual_greedy(model, prompt, stops, 6)
+
+
 def test_score_qa_against_its_own_answers(model_and_tokenizer: tuple[Any, Any]) -> None:
     model, tok = model_and_tokenizer
     gens = greedy_answers(model, tok, QUESTIONS, max_new_tokens=6)

@@ -55,6 +55,33 @@ def test_an_answer_cut_off_is_trained_without_the_end_of_turn(tmp_path: Path) ->
     assert cut.ids.tolist() == stopped.ids[:-1].tolist() and cut.loss_start == stopped.loss_start
 
 
+def test_plain_text_is_trained_as_text_with_the_loss_after_the_opening(tmp_path: Path) -> None:
+    from doctune.data.tokenize import load_tokenizer
+    from doctune.knowledge.chat import render_document
+    from doctune.knowledge.mix import answer_windows
+
+    tok = load_tokenizer(_tiny_model(tmp_path / "m", chat=True))
+    row = {"kind": "text", "prompt": "The old harbour was quiet, and", "answer": " the boats slept."}
+    stopped, cut = (answer_windows(tok, [{**row, "stopped": s}], block_size=128)[0]
+                    for s in (True, False))
+    whole = render_document(tok, row["prompt"] + row["answer"])
+    opening = render_document(tok, row["prompt"], add_eos=False).input_ids
+    assert stopped.ids.tolist() == whole.input_ids  # no chat template; end of text when it stopped
+    assert cut.ids.tolist() == whole.input_ids[:-1]
+    assert stopped.loss_start == cut.loss_start == len(opening)
+    assert tok.decode(stopped.ids[stopped.loss_start:-1].tolist()) == row["answer"]
+    assert answer_windows(tok, [row], block_size=len(whole.input_ids) - 1) == []  # too long
+
+
+def test_openings_are_many_distinct_and_not_the_measured_book() -> None:
+    from doctune.knowledge.mix import general_text
+
+    openings = replay.general_openings()
+    assert len(openings) >= 60 and len(set(openings)) == len(openings)
+    book = general_text("eval") + general_text("replay")
+    assert not any(o in book for o in openings)
+
+
 def _fake_answers(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[dict[str, str]]:
     return [{"prompt": p, "answer": a} for p, a in ANSWERS.items()]
 
@@ -203,6 +230,60 @@ def test_the_base_answers_only_the_prompts_the_mix_replays(
     replay.make_answers("m", None, device="cpu", replay=tmp_path / "s.jsonl",
                         prompts=replay.prompts_for(1000, sampled=True), temperature=1.0)
     assert asked[-1] == [prompts[k % len(prompts)] for k in range(1250)]
+
+
+def test_replayed_windows_split_into_answers_and_plain_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[list[str], bool]] = []
+
+    def answers(model: object, tokenizer: object, prompts: list[str], **kw: object) -> list[dict[str, object]]:
+        calls.append((prompts, bool(kw.get("plain"))))
+        kind = {"kind": "text"} if kw.get("plain") else {}
+        return [{**kind, "prompt": p, "answer": " on."} for p in prompts]
+
+    monkeypatch.setattr(replay, "base_answers", answers)
+    monkeypatch.setattr("doctune.inference.load_for_inference",
+                        lambda *a, **kw: type("M", (), {"model": None,
+                                                        "device": torch.device("cpu")})())
+    assert replay.split_windows(40, 0.5) == (20, 20)
+    assert replay.split_windows(7, 0.0) == (7, 0) and replay.split_windows(7, 1.0) == (0, 7)
+    assert replay.prompts_for(0, sampled=True) == 0
+    chat, plain = replay.split_windows(100, 0.25)
+    out = tmp_path / "r.jsonl"
+    replay.make_answers("m", None, device="cpu", replay=out, temperature=1.0,
+                        prompts=replay.prompts_for(chat, sampled=True),
+                        openings=replay.prompts_for(plain, sampled=True, plain=True))
+    openings = replay.general_openings()
+    prompts = replay.general_prompts()
+    assert calls == [([prompts[k % len(prompts)] for k in range(93)], False),  # 75 and a quarter
+                     ([openings[k % len(openings)] for k in range(31)], True)]  # 25 and a quarter
+    rows = replay.read_answers(out)
+    assert sum(r.get("kind") == "text" for r in rows) == 31 and len(rows) == 124
+    # all plain text: no prompt is answered in the chat template
+    calls.clear()
+    replay.make_answers("m", None, device="cpu", replay=out, temperature=1.0,
+                        prompts=replay.prompts_for(0, sampled=True),
+                        openings=replay.prompts_for(5, sampled=True, plain=True))
+    assert calls == [(openings[:9], True)]
+    # a run asks for the split its config gives, and says so
+    from doctune.config import load_config
+    from doctune.data.tokenize import load_tokenizer
+    from doctune.rundir import RunDir
+    from doctune.train.dist import DistEnv
+    from doctune.train.inputs import _from_base
+    from doctune.train.knowledge import KnowledgeSetup
+
+    model = _tiny_model(tmp_path / "m", chat=True)
+    cfg = load_config(None, [f"model.name={model}", "knowledge.replay_share=0.1",
+                             "knowledge.replay_plain_share=0.5", "train.device=cpu"])
+    folder = RunDir(tmp_path / "run")
+    folder.path.mkdir()
+    got, _ = _from_base(cfg, DistEnv(), folder, load_tokenizer(model), KnowledgeSetup(None, {}))
+    assert got is not None
+    calls.clear()
+    rows = got(10)
+    assert [(len(p), plain) for p, plain in calls] == [(9, False), (9, True)]
+    assert sum(r.get("kind") == "text" for r in rows) == 9
 
 
 def test_sampled_replay_is_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

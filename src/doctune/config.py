@@ -230,6 +230,8 @@ class KnowledgeConfig(_Section):
     """What knowledge.replay_share replays: `self` = the base model's own answers to general prompts shipped with doctune (made once per run, before training; general-English perplexity then measures forgetting for every recipe), `text` = chapters of Alice in Wonderland (the general-English perplexity is then taken on the rest of the same book, and flatters the replaying run)."""
     replay_temperature: float = Field(1.0, ge=0.0, le=2.0)
     """knowledge.replay_source self: 1 = the base's answers are sampled from its own distribution, one fresh answer per replayed window (in expectation the cross-entropy to the base: a pull back towards it and nothing else); 0 = its greedy answers, a few dozen replayed again and again (they teach its most likely continuation, and sharpen the model: its loss on other text rises)."""
+    replay_plain_share: float = Field(0.0, ge=0.0, le=1.0)
+    """knowledge.replay_source self: the share of replayed windows that are plain text the base writes on from an opening shipped with doctune (no chat template; the rest are its answers to general prompts): the docs are plain text, and what they move in the model's plain-text writing, chat answers do not pull back."""
     self_study: bool = False
     """Before training, the base model answers each trained question with its section in the prompt; answers that hold the expected answer are trained too (as questions, without the section), in the model's own words."""
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)

@@ -14,8 +14,9 @@ so ``collate`` and the loop take them as they take the docs' windows:
   facts only: :mod:`doctune.knowledge.amplify`), packed into windows of up to
   ``block_size`` tokens, loss on every token. Held-out facts are learnt from the documents
   alone: a restatement of one would teach the sentence the held-out question is scored on;
-- ``replay``: the base model's own answers to general prompts (``knowledge.replay_source:
-  self``, :mod:`doctune.knowledge.replay`; loss on the answers), or the first 80% of the
+- ``replay``: the base model's own answers to general prompts and its plain text written
+  on from openings (``knowledge.replay_source: self``, :mod:`doctune.knowledge.replay`;
+  loss on what the base wrote), or the first 80% of the
   shipped general English text (``text``, :func:`general_text`) in windows of
   ``block_size`` tokens, loss on every token.
 
@@ -142,9 +143,18 @@ def answer_windows(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], *, block_
     """``{prompt, answer[, stopped]}`` pairs in the chat template, loss on the answer (the
     replayed answers of :mod:`doctune.knowledge.replay`); an answer with ``stopped: false``
     (cut off at a length) is trained without the end-of-turn token; a pair longer than
-    ``block_size`` is left out."""
+    ``block_size`` is left out. A pair of ``"kind": "text"`` is an opening and the plain
+    text the model wrote on from it: one text, no chat template, the loss on what follows
+    the opening's tokens."""
     out = []
     for p in pairs:
+        if p.get("kind") == "text":
+            text = render_document(tokenizer, p["prompt"] + p["answer"],
+                                   add_eos=p.get("stopped", True))
+            start = len(render_document(tokenizer, p["prompt"], add_eos=False).input_ids)
+            if len(text.input_ids) <= block_size and start < len(text.input_ids):
+                out.append(_window(text.input_ids, start))
+            continue
         ex = render_qa(tokenizer, p["prompt"], p["answer"], system=system)
         ids = ex.input_ids if p.get("stopped", True) else ex.input_ids[:-1]
         if len(ids) <= block_size:

@@ -17,6 +17,13 @@ base: they only pull back. Greedy answers (temperature 0) teach the base's singl
 likely continuation, over and over: that sharpens the model, and its loss on other text
 rises with the replay share (``benchmarks/check_replay.py`` measures both).
 
+A chat model is also a model of plain text, and general-English perplexity is taken on plain
+text: training on the docs' pages (plain text) moves that too, and answers in the chat
+template do not pull it back. So ``knowledge.replay_plain_share`` of the replayed windows
+are the base's own plain text: it writes on from an opening shipped with doctune
+(``general/openings.txt``: "The old harbour was quiet in the early morning, and"), sampled
+the same way, and the continuation is trained as text (rows ``"kind": "text"``).
+
 The answers are made once per run, before training, for as many prompts as the mix replays
 (a few pages of docs replay a few dozen answers: no need to wait for all of them), with the
 base model loaded for inference on the training device, and kept in the run folder (``replay.jsonl``: prompt,
@@ -42,11 +49,19 @@ FILE = "replay.jsonl"
 """The answers, in the run folder."""
 
 
+def _lines(name: str) -> list[str]:
+    text = (resources.files("doctune.knowledge") / "general" / name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def general_prompts() -> list[str]:
     """The shipped general prompts, one per line."""
-    text = (resources.files("doctune.knowledge") / "general" / "prompts.txt").read_text(
-        encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return _lines("prompts.txt")
+
+
+def general_openings() -> list[str]:
+    """The shipped openings of plain English texts, one per line (the base writes on)."""
+    return _lines("openings.txt")
 
 
 def read_answers(path: Path) -> list[dict[str, Any]]:
@@ -56,30 +71,45 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
 
 
 def base_answers(model: Any, tokenizer: Any, prompts: list[str], *,
-                 system: str | None = None, temperature: float = 0.0) -> list[dict[str, Any]]:
+                 system: str | None = None, temperature: float = 0.0,
+                 plain: bool = False) -> list[dict[str, Any]]:
     """``model``'s answers to ``prompts`` (greedy at ``temperature`` 0, else sampled) that
-    are not empty, each with whether it stopped within :data:`MAX_NEW_TOKENS` tokens."""
+    are not empty, each with whether it stopped within :data:`MAX_NEW_TOKENS` tokens;
+    ``plain``: the prompts are openings of plain texts the model writes on (no chat
+    template), each row marked ``"kind": "text"``."""
     from doctune.knowledge.score import generate_answers
 
     gens = generate_answers(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                            system=system, batch_size=GENERATE_BATCH, temperature=temperature)
-    return [{"prompt": p, "answer": g.text, "stopped": g.stopped}
-            for p, g in zip(prompts, gens, strict=True) if g.text]
+                            system=system, batch_size=GENERATE_BATCH, temperature=temperature,
+                            plain=plain)
+    kind = {"kind": "text"} if plain else {}
+    return [{**kind, "prompt": p, "answer": g.text, "stopped": g.stopped}
+            for p, g in zip(prompts, gens, strict=True) if g.text.strip()]
 
 
-def prompts_for(windows: int, *, sampled: bool = False) -> int:
-    """How many general prompts to answer for ``windows`` replayed windows: that many and a
-    quarter more (an empty or too long answer is left out); greedy answers (the same for a
-    prompt asked twice) at most all of them, sampled ones as many as that (the prompts asked
-    again in turn: each window a fresh answer)."""
+def prompts_for(windows: int, *, sampled: bool = False, plain: bool = False) -> int:
+    """How many general prompts (``plain``: openings) to answer for ``windows`` replayed
+    windows: none for none, else that many and a quarter more (an empty or too long answer
+    is left out); greedy answers (the same for a prompt asked twice) at most all of them,
+    sampled ones as many as that (the prompts asked again in turn: each window a fresh
+    answer)."""
+    if windows <= 0:
+        return 0
     want = windows + max(4, windows // 4)
-    return want if sampled else min(len(general_prompts()), want)
+    return want if sampled else min(len(general_openings() if plain else general_prompts()), want)
 
 
-def asked(count: int | None) -> list[str]:
-    """The first ``count`` general prompts, the list taken again from the start as often
-    as needed (None: each once)."""
-    prompts = general_prompts()
+def split_windows(windows: int, plain_share: float) -> tuple[int, int]:
+    """(answers, continuations): how many of ``windows`` replayed windows are the base's
+    answers to general prompts and how many its plain-text continuations of openings."""
+    plain = round(windows * plain_share)
+    return windows - plain, plain
+
+
+def asked(count: int | None, *, plain: bool = False) -> list[str]:
+    """The first ``count`` general prompts (``plain``: openings), the list taken again from
+    the start as often as needed (None: each once)."""
+    prompts = general_openings() if plain else general_prompts()
     if count is None:
         return prompts
     return [prompts[k % len(prompts)] for k in range(count)]
@@ -87,11 +117,13 @@ def asked(count: int | None) -> list[str]:
 
 def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | None = None,
                  replay: Path | None = None, study: tuple[Any, Path] | None = None,
-                 prompts: int | None = None, temperature: float = 0.0, seed: int = 0) -> None:
+                 prompts: int | None = None, openings: int = 0, temperature: float = 0.0,
+                 seed: int = 0) -> None:
     """Load the base ``model_name`` once for inference on ``device`` and write what it
-    answers (atomically): to ``prompts`` general prompts (:func:`asked`), greedy or sampled
-    at ``temperature`` with torch's generator seeded by ``seed`` (the same answers for the
-    same seed and machine), into ``replay``, and, for ``study`` = (synth data, file), its
+    answers (atomically): to ``prompts`` general prompts (:func:`asked`) and, as plain text,
+    from ``openings`` openings, greedy or sampled at ``temperature`` with torch's generator
+    seeded by ``seed`` (the same answers for the same seed and machine), into ``replay``,
+    and, for ``study`` = (synth data, file), its
     open-book answers to the trained questions
     (:func:`doctune.knowledge.selfstudy.study_answers`)."""
     import torch
@@ -106,8 +138,12 @@ def make_answers(model_name: str, tokenizer: Any, *, device: str, system: str | 
             devices = [where] if where.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                _write(replay, base_answers(loaded.model, tokenizer, asked(prompts),
-                                            system=system, temperature=temperature))
+                rows = base_answers(loaded.model, tokenizer, asked(prompts), system=system,
+                                    temperature=temperature) if prompts != 0 else []
+                if openings:
+                    rows += base_answers(loaded.model, tokenizer, asked(openings, plain=True),
+                                         temperature=temperature, plain=True)
+                _write(replay, rows)
         if study is not None:
             from doctune.knowledge.questions import section_texts
             from doctune.knowledge.selfstudy import study_answers

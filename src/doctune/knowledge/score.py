@@ -15,7 +15,7 @@ from typing import Any
 
 from doctune.config import default_of
 from doctune.data.store import IGNORE_INDEX
-from doctune.knowledge.chat import end_of_turn_id, render_prompt, render_qa
+from doctune.knowledge.chat import end_of_turn_id, render_document, render_prompt, render_qa
 from doctune.knowledge.metrics import (
     Accuracy,
     accuracy,
@@ -90,11 +90,14 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
 
 def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
                      max_new_tokens: int = 32, batch_size: int = default_of("eval.batch_size"),
-                     system: str | None = None, temperature: float = 0.0) -> list[Generation]:
+                     system: str | None = None, temperature: float = 0.0,
+                     plain: bool = False) -> list[Generation]:
     """The model's answer to each question, stopping at end-of-turn/end-of-text: greedy at
     ``temperature`` 0, else sampled from the model's own distribution at that temperature
     (no top-k, top-p or other filter, whatever the model's generation config says; the
-    caller seeds torch's generator)."""
+    caller seeds torch's generator). ``plain``: each "question" is the opening of a plain
+    text (no chat template) and its answer the text the model writes on, not stripped, so
+    that opening + answer is the text as written."""
     import torch
 
     how: dict[str, Any] = ({"do_sample": False} if temperature <= 0 else
@@ -105,7 +108,8 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
     pad = _pad_id(tokenizer)
     out: list[Generation] = []
     for b in range(0, len(questions), batch_size):
-        prompts = [render_prompt(tokenizer, q, system=system) for q in questions[b:b + batch_size]]
+        prompts = [render_document(tokenizer, q, add_eos=False).input_ids if plain else
+                   render_prompt(tokenizer, q, system=system) for q in questions[b:b + batch_size]]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -117,7 +121,8 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
         for row in gen[:, width:].tolist():
             cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
             row = row[:cut]
-            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            text = text if plain else text.strip()
             out.append(Generation(text=text, ids=row, stopped=bool(row) and row[-1] in stops))
     return out
 

@@ -71,7 +71,7 @@ def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
     None for what is not asked for. Neither is made for a tokenizer without a chat template,
     nor for a quantised base (it would be loaded whole to answer): the replay is then the
     shipped text, and self-study is left out (said in the header)."""
-    from doctune.knowledge.replay import make_answers, prompts_for, read_answers
+    from doctune.knowledge.replay import make_answers, prompts_for, read_answers, split_windows
 
     k = cfg.knowledge
     able = cfg.lora.quantize == "none" and bool(getattr(tokenizer, "chat_template", None))
@@ -95,9 +95,12 @@ def _from_base(cfg: Config, env: DistEnv, folder: RunDir, tokenizer: Any,
         def make() -> None:
             if not r_file.is_file():
                 say("the base model answers general prompts (replayed against forgetting) ...")
+                sampled = k.replay_temperature > 0
+                chat, plain = split_windows(windows, k.replay_plain_share)
                 make_answers(cfg.model.name, tokenizer, device=cfg.train.device,
                              system=k.system_prompt, replay=r_file,
-                             prompts=prompts_for(windows, sampled=k.replay_temperature > 0),
+                             prompts=prompts_for(chat, sampled=sampled),
+                             openings=prompts_for(plain, sampled=sampled, plain=True),
                              temperature=k.replay_temperature, seed=cfg.train.seed)
 
         dist.main_first(env, make)  # every rank takes part, made or not

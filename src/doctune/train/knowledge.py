@@ -126,7 +126,10 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         answers = replay(wanted)
         extra["replay"] = answer_windows(tokenizer, answers, block_size=size,
                                          system=k.system_prompt)
-        knowledge.summary["replay"] = f"the base model's answers to {len(answers)} general prompts"
+        plain = sum(a.get("kind") == "text" for a in answers)
+        knowledge.summary["replay"] = (
+            f"the base model's answers to {len(answers) - plain} general prompts"
+            + (f" and its plain text written on from {plain} openings" if plain else ""))
     if k.replay_share and not extra.get("replay"):
         if replay is not None:  # every answer empty or longer than a window: a small model
             knowledge.summary["replay"] = ("the shipped general English text: the base model's "
