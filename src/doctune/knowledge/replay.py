@@ -18,11 +18,13 @@ likely continuation, over and over: that sharpens the model, and its loss on oth
 rises with the replay share (``benchmarks/check_replay.py`` measures both).
 
 A chat model is also a model of plain text, and general-English perplexity is taken on plain
-text: training on the docs' pages (plain text) moves that too, and answers in the chat
-template do not pull it back. So ``knowledge.replay_plain_share`` of the replayed windows
-are the base's own plain text: it writes on from an opening shipped with doctune
-(``general/openings.txt``: "The old harbour was quiet in the early morning, and"), sampled
-the same way, and the continuation is trained as text (rows ``"kind": "text"``).
+text, as the docs' pages are trained. ``knowledge.replay_plain_share`` (default 0) makes that
+share of the replayed windows the base's own plain text: it writes on from an opening shipped
+with doctune (``general/openings.txt``: "The old harbour was quiet in the early morning,
+and"), sampled the same way, and the continuation is trained as text (rows ``"kind":
+"text"``). Measured on the study recipe (``benchmarks/bench_knowledge.py``), half of a 5%
+replay as plain text forgot as much as answers alone, and half of a 20% replay a little less
+than answers alone, for more steps: it stays off unless asked for.
 
 The answers are made once per run, before training, for as many prompts as the mix replays
 (a few pages of docs replay a few dozen answers: no need to wait for all of them), with the

@@ -31,7 +31,7 @@ class Generation:
     """One answer (greedy or sampled)."""
 
     text: str
-    """Decoded without special tokens, white space stripped."""
+    """Decoded without special tokens, white space stripped (``plain`` text: as written)."""
     ids: list[int]
     """The generated ids, up to and including the stop token when one came."""
     stopped: bool
