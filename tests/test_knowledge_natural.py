@@ -19,6 +19,7 @@ from doctune.knowledge.natural import (
     phrasing_split,
     predicate,
     quotes_sentence,
+    thing,
 )
 from doctune.knowledge.questions import file_items, load_question_file
 
@@ -44,13 +45,33 @@ def test_predicate_turns_descriptions_into_verb_phrases() -> None:
     assert predicate(" ".join(["Specify"] + ["word"] * 20)) is None  # too long to ask
 
 
+def test_thing_is_what_a_description_says_its_option_sets() -> None:
+    assert thing("Specify the server port.") == "server port"
+    assert thing("Output directory for the final bundle.") == "output directory for the final bundle"
+    assert thing("Sets the CSS target for the build.") == "CSS target for the build"
+    assert thing("Specify which IP addresses the server should listen on.") is None  # a clause
+    assert thing("Whether to generate production source maps.") is None
+    assert thing("Enable/disable CSS code splitting.") is None  # not a setting of a value
+    assert thing("Directly customize the underlying bundle.") is None  # an adverb, not a thing
+    assert thing("Specify additional options.") is None
+
+
+def test_two_options_described_alike_are_not_asked_by_purpose() -> None:
+    doc = ("# Options\n\n## server.port\n\n- **Default:** `5173`\n\nSpecify server port.\n\n"
+           "## preview.port\n\n- **Default:** `4173`\n\nSpecify server port.\n")
+    facts = extract_facts(doc, "o.md")
+    qs = natural_questions(facts, {f.id: "trained" for f in facts}, seed=0,
+                           phrasings=phrasing_split(0, 0.3), per_fact=5)
+    assert {q.direction for q in qs if q.fact.kind == "config"} == {"value", "name"}
+
+
 def test_phrasing_split_is_seeded_and_keeps_both_sides() -> None:
     a = phrasing_split(0, 0.3)
     assert a == phrasing_split(0, 0.3) and len(a) == sum(len(t) for t in PHRASINGS.values())
     for kind, direction in PHRASINGS:
         group = {v for k, v in a.items() if k.startswith(f"natural.{kind}.{direction}.")}
         assert group == {"trained", "heldout"}, (kind, direction)
-    assert sorted(a.values()).count("heldout") == 16
+    assert sorted(a.values()).count("heldout") == 17
     assert set(phrasing_split(0, 0.0).values()) == {"trained"}
 
 
@@ -63,7 +84,7 @@ def test_natural_questions_both_ways_in_their_split_phrasings() -> None:
     assert qs == natural_questions(facts, splits, seed=0, phrasings=phrasings, per_fact=2)
     mine = [q for q in qs if q.fact.id == port.id]
     # held out: one question a direction, in a held-out phrasing
-    assert sorted(q.direction for q in mine) == ["name", "value"]
+    assert sorted(q.direction for q in mine) == ["name", "purpose", "value"]
     assert {q.answer for q in mine} == {"5173", "server.port"}
     assert all(q.phrasing_split == "heldout" == phrasings[q.template] for q in mine)
     # "false" is the default of two options: never asked the name way
@@ -75,9 +96,16 @@ def test_natural_questions_both_ways_in_their_split_phrasings() -> None:
     assert all(not quotes_sentence(q.question, q.fact.sentence) for q in qs)
     trained = [q for q in qs if q.fact.id != port.id]
     assert all(q.phrasing_split == "trained" == phrasings[q.template] for q in trained)
-    assert len(qs) == 25
+    # a default asked by what the option sets, where the description names one thing
+    purpose = {(q.fact.subject, q.question, q.answer) for q in qs if q.direction == "purpose"}
+    assert purpose == {
+        ("server.port", "By default, what is the server port?", "5173"),
+        ("build.outDir", "Unless I change it, what is the output directory for the final bundle?",
+         "dist"),
+        ("build.outDir", "What is the default output directory for the final bundle?", "dist")}
+    assert len(qs) == 28
     rows = mc_rows(qs, facts, splits, seed=0)
-    assert len(rows) == len({(q.fact.id, q.direction) for q in qs}) == 16
+    assert len(rows) == len({(q.fact.id, q.direction) for q in qs}) == 18
     for r in rows:
         assert r["options"][r["answer_index"]] in {q.answer for q in qs if q.fact.id == r["fact_id"]}
         assert len({o.lower() for o in r["options"]}) == len(r["options"])

@@ -33,7 +33,7 @@ from typing import Any
 
 from doctune.knowledge.facts import Fact
 from doctune.knowledge.metrics import normalize_answer
-from doctune.knowledge.natural import _Ask, _asks, _uniques, natural_questions
+from doctune.knowledge.natural import _Ask, _asks, _context, natural_questions
 from doctune.knowledge.split import unit_hash
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -44,14 +44,18 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-# Statements per (kind, direction); fields as natural.PHRASINGS (subject, answer, pred, where,
-# relation, measure).
+# Statements per (kind, direction); fields as natural.PHRASINGS (subject, answer, pred, thing,
+# where, relation, measure).
 STATEMENTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("config", "value"): ("{subject} defaults to {answer}.",
                           "If you don't set {subject}, it is {answer}.",
                           "The default value of {subject} is {answer}.",
                           "Out of the box, {subject} is set to {answer}.",
                           "Leave {subject} out of the config and you get {answer}."),
+    ("config", "purpose"): ("The default {thing} is {answer}.",
+                            "By default, the {thing} is {answer} ({subject}).",
+                            "Unless you change {subject}, the {thing} is {answer}.",
+                            "Set nothing and the {thing} is {answer}."),
     ("config", "name"): ("The option that defaults to {answer} is {subject}.",
                          "{answer} is the default of {subject}.",
                          "When nothing sets it, {subject} takes the value {answer}."),
@@ -234,8 +238,8 @@ def amplify(facts: Sequence[Fact], splits: dict[str, str], *, source_tokens: int
     the summary says how far it got (``achieved``: tokens over the source's).
     """
     trained = [f for f in facts if splits.get(f.id, "trained") == "trained"]
-    unique, single = _uniques(facts)
-    study = Study(trained, {f.id: _asks(f, unique, single) for f in trained}, facts, splits,
+    ctx = _context(facts)
+    study = Study(trained, {f.id: _asks(f, ctx) for f in trained}, facts, splits,
                   phrasings, seed)
     forbidden = _leaks(facts, splits)
     queues, dropped = [], 0

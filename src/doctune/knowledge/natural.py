@@ -8,7 +8,11 @@ relation is asked both ways:
 - ``name``: from the answer (or what the section says the subject does) back to the subject
   ("Which option defaults to `dist`?", "Which option sets the output directory?"). A
   ``name`` question is made only when its answer is unambiguous in the docs read (the value
-  is the default of one option only; the description is short enough to ask).
+  is the default of one option only; the description is short enough to ask);
+- ``purpose``: a default asked by what the option is for, without naming it ("What is the
+  default output directory for the final bundle?" for ``build.outDir``), from the section's
+  description (:func:`thing`) when it names one thing no other section names. People ask
+  for a value by what it does far more often than by the option's name.
 
 Each (kind, direction) has several *phrasings*. Like facts, phrasings are split by a seeded
 hash (:func:`phrasing_split`): a trained fact is asked in trained phrasings only, a held-out
@@ -16,7 +20,7 @@ or control fact in held-out phrasings only, so a held-out question is a fact the
 saw asked, in words it never saw a question put in. It measures answering, not template
 matching.
 
-Kinds asked: ``config`` (both ways), ``heading`` of an identifier-like section (what it does;
+Kinds asked: ``config`` (all three ways), ``heading`` of an identifier-like section (what it does;
 which option does that), ``definition`` (what a term does; which term does that),
 ``table`` (a cell; which row has it), ``flag`` and ``number`` (when a section holds only one).
 ``code`` facts (an identifier somewhere in a sentence) are not: without a model they can
@@ -38,10 +42,11 @@ from doctune.knowledge.facts import Fact
 from doctune.knowledge.metrics import normalize_answer
 from doctune.knowledge.split import unit_hash
 
-DIRECTIONS = ("value", "name")
+DIRECTIONS = ("value", "name", "purpose")
 
 # Fields: subject (`code` when it is an identifier), answer (`code`), pred (what the subject
-# does, a verb phrase in the third person), where (the section), relation, measure.
+# does, a verb phrase in the third person), thing (what it sets, a noun phrase), where (the
+# section), relation, measure.
 PHRASINGS: dict[tuple[str, str], tuple[str, ...]] = {
     ("config", "value"): (
         "What does {subject} default to?",
@@ -49,6 +54,13 @@ PHRASINGS: dict[tuple[str, str], tuple[str, ...]] = {
         "What's the default value of {subject}?",
         "I left {subject} out of my config. What is it set to?",
         "Out of the box, what is {subject} set to?",
+    ),
+    ("config", "purpose"): (
+        "What is the default {thing}?",
+        "If I configure nothing, what is the {thing}?",
+        "By default, what is the {thing}?",
+        "What do the docs give as the default {thing}?",
+        "Unless I change it, what is the {thing}?",
     ),
     ("config", "name"): (
         "Which option defaults to {answer}?",
@@ -199,6 +211,38 @@ def predicate(sentence: str) -> str | None:
     return " ".join(["sets the", lead, *words[1:]])
 
 
+_SETTING_VERBS = frozenset(["specifies", "sets", "defines", "configures", "chooses", "selects",
+                            "adjusts", "changes", "overrides", "controls"])
+_NOT_A_THING = frozenset(["which", "what", "whether", "how", "if", "when", "where", "who", "to",
+                          "a", "an", "all", "any", "some", "one", "custom", "additional",
+                          "options", "extra"])
+
+
+def thing(sentence: str) -> str | None:
+    """What a description says its option sets, as a noun phrase without its article
+    ("Specify the server port." -> "server port"; "Output directory for the final bundle."
+    -> "output directory for the final bundle"); None when the description does not name
+    one thing (a clause, "whether ...", a list of options, an action other than setting)."""
+    pred = predicate(sentence)
+    if pred is None:
+        return None
+    verb, _, rest = pred.partition(" ")
+    if verb not in _SETTING_VERBS or not rest:
+        return None
+    words = rest.split()
+    if words[0].lower() in ("the", "your"):
+        words = words[1:]
+    if (not words or words[0].lower() in _NOT_A_THING
+            or re.search(r"(?:ly|[iy]ze|ise)$", words[0].lower())  # an adverb, a verb or "`" in " ".join(words)
+            or _NOT_NOUN_PHRASE.search(" ".join(words))
+            or re.search(r"\b(?:and|or)\b", " ".join(words[:2]))):
+        return None
+    first = words[0]
+    if not (first.isupper() or any(c.isupper() for c in first[1:])):
+        first = first.lower()
+    return " ".join([first, *words[1:]])
+
+
 _MEASURES = ((r"ms|millisecond|second|sec|minute|min|hour|hr|h|day|week|month|year|s", "duration"),
              (r"[KMGT]i?B|kB|B|byte", "size"), (r"%", "percentage"), (r"x|times", "factor"))
 
@@ -234,10 +278,23 @@ class _Ask:
     fields: dict[str, str]
 
 
-def _asks(fact: Fact, unique: dict[str, set[str]], single: set[tuple[str, str, str]]
-          ) -> list[_Ask]:
+@dataclass(frozen=True)
+class _Context:
+    """What is said of one fact only, across the facts read (:func:`_context`)."""
+
+    unique: dict[str, set[str]]
+    """Per kind, the normalised config values, flags and descriptions one fact alone has."""
+    single: set[tuple[str, str, str]]
+    """(doc, section, what) keys one fact alone holds: a section's only flag or number, a
+    table column's value."""
+    things: dict[tuple[str, str], str]
+    """(doc, section) of an option -> what its description says it sets (:func:`thing`),
+    when no other section's description says the same."""
+
+
+def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
     """The ways ``fact`` can be asked (see the module docstring)."""
-    f, subject = fact, _strip(fact.subject)
+    f, subject, unique = fact, _strip(fact.subject), ctx.unique
     where = " > ".join(f.section[-1:]) or f.doc
     where = _code(where) if _identifier(where) else where
     base = {"subject": _code(subject) if _identifier(subject) else subject,
@@ -252,6 +309,9 @@ def _asks(fact: Fact, unique: dict[str, set[str]], single: set[tuple[str, str, s
         ask("value", f.answer)
         if norm in unique["config"]:
             ask("name", subject)
+        what = ctx.things.get((f.doc, " > ".join(f.section)))
+        if what:
+            ask("purpose", f.answer, thing=what)
     elif f.kind == "heading" and _identifier(subject):
         ask("value", f.answer)
         pred = predicate(f.answer)
@@ -264,23 +324,22 @@ def _asks(fact: Fact, unique: dict[str, set[str]], single: set[tuple[str, str, s
             ask("name", f.answer, pred=pred)
     elif f.kind == "table":
         ask("value", f.answer)
-        if (f.doc, " > ".join(f.section), f.relation + "\0" + norm) in single:
+        if (f.doc, " > ".join(f.section), f.relation + "\0" + norm) in ctx.single:
             ask("name", f.subject)
     elif (f.kind in ("flag", "number") and _identifier(subject)
-          and (f.doc, " > ".join(f.section), f.kind) in single):
+          and (f.doc, " > ".join(f.section), f.kind) in ctx.single):
         ask("value", f.answer, measure=_measure(f.answer))
         if f.kind == "flag" and norm in unique["flag"]:
             ask("name", subject)
     return out
 
 
-def _uniques(facts: Sequence[Fact]) -> tuple[dict[str, set[str]], set[tuple[str, str, str]]]:
-    """What is said of one fact only: config values, flags, descriptions (per kind); and
-    (doc, section, what) keys that one fact alone holds (a section's only flag or number, a
-    table column's value)."""
+def _context(facts: Sequence[Fact]) -> _Context:
+    """What is said of one fact only (see :class:`_Context`)."""
     counts: dict[str, Counter[str]] = {k: Counter() for k in
                                        ("config", "heading", "definition", "flag")}
     per_section: Counter[tuple[str, str, str]] = Counter()
+    described: dict[tuple[str, str], str] = {}
     for f in facts:
         sec = " > ".join(f.section)
         if f.kind in ("config", "flag"):
@@ -293,8 +352,15 @@ def _uniques(facts: Sequence[Fact]) -> tuple[dict[str, set[str]], set[tuple[str,
             per_section[f.doc, sec, f.kind] += 1
         elif f.kind == "table":
             per_section[f.doc, sec, f.relation + "\0" + normalize_answer(f.answer)] += 1
+        elif (f.kind == "heading" and _identifier(_strip(f.subject)) and f.section
+              and _strip(f.subject) == f.section[-1].strip("`")):
+            what = thing(f.answer)
+            if what:
+                described.setdefault((f.doc, sec), what)
     unique = {k: {v for v, n in c.items() if n == 1} for k, c in counts.items()}
-    return unique, {k for k, n in per_section.items() if n == 1}
+    said = Counter(normalize_answer(w) for w in described.values())
+    return _Context(unique, {k for k, n in per_section.items() if n == 1},
+                    {k: w for k, w in described.items() if said[normalize_answer(w)] == 1})
 
 
 def _rotation(n: int, key: str, seed: int) -> list[int]:
@@ -307,12 +373,12 @@ def natural_questions(facts: Sequence[Fact], splits: dict[str, str], *, seed: in
     """Questions about ``facts`` (see the module docstring): a trained fact in up to
     ``per_fact`` of its trained phrasings per direction, a held-out or control fact in one
     held-out phrasing per direction, each chosen by the fact id and ``seed``."""
-    unique, single = _uniques(facts)
+    ctx = _context(facts)
     out: list[NaturalQuestion] = []
     for fact in facts:
         split = splits.get(fact.id, "trained")
         want = "trained" if split == "trained" else "heldout"
-        for a in _asks(fact, unique, single):
+        for a in _asks(fact, ctx):
             texts = PHRASINGS[fact.kind, a.direction]
             names = [f"natural.{fact.kind}.{a.direction}.{k}" for k in range(len(texts))]
             order = [k for k in _rotation(len(texts), f"nq:{a.direction}:{fact.id}", seed)
