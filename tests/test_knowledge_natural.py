@@ -40,6 +40,10 @@ def test_predicate_turns_descriptions_into_verb_phrases() -> None:
     assert predicate("Output directory for the final bundle.") == \
         "sets the output directory for the final bundle"
     assert predicate("This option allows users to minify it.") == "allows users to minify it"
+    assert predicate("Externalize given dependencies for SSR.") == \
+        "externalizes given dependencies for SSR"  # a verb made with -ize
+    assert predicate("Directly customize the underlying bundle.") == \
+        "directly customizes the underlying bundle"
     assert predicate("By default, all files are served.") is None  # not a description
     assert predicate("Imported assets that are small will be inlined.") is None
     assert predicate(" ".join(["Specify"] + ["word"] * 20)) is None  # too long to ask

@@ -179,6 +179,11 @@ def _third_person(verb: str) -> str:
     return verb + "s"
 
 
+def _is_verb(word: str) -> bool:
+    """A verb's base form: a known one, or one made with -ize/-ify ("externalize")."""
+    return word in _VERBS or (len(word) > 5 and word.endswith(("ize", "ify")))
+
+
 def _stem(word: str) -> str | None:
     """``word`` as a known verb's base form when it is that verb in the third person."""
     for cut, add in (("ies", "y"), ("es", ""), ("s", "")):
@@ -198,8 +203,10 @@ def predicate(sentence: str) -> str | None:
     if not words or len(words) > MAX_DESCRIPTION_WORDS or "`" in words[0]:
         return None
     first, rest = words[0].lower(), " ".join(words[1:])
+    if first.endswith("ly") and len(words) > 2 and _is_verb(words[1].lower()):
+        return " ".join([first, _third_person(words[1].lower()), *words[2:]])  # "Directly set"
     head = [p for p in first.split("/") if p]
-    if head and all(p in _VERBS for p in head):
+    if head and all(_is_verb(p) for p in head):
         return " ".join(["/".join(_third_person(p) for p in head), *words[1:]])
     if _stem(first) is not None:
         return " ".join([first, *words[1:]])
