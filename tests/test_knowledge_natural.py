@@ -58,6 +58,8 @@ def test_thing_is_what_a_description_says_its_option_sets() -> None:
     assert thing("Enable/disable CSS code splitting.") is None  # not a setting of a value
     assert thing("Directly customize the underlying bundle.") is None  # an adverb, not a thing
     assert thing("Specify additional options.") is None
+    assert thing("Specify the size limit for inlined assets.") == "size limit for inlined assets"
+    assert thing("Sets the `base` path.") is None  # an identifier inside: not asked this way
 
 
 def test_two_options_described_alike_are_not_asked_by_purpose() -> None:

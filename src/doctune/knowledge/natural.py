@@ -239,8 +239,9 @@ def thing(sentence: str) -> str | None:
     words = rest.split()
     if words[0].lower() in ("the", "your"):
         words = words[1:]
-    if (not words or words[0].lower() in _NOT_A_THING
-            or re.search(r"(?:ly|[iy]ze|ise)$", words[0].lower())  # an adverb, a verb or "`" in " ".join(words)
+    head = words[0].lower() if words else ""
+    if (not words or head in _NOT_A_THING or "`" in " ".join(words)
+            or head.endswith("ly") or (len(head) > 5 and head.endswith(("ize", "ise", "ify")))
             or _NOT_NOUN_PHRASE.search(" ".join(words))
             or re.search(r"\b(?:and|or)\b", " ".join(words[:2]))):
         return None
