@@ -17,6 +17,7 @@ from doctune.knowledge.natural import (
     mc_rows,
     natural_questions,
     phrasing_split,
+    plural,
     predicate,
     quotes_sentence,
     thing,
@@ -53,22 +54,51 @@ def test_thing_is_what_a_description_says_its_option_sets() -> None:
     assert thing("Specify the server port.") == "server port"
     assert thing("Output directory for the final bundle.") == "output directory for the final bundle"
     assert thing("Sets the CSS target for the build.") == "CSS target for the build"
-    assert thing("Specify which IP addresses the server should listen on.") is None  # a clause
-    assert thing("Whether to generate production source maps.") is None
-    assert thing("Enable/disable CSS code splitting.") is None  # not a setting of a value
-    assert thing("Directly customize the underlying bundle.") is None  # an adverb, not a thing
-    assert thing("Specify additional options.") is None
+    assert thing("Chooses the default color mode.") == "color mode"  # not "default default"
     assert thing("Specify the size limit for inlined assets.") == "size limit for inlined assets"
-    assert thing("Sets the `base` path.") is None  # an identifier inside: not asked this way
+    for description in ("Specify which IP addresses the server should listen on.",  # a clause
+                        "Whether to generate production source maps.",
+                        "Enable/disable CSS code splitting.",  # not a setting of a value
+                        "Directly customize the underlying bundle.",  # an action
+                        "Specify additional options.", "Sets up the development server.",
+                        "Sets this to true to enable the cache.", "Selects between light and dark.",
+                        "Controls both the port and host.", "Sets the host name, port and protocol.",
+                        "Specifies Hermes as the JavaScript engine.", "Sets the `base` path.",
+                        "Sets the project's GitHub organization.", "Specify the port."):
+        assert thing(description) is None, description
 
 
-def test_two_options_described_alike_are_not_asked_by_purpose() -> None:
-    doc = ("# Options\n\n## server.port\n\n- **Default:** `5173`\n\nSpecify server port.\n\n"
-           "## preview.port\n\n- **Default:** `4173`\n\nSpecify server port.\n")
+def test_plural_agrees_with_the_head_noun() -> None:
+    assert plural("plugins to use") and plural("WebSocket connection options")
+    assert plural("conditions that are used during ssr import")
+    assert not plural("list of file extensions") and not plural("CORS for the dev server")
+    assert not plural("output directory") and not plural("address")
+
+
+def _port_doc(preview_description: str) -> str:
+    return ("# Options\n\n## server.port\n\n- **Default:** `5173`\n\nSpecify the server port.\n\n"
+            "Also, `server.strictPort` defaults to `false`.\n\n## preview.port\n\n"
+            f"- **Default:** `4173`\n\n{preview_description}\n")
+
+
+def _purpose(doc: str, held: str = "") -> set[tuple[str, str]]:
     facts = extract_facts(doc, "o.md")
-    qs = natural_questions(facts, {f.id: "trained" for f in facts}, seed=0,
-                           phrasings=phrasing_split(0, 0.3), per_fact=5)
-    assert {q.direction for q in qs if q.fact.kind == "config"} == {"value", "name"}
+    splits = {f.id: "heldout" if held and f.kind == held else "trained" for f in facts}
+    qs = natural_questions(facts, splits, seed=0, phrasings=phrasing_split(0, 0.3), per_fact=5)
+    return {(q.fact.subject, q.answer) for q in qs if q.direction == "purpose"}
+
+
+def test_purpose_questions_only_where_the_answer_is_one_and_nothing_leaks() -> None:
+    # two options described alike: "the default server port" would have two answers
+    assert _purpose(_port_doc("Specify the server port.")) == set()
+    # described apart: each asked; the key mentioned inside server.port's section is not
+    assert _purpose(_port_doc("Specify the preview server port.")) == {
+        ("server.port", "5173"), ("preview.port", "4173")}
+    # the description held out, the default trained: a trained question would answer it
+    assert _purpose(_port_doc("Specify the preview server port."), held="heading") == set()
+    # the default held out: asked (in a held-out phrasing), the description trained or not
+    assert _purpose(_port_doc("Specify the preview server port."), held="config") == {
+        ("server.port", "5173"), ("preview.port", "4173")}
 
 
 def test_phrasing_split_is_seeded_and_keeps_both_sides() -> None:

@@ -45,17 +45,17 @@ def count_tokens(text: str) -> int:
 
 
 # Statements per (kind, direction); fields as natural.PHRASINGS (subject, answer, pred, thing,
-# where, relation, measure).
+# be, where, relation, measure).
 STATEMENTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("config", "value"): ("{subject} defaults to {answer}.",
                           "If you don't set {subject}, it is {answer}.",
                           "The default value of {subject} is {answer}.",
                           "Out of the box, {subject} is set to {answer}.",
                           "Leave {subject} out of the config and you get {answer}."),
-    ("config", "purpose"): ("The default {thing} is {answer}.",
-                            "By default, the {thing} is {answer} ({subject}).",
-                            "Unless you change {subject}, the {thing} is {answer}.",
-                            "Set nothing and the {thing} is {answer}."),
+    ("config", "purpose"): ("The default {thing} {be} {answer}.",
+                            "By default, the {thing} {be} {answer} ({subject}).",
+                            "Unless you change {subject}, the {thing} {be} {answer}.",
+                            "Set nothing and the {thing} {be} {answer}."),
     ("config", "name"): ("The option that defaults to {answer} is {subject}.",
                          "{answer} is the default of {subject}.",
                          "When nothing sets it, {subject} takes the value {answer}."),
@@ -215,7 +215,7 @@ def _passages(study: Study) -> list[Example]:
 
 
 GENERATORS: tuple[tuple[str, str, Callable[[Study], list[Example]]], ...] = (
-    ("frames", "one fact as a statement in each frame of both directions, and its sentence "
+    ("frames", "one fact as a statement in each frame of each way it is asked, and its sentence "
                "in its section", _frames),
     ("qa", "a trained natural question and its answer, as text, in each trained phrasing", _qa),
     ("lists", "the facts of one section as a list of statements", _lists),
@@ -238,7 +238,7 @@ def amplify(facts: Sequence[Fact], splits: dict[str, str], *, source_tokens: int
     the summary says how far it got (``achieved``: tokens over the source's).
     """
     trained = [f for f in facts if splits.get(f.id, "trained") == "trained"]
-    ctx = _context(facts)
+    ctx = _context(facts, splits)
     study = Study(trained, {f.id: _asks(f, ctx) for f in trained}, facts, splits,
                   phrasings, seed)
     forbidden = _leaks(facts, splits)

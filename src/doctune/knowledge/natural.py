@@ -1,8 +1,9 @@
 """Questions as people ask them: facts turned into questions that never quote the source
-sentence, in both directions of each relation, with phrasings split like facts.
+sentence, each relation asked both ways (and a default by what its option is for), with
+phrasings split like facts.
 
 A fact relates a *subject* to an *answer* (``build.outDir`` defaults to ``dist``). Each
-relation is asked both ways:
+relation is asked both ways, and a config default a third way:
 
 - ``value``: from the subject to the answer ("What does `build.outDir` default to?");
 - ``name``: from the answer (or what the section says the subject does) back to the subject
@@ -12,7 +13,8 @@ relation is asked both ways:
 - ``purpose``: a default asked by what the option is for, without naming it ("What is the
   default output directory for the final bundle?" for ``build.outDir``), from the section's
   description (:func:`thing`) when it names one thing no other section names. People ask
-  for a value by what it does far more often than by the option's name.
+  for a value by what it does far more often than by the option's name. Not asked when the
+  description is held out and the default trained: the trained text would answer it.
 
 Each (kind, direction) has several *phrasings*. Like facts, phrasings are split by a seeded
 hash (:func:`phrasing_split`): a trained fact is asked in trained phrasings only, a held-out
@@ -45,8 +47,8 @@ from doctune.knowledge.split import unit_hash
 DIRECTIONS = ("value", "name", "purpose")
 
 # Fields: subject (`code` when it is an identifier), answer (`code`), pred (what the subject
-# does, a verb phrase in the third person), thing (what it sets, a noun phrase), where (the
-# section), relation, measure.
+# does, a verb phrase in the third person), thing (what it sets, a noun phrase) and be ("is"
+# or "are" to agree with it), where (the section), relation, measure.
 PHRASINGS: dict[tuple[str, str], tuple[str, ...]] = {
     ("config", "value"): (
         "What does {subject} default to?",
@@ -56,11 +58,11 @@ PHRASINGS: dict[tuple[str, str], tuple[str, ...]] = {
         "Out of the box, what is {subject} set to?",
     ),
     ("config", "purpose"): (
-        "What is the default {thing}?",
-        "If I configure nothing, what is the {thing}?",
-        "By default, what is the {thing}?",
+        "What {be} the default {thing}?",
+        "If I configure nothing, what {be} the {thing}?",
+        "By default, what {be} the {thing}?",
         "What do the docs give as the default {thing}?",
-        "Unless I change it, what is the {thing}?",
+        "Unless I change it, what {be} the {thing}?",
     ),
     ("config", "name"): (
         "Which option defaults to {answer}?",
@@ -163,7 +165,14 @@ def _identifier(subject: str) -> bool:
     return bool(subject) and " " not in subject.strip("`") and len(subject) <= 64
 
 
-_VERBS = frozenset(["add", "adjust", "allow", "apply", "build", "change", "choose", "configure", "control", "convert", "create", "customize", "decide", "define", "determine", "disable", "emit", "enable", "exclude", "expose", "force", "forward", "generate", "ignore", "include", "inject", "keep", "limit", "load", "make", "override", "pass", "prevent", "print", "provide", "register", "remove", "replace", "restrict", "return", "run", "select", "serve", "set", "show", "skip", "specify", "start", "stop", "transform", "turn", "use", "warm", "write"])
+_VERBS = frozenset(["add", "adjust", "allow", "apply", "build", "change", "choose", "configure", "control", "convert", "create", "customize", "decide", "define", "determine", "disable", "emit", "enable", "exclude", "expose", "force", "forward", "generate", "ignore", "include", "inject", "keep", "limit", "load", "make", "override", "pass", "prevent", "print", "provide", "register", "remove", "replace", "restrict", "return", "run", "select", "serve", "set", "show", "skip", "specify", "start", "stop", "transform", "turn", "use", "warm", "write", "authorize", "externalize", "finalize", "identify", "initialize", "localize",
+                    "memoize", "minify", "modify", "normalize", "notify", "optimize", "prettify",
+                    "prioritize", "resize", "sanitize", "serialize", "simplify", "stringify",
+                    "synchronize", "tokenize", "uglify", "verify"])
+_ADVERBS = frozenset(["additionally", "automatically", "conditionally", "directly", "dynamically",
+                      "eagerly", "explicitly", "forcibly", "fully", "globally", "lazily",
+                      "manually", "optionally", "partially", "permanently", "recursively",
+                      "selectively", "silently", "statically", "temporarily"])
 _NOT_NOUN_PHRASE = re.compile(r"\b(?:will|must|should|can|may|might|is|was|were|does|did)\b",
                               re.IGNORECASE)
 _SKIP_START = frozenset(["a", "an", "the", "this", "these", "that", "it", "its", "if", "when", "unless", "note", "see", "by", "for", "in", "as", "to", "on", "with", "also", "only"])
@@ -177,11 +186,6 @@ def _third_person(verb: str) -> str:
     if re.search(r"(?:s|sh|ch|x|z|o)$", verb):
         return verb + "es"
     return verb + "s"
-
-
-def _is_verb(word: str) -> bool:
-    """A verb's base form: a known one, or one made with -ize/-ify ("externalize")."""
-    return word in _VERBS or (len(word) > 5 and word.endswith(("ize", "ify")))
 
 
 def _stem(word: str) -> str | None:
@@ -203,10 +207,10 @@ def predicate(sentence: str) -> str | None:
     if not words or len(words) > MAX_DESCRIPTION_WORDS or "`" in words[0]:
         return None
     first, rest = words[0].lower(), " ".join(words[1:])
-    if first.endswith("ly") and len(words) > 2 and _is_verb(words[1].lower()):
+    if first in _ADVERBS and len(words) > 2 and words[1].lower() in _VERBS:
         return " ".join([first, _third_person(words[1].lower()), *words[2:]])  # "Directly set"
     head = [p for p in first.split("/") if p]
-    if head and all(_is_verb(p) for p in head):
+    if head and all(p in _VERBS for p in head):
         return " ".join(["/".join(_third_person(p) for p in head), *words[1:]])
     if _stem(first) is not None:
         return " ".join([first, *words[1:]])
@@ -222,14 +226,17 @@ _SETTING_VERBS = frozenset(["specifies", "sets", "defines", "configures", "choos
                             "adjusts", "changes", "overrides", "controls"])
 _NOT_A_THING = frozenset(["which", "what", "whether", "how", "if", "when", "where", "who", "to",
                           "a", "an", "all", "any", "some", "one", "custom", "additional",
-                          "options", "extra"])
+                          "options", "extra", "up", "this", "these", "that", "it", "between",
+                          "both", "as", "whatever"])
+_THING_END = re.compile(r"\s(?:to|that|which|for|of|in|on|from|when|used|with|under|by)\s")
 
 
 def thing(sentence: str) -> str | None:
-    """What a description says its option sets, as a noun phrase without its article
-    ("Specify the server port." -> "server port"; "Output directory for the final bundle."
-    -> "output directory for the final bundle"); None when the description does not name
-    one thing (a clause, "whether ...", a list of options, an action other than setting)."""
+    """What a description says its option sets, as a noun phrase of two words or more,
+    without its article ("Specify the server port." -> "server port"; "Output directory for
+    the final bundle." -> "output directory for the final bundle"); None when the
+    description does not name one thing: a clause, "whether ...", a list ("the host, port
+    and protocol"), an action other than setting, a possessive, an identifier."""
     pred = predicate(sentence)
     if pred is None:
         return None
@@ -237,18 +244,27 @@ def thing(sentence: str) -> str | None:
     if verb not in _SETTING_VERBS or not rest:
         return None
     words = rest.split()
-    if words[0].lower() in ("the", "your"):
+    while words and words[0].lower() in ("the", "your", "default"):
         words = words[1:]
+    text = " ".join(words)
     head = words[0].lower() if words else ""
-    if (not words or head in _NOT_A_THING or "`" in " ".join(words)
-            or head.endswith("ly") or (len(head) > 5 and head.endswith(("ize", "ise", "ify")))
-            or _NOT_NOUN_PHRASE.search(" ".join(words))
+    if (len(words) < 2 or head in _NOT_A_THING or head.endswith("ly") or "`" in text
+            or "'s" in text.split(" ")[0] or re.search(r"\d", head) or " as " in text
+            or _NOT_NOUN_PHRASE.search(text)
+            or ("," in text and re.search(r"\b(?:and|or)\b", text))
             or re.search(r"\b(?:and|or)\b", " ".join(words[:2]))):
         return None
-    first = words[0]
-    if not (first.isupper() or any(c.isupper() for c in first[1:])):
-        first = first.lower()
-    return " ".join([first, *words[1:]])
+    return text
+
+
+def plural(noun_phrase: str) -> bool:
+    """Whether a noun phrase's head is plural ("plugins to use", "WebSocket connection
+    options"; not "list of file extensions", "CORS for the dev server"): the last word before
+    its first preposition or clause ends in -s (an acronym or -ss, -us, -is does not count)."""
+    head = _THING_END.split(" " + noun_phrase + " ", maxsplit=1)[0].split()
+    word = head[-1] if head else ""
+    return (len(word) > 2 and word.endswith("s") and not word.isupper()
+            and not word.endswith(("ss", "us", "is")))
 
 
 _MEASURES = ((r"ms|millisecond|second|sec|minute|min|hour|hr|h|day|week|month|year|s", "duration"),
@@ -295,9 +311,10 @@ class _Context:
     single: set[tuple[str, str, str]]
     """(doc, section, what) keys one fact alone holds: a section's only flag or number, a
     table column's value."""
-    things: dict[tuple[str, str], str]
-    """(doc, section) of an option -> what its description says it sets (:func:`thing`),
-    when no other section's description says the same."""
+    things: dict[tuple[str, str], tuple[str, str]]
+    """(doc, section) of an option -> what its description says it sets (:func:`thing`) and
+    the id of the description's fact, when no other section's description says the same."""
+    splits: dict[str, str]
 
 
 def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
@@ -317,9 +334,11 @@ def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
         ask("value", f.answer)
         if norm in unique["config"]:
             ask("name", subject)
-        what = ctx.things.get((f.doc, " > ".join(f.section)))
-        if what:
-            ask("purpose", f.answer, thing=what)
+        what, said_by = ctx.things.get((f.doc, " > ".join(f.section)), ("", ""))
+        own = bool(f.section) and subject == f.section[-1].strip("`")  # not a key named below
+        trained = ctx.splits.get(f.id, "trained") == "trained"
+        if what and own and (not trained or ctx.splits.get(said_by, "trained") == "trained"):
+            ask("purpose", f.answer, thing=what, be="are" if plural(what) else "is")
     elif f.kind == "heading" and _identifier(subject):
         ask("value", f.answer)
         pred = predicate(f.answer)
@@ -342,12 +361,13 @@ def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
     return out
 
 
-def _context(facts: Sequence[Fact]) -> _Context:
-    """What is said of one fact only (see :class:`_Context`)."""
+def _context(facts: Sequence[Fact], splits: dict[str, str]) -> _Context:
+    """What is said of one fact only (see :class:`_Context`); ``splits`` as
+    :func:`natural_questions`'."""
     counts: dict[str, Counter[str]] = {k: Counter() for k in
                                        ("config", "heading", "definition", "flag")}
     per_section: Counter[tuple[str, str, str]] = Counter()
-    described: dict[tuple[str, str], str] = {}
+    described: dict[tuple[str, str], tuple[str, str]] = {}
     for f in facts:
         sec = " > ".join(f.section)
         if f.kind in ("config", "flag"):
@@ -364,11 +384,12 @@ def _context(facts: Sequence[Fact]) -> _Context:
               and _strip(f.subject) == f.section[-1].strip("`")):
             what = thing(f.answer)
             if what:
-                described.setdefault((f.doc, sec), what)
+                described.setdefault((f.doc, sec), (what, f.id))
     unique = {k: {v for v, n in c.items() if n == 1} for k, c in counts.items()}
-    said = Counter(normalize_answer(w) for w in described.values())
+    said = Counter(normalize_answer(w) for w, _ in described.values())
     return _Context(unique, {k for k, n in per_section.items() if n == 1},
-                    {k: w for k, w in described.items() if said[normalize_answer(w)] == 1})
+                    {k: v for k, v in described.items() if said[normalize_answer(v[0])] == 1},
+                    splits)
 
 
 def _rotation(n: int, key: str, seed: int) -> list[int]:
@@ -381,7 +402,7 @@ def natural_questions(facts: Sequence[Fact], splits: dict[str, str], *, seed: in
     """Questions about ``facts`` (see the module docstring): a trained fact in up to
     ``per_fact`` of its trained phrasings per direction, a held-out or control fact in one
     held-out phrasing per direction, each chosen by the fact id and ``seed``."""
-    ctx = _context(facts)
+    ctx = _context(facts, splits)
     out: list[NaturalQuestion] = []
     for fact in facts:
         split = splits.get(fact.id, "trained")
