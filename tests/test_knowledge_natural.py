@@ -55,6 +55,8 @@ def test_thing_is_what_a_description_says_its_option_sets() -> None:
     assert thing("Output directory for the final bundle.") == "output directory for the final bundle"
     assert thing("Sets the CSS target for the build.") == "CSS target for the build"
     assert thing("Chooses the default color mode.") == "color mode"  # not "default default"
+    assert thing("Directory to serve as plain static assets.") == \
+        "directory to serve as plain static assets"
     assert thing("Specify the size limit for inlined assets.") == "size limit for inlined assets"
     for description in ("Specify which IP addresses the server should listen on.",  # a clause
                         "Whether to generate production source maps.",
