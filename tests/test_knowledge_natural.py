@@ -66,7 +66,11 @@ def test_thing_is_what_a_description_says_its_option_sets() -> None:
                         "Sets this to true to enable the cache.", "Selects between light and dark.",
                         "Controls both the port and host.", "Sets the host name, port and protocol.",
                         "Specifies Hermes as the JavaScript engine.", "Sets the `base` path.",
-                        "Sets the project's GitHub organization.", "Specify the port."):
+                        "Sets the project's GitHub organization.", "Specify the port.",
+                        "Checks if the given URL's port matches the specified port.",
+                        "Environment variables to be enforced by Zod and for which types exist.",
+                        "Indicates the level of the notification.",
+                        "Teardown the compiler instance after build."):
         assert thing(description) is None, description
 
 

@@ -249,6 +249,8 @@ def thing(sentence: str) -> str | None:
     text = " ".join(words)
     head = words[0].lower() if words else ""
     if (len(words) < 2 or head in _NOT_A_THING or head.endswith("ly") or "`" in text
+            or {"if", "which", "whether"} & {w.lower() for w in words}  # a clause inside
+            or words[1].lower() in ("the", "a", "an", "your", "its")  # a verb: "compares the"
             or "'s" in text.split(" ")[0] or re.search(r"\d", head) or words[1] == "as"
             or _NOT_NOUN_PHRASE.search(text)
             or ("," in text and re.search(r"\b(?:and|or)\b", text))
