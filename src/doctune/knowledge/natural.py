@@ -165,10 +165,17 @@ def _identifier(subject: str) -> bool:
     return bool(subject) and " " not in subject.strip("`") and len(subject) <= 64
 
 
-_VERBS = frozenset(["add", "adjust", "allow", "apply", "build", "change", "choose", "configure", "control", "convert", "create", "customize", "decide", "define", "determine", "disable", "emit", "enable", "exclude", "expose", "force", "forward", "generate", "ignore", "include", "inject", "keep", "limit", "load", "make", "override", "pass", "prevent", "print", "provide", "register", "remove", "replace", "restrict", "return", "run", "select", "serve", "set", "show", "skip", "specify", "start", "stop", "transform", "turn", "use", "warm", "write", "authorize", "externalize", "finalize", "identify", "initialize", "localize",
-                    "memoize", "minify", "modify", "normalize", "notify", "optimize", "prettify",
-                    "prioritize", "resize", "sanitize", "serialize", "simplify", "stringify",
-                    "synchronize", "tokenize", "uglify", "verify"])
+_VERBS = frozenset(["add", "adjust", "allow", "apply", "authorize", "build", "change", "choose",
+                    "configure", "control", "convert", "create", "customize", "decide", "define",
+                    "determine", "disable", "emit", "enable", "exclude", "expose", "externalize",
+                    "finalize", "force", "forward", "generate", "identify", "ignore", "include",
+                    "initialize", "inject", "keep", "limit", "load", "localize", "make",
+                    "memoize", "minify", "modify", "normalize", "notify", "optimize", "override",
+                    "pass", "prettify", "prevent", "print", "prioritize", "provide", "register",
+                    "remove", "replace", "resize", "restrict", "return", "run", "sanitize",
+                    "select", "serialize", "serve", "set", "show", "simplify", "skip", "specify",
+                    "start", "stop", "stringify", "synchronize", "tokenize", "transform", "turn",
+                    "uglify", "use", "verify", "warm", "write"])
 _ADVERBS = frozenset(["additionally", "automatically", "conditionally", "directly", "dynamically",
                       "eagerly", "explicitly", "forcibly", "fully", "globally", "lazily",
                       "manually", "optionally", "partially", "permanently", "recursively",
@@ -224,7 +231,7 @@ def predicate(sentence: str) -> str | None:
 
 _SETTING_VERBS = frozenset(["specifies", "sets", "defines", "configures", "chooses", "selects",
                             "adjusts", "changes", "overrides", "controls"])
-_NOT_A_THING = frozenset(["which", "what", "whether", "how", "if", "when", "where", "who", "to",
+_NOT_A_THING = frozenset(["what", "how", "when", "where", "who", "to",
                           "a", "an", "all", "any", "some", "one", "custom", "additional",
                           "options", "extra", "up", "this", "these", "that", "it", "between",
                           "both", "as", "whatever"])
@@ -249,7 +256,7 @@ def thing(sentence: str) -> str | None:
     text = " ".join(words)
     head = words[0].lower() if words else ""
     if (len(words) < 2 or head in _NOT_A_THING or head.endswith("ly") or "`" in text
-            or {"if", "which", "whether"} & {w.lower() for w in words}  # a clause inside
+            or {"if", "which", "whether"} & {w.lower() for w in words}  # a clause
             or words[1].lower() in ("the", "a", "an", "your", "its")  # a verb: "compares the"
             or "'s" in text.split(" ")[0] or re.search(r"\d", head) or words[1] == "as"
             or _NOT_NOUN_PHRASE.search(text)
@@ -292,6 +299,12 @@ _LABEL_TERM = re.compile(r"[A-Z][a-z]+")  # "Related", "Default": a list label, 
 
 def _strip(text: str) -> str:
     return text.strip("`")
+
+
+def _about_its_section(f: Fact) -> bool:
+    """Whether ``f``'s subject is what its section is about (the heading names it), not a
+    key mentioned inside another option's section."""
+    return bool(f.section) and _strip(f.subject) == _strip(f.section[-1])
 
 
 @dataclass(frozen=True)
@@ -337,9 +350,8 @@ def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
         if norm in unique["config"]:
             ask("name", subject)
         what, said_by = ctx.things.get((f.doc, " > ".join(f.section)), ("", ""))
-        own = bool(f.section) and subject == f.section[-1].strip("`")  # not a key named below
         trained = ctx.splits.get(f.id, "trained") == "trained"
-        if what and own and (not trained or ctx.splits.get(said_by, "trained") == "trained"):
+        if what and _about_its_section(f) and (not trained or ctx.splits.get(said_by, "trained") == "trained"):
             ask("purpose", f.answer, thing=what, be="are" if plural(what) else "is")
     elif f.kind == "heading" and _identifier(subject):
         ask("value", f.answer)
@@ -382,8 +394,7 @@ def _context(facts: Sequence[Fact], splits: dict[str, str]) -> _Context:
             per_section[f.doc, sec, f.kind] += 1
         elif f.kind == "table":
             per_section[f.doc, sec, f.relation + "\0" + normalize_answer(f.answer)] += 1
-        elif (f.kind == "heading" and _identifier(_strip(f.subject)) and f.section
-              and _strip(f.subject) == f.section[-1].strip("`")):
+        elif f.kind == "heading" and _identifier(_strip(f.subject)) and _about_its_section(f):
             what = thing(f.answer)
             if what:
                 described.setdefault((f.doc, sec), (what, f.id))

@@ -66,6 +66,10 @@ def general_openings() -> list[str]:
     return _lines("openings.txt")
 
 
+def _shipped(plain: bool) -> list[str]:
+    return general_openings() if plain else general_prompts()
+
+
 def read_answers(path: Path) -> list[dict[str, Any]]:
     """The ``{prompt, answer[, stopped]}`` lines of a replay file."""
     with path.open(encoding="utf-8") as f:
@@ -98,7 +102,7 @@ def prompts_for(windows: int, *, sampled: bool = False, plain: bool = False) -> 
     if windows <= 0:
         return 0
     want = windows + max(4, windows // 4)
-    return want if sampled else min(len(general_openings() if plain else general_prompts()), want)
+    return want if sampled else min(len(_shipped(plain)), want)
 
 
 def split_windows(windows: int, plain_share: float) -> tuple[int, int]:
@@ -111,7 +115,7 @@ def split_windows(windows: int, plain_share: float) -> tuple[int, int]:
 def asked(count: int | None, *, plain: bool = False) -> list[str]:
     """The first ``count`` general prompts (``plain``: openings), the list taken again from
     the start as often as needed (None: each once)."""
-    prompts = general_openings() if plain else general_prompts()
+    prompts = _shipped(plain)
     if count is None:
         return prompts
     return [prompts[k % len(prompts)] for k in range(count)]
