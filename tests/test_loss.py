@@ -260,3 +260,70 @@ def test_fused_loss_projects_in_multiples_of_64_rows(monkeypatch: pytest.MonkeyP
         assert int(n) == 2 * (60 - max(start, 1))  # 118, 106, 54, 4 tokens
         assert float(fused) == pytest.approx(float(plain), rel=FP32_RTOL)
     assert seen <= {64, 128}
+
+
+# ---- replay trained towards the base's distribution (knowledge.replay_loss: kl) --------------
+
+
+def test_distill_loss_is_the_kl_from_the_base_on_the_positions_with_a_loss() -> None:
+    import copy
+
+    from doctune.train.loss import distill_loss
+
+    base = _tiny_gpt2()
+    reference = copy.deepcopy(base)  # the base's own weights, kept apart
+    model = _lora(base)  # adapters away from zero: the model and the base differ
+    ids, labels = _batch()
+    kl, n = distill_loss(model, ids, labels)
+    keep = labels[:, 1:] != IGNORE_INDEX
+    with torch.no_grad():
+        p = F.log_softmax(reference(input_ids=ids).logits[:, :-1][keep].float(), -1)
+        q = F.log_softmax(model(input_ids=ids).logits[:, :-1][keep].float(), -1)
+    assert n.item() == int(keep.sum()) == 3 * 20 - 5 - 2 - 5
+    assert kl.item() == pytest.approx((p.exp() * (p - q)).sum().item(), rel=1e-5)
+    assert kl.item() > 0
+    kl.backward()  # the adapter learns; the base stays frozen
+    grads = {name: prm.grad for name, prm in model.named_parameters() if prm.requires_grad}
+    assert grads and all("lora_" in name and g is not None and g.abs().sum() > 0
+                         for name, g in grads.items())
+
+
+def test_distill_loss_is_zero_while_the_adapter_changes_nothing() -> None:
+    from doctune.modeling import apply_lora
+    from doctune.train.loss import distill_loss
+
+    model = apply_lora(_tiny_gpt2(), r=4, alpha=8, dropout=0.0)  # lora_B starts at zero
+    ids, labels = _batch()
+    kl, _ = distill_loss(model, ids, labels)
+    assert abs(kl.item()) < 1e-4
+
+
+def test_distill_loss_needs_an_adapter() -> None:
+    from doctune.train.loss import distill_loss
+
+    with pytest.raises(TypeError, match="adapter"):
+        distill_loss(_tiny_gpt2(), *_batch())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_loss_module_sums_kl_on_distilled_rows_and_cross_entropy_on_the_rest(
+        fused: bool) -> None:
+    from doctune.train.loss import LossModule, distill_loss
+
+    model = _lora(_tiny_gpt2())
+    module = LossModule(model, fused=fused)
+    ids, labels = _batch()
+    rows = torch.tensor([False, True, False])
+    got = module(ids, labels, rows)
+    kl, _ = distill_loss(model, ids[1:2], labels[1:2])
+    ce, _ = causal_lm_loss(model, ids[[0, 2]], labels[[0, 2]], fused=fused)
+    assert got.item() == pytest.approx(kl.item() + ce.item(), rel=1e-5)
+    # no distilled row (or no mask): the plain loss of every row
+    plain, _ = causal_lm_loss(model, ids, labels, fused=fused)
+    assert module(ids, labels, torch.zeros(3, dtype=torch.bool)).item() == \
+        pytest.approx(plain.item(), rel=1e-6)
+    assert module(ids, labels).item() == pytest.approx(plain.item(), rel=1e-6)
+    # every row distilled
+    every, _ = distill_loss(model, ids, labels)
+    assert module(ids, labels, torch.ones(3, dtype=torch.bool)).item() == \
+        pytest.approx(every.item(), rel=1e-6)

@@ -307,3 +307,61 @@ def test_sampled_replay_is_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert torch.equal(torch.get_rng_state(), before)
     got = {n: replay.read_answers(tmp_path / f"{n}.jsonl") for n in "abc"}
     assert got["a"] == got["b"] != got["c"] and {t for t, _ in seen} == {0.8}
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_replay_trained_towards_the_bases_distribution_with_an_adapter(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lora: bool) -> None:
+    import doctune.train.loss as loss
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    model = _tiny_model(tmp_path / "m", chat=True)
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    distilled: list[torch.Tensor] = []
+    kl = loss.distill_loss
+
+    def spy(m: object, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distilled.append(ids)
+        return kl(m, ids, labels)
+
+    monkeypatch.setattr(loss, "distill_loss", spy)
+    run = tmp_path / "run"
+    sets = ["knowledge.auto=true", "knowledge.qa_share=0.3", "knowledge.replay_share=0.3",
+            "knowledge.replay_loss=kl", f"lora.enabled={str(lora).lower()}", "lora.r=4",
+            "data.block_size=128", "data.overlap=8", "train.max_steps=6",
+            "train.micro_batch_size=2", "train.grad_accum=1", "train.device=cpu",
+            "train.precision=fp32", "log.tensorboard=false", "log.progress=false",
+            "log.report=false", "train.sample_max_new_tokens=2", "train.eval_every=0"]
+    args = ["train", str(docs), "--model", str(model), "--out", str(run),
+            *(x for s in sets for x in ("--set", s))]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    if not lora:  # every weight trains: no base to compare with, the replay's tokens are trained
+        assert "trained by cross-entropy: knowledge.replay_loss kl needs LoRA" in said
+        assert distilled == []
+        return
+    assert "trained by KL to the base's distribution" in said
+
+    from doctune.config import resolve
+    from doctune.rundir import RunDir
+    from doctune.train.batches import BatchOrder, window_lengths
+    from doctune.train.dist import DistEnv
+    from doctune.train.inputs import load_inputs
+
+    folder = RunDir.open(run)
+    cfg = resolve(folder.config())
+    inputs = load_inputs(cfg, DistEnv(), folder, resume=True)
+    windows = inputs.train
+    order = BatchOrder(len(windows), 2, cfg.train.seed, lengths=window_lengths(windows),
+                       step_windows=2)
+    # exactly the replayed windows of the 6 steps went to the KL, in order, and nothing else
+    picked = [i for k in range(6) for i in order.indices(k)]
+    replayed = [windows[i].ids.tolist() for i in picked if windows.source_of(i) == "replay"]
+    rows = [row.tolist() for ids in distilled for row in ids]
+    assert replayed and len(rows) == len(replayed)
+    assert [r[:len(w)] for r, w in zip(rows, replayed, strict=True)] == replayed
+    assert all(x == inputs.pad_id for r, w in zip(rows, replayed, strict=True) for x in r[len(w):])

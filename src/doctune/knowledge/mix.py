@@ -266,6 +266,9 @@ class MixedWindows:
                          else np.zeros((0, 2), dtype=np.int64))
         self.entries = np.concatenate(parts).astype(np.int64)
         """int64 (n, 2): source number (index into :data:`SOURCES`), index in that source."""
+        self.distill = False
+        """Replayed entries are trained towards the base's distribution, not their tokens
+        (``knowledge.replay_loss: kl``; see :meth:`distilled`)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -288,6 +291,11 @@ class MixedWindows:
     def source_of(self, i: int) -> str:
         """Which source entry ``i`` comes from."""
         return SOURCES[int(self.entries[i, 0])]
+
+    def distilled(self, i: int) -> bool:
+        """Whether entry ``i`` is trained towards the base's distribution (a replayed entry
+        of a set with :attr:`distill` on)."""
+        return self.distill and int(self.entries[i, 0]) == SOURCES.index("replay")
 
     def available(self) -> dict[str, int]:
         """How many distinct examples each source has."""

@@ -54,6 +54,8 @@ class KnowledgeSetup:
         long = self.summary.get("qa_too_long", 0)
         cut = (f"; {long} trained questions longer than data.block_size left out" if long else "")
         replay = f"; replay: {self.summary['replay']}" if self.summary.get("replay") else ""
+        if self.summary.get("replay_loss"):
+            replay += f", trained by {self.summary['replay_loss']}"
         if self.summary.get("self_study"):
             replay += f"; self-study: {self.summary['self_study']}"
         return f"knowledge mix per pass: {mixed}{left}{cut}{replay}"
@@ -141,6 +143,12 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
     available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
     counts = count(available, shares)
     mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
+    if counts.get("replay") and k.replay_loss == "kl":
+        mixed.distill = cfg.lora.enabled
+        knowledge.summary["replay_loss"] = (
+            "KL to the base's distribution (the model with its adapter off)" if mixed.distill
+            else "cross-entropy: knowledge.replay_loss kl needs LoRA (the base is the model "
+                 "with its adapter off), and this run trains every weight")
     knowledge.summary.update({
         "shares": {"docs": round(1 - sum(shares.values()), 6), **shares},
         "counts": counts, "available": mixed.available(), "qa_too_long": too_long,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -168,6 +168,7 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     order = BatchOrder(len(windows), t.micro_batch_size, t.seed,
                        lengths=window_lengths(windows) if t.group_by_length else None,
                        step_windows=t.micro_batch_size * t.grad_accum * env.world)
+    distilled = getattr(windows, "distilled", None) if getattr(windows, "distill", False) else None
     state, val_before = _start(run, resume)
     chooser, no_choice = _chooser(run)  # the dev questions that choose final/
 
@@ -186,20 +187,21 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             # only): the loss is weighted by the real tokens of the whole step, so 4
             # micro-batches of 1 == 1 micro-batch of 4 == 2 processes x 2 micro-batches of 1.
             # This process trains on micro-batches rank, rank + world, rank + 2 world, ...
-            step_micro = [collate([windows[i] for i in order.indices(state.micro_step + k)],
-                                  run.inputs.pad_id, block_size=run.cfg.data.block_size)
+            step_micro = [_micro_batch(run, order.indices(state.micro_step + k), distilled)
                           for k in range(t.grad_accum * env.world)]
-            step_tokens = sum(count_loss_tokens(labels) for _, labels in step_micro)
+            step_tokens = sum(count_loss_tokens(labels) for _, labels, _ in step_micro)
             micro = step_micro[env.rank::env.world]
             loss_total = torch.zeros((), device=device)
             input_tokens = 0
-            for k, (input_ids, labels) in enumerate(micro):
+            for k, (input_ids, labels, distill) in enumerate(micro):
                 input_ids, labels = input_ids.to(device), labels.to(device)
+                # replayed rows trained towards the base's distribution (knowledge.replay_loss kl)
+                extra = (distill.to(device),) if distill is not None else ()
                 # gradients are averaged over the processes once, after the last micro-step;
                 # `* world` undoes the average: the sum is the one-process gradient
                 with dist.grad_sync(env, module, last=k == len(micro) - 1):
                     with prec.autocast(device):
-                        loss_sum = module(input_ids, labels)  # (,) summed over the real tokens
+                        loss_sum = module(input_ids, labels, *extra)  # (,) summed over the real tokens
                     loss = loss_sum * env.world / max(step_tokens, 1)
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_total += loss_sum.detach() / max(step_tokens, 1)
@@ -275,6 +277,20 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     return RunResult(run_dir=run.folder.path, final_dir=final, steps=state.step,
                      tokens_seen=state.tokens_seen, val_loss_before=val_before,
                      val_loss_after=val_after)
+
+
+def _micro_batch(run: Run, indices: list[int], distilled: Callable[[int], bool] | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The windows ``indices`` collated, and which rows are trained towards the base's
+    distribution (None: none can be; see :func:`doctune.train.loss.distill_loss`)."""
+    import torch
+
+    windows = run.inputs.train
+    input_ids, labels = collate([windows[i] for i in indices], run.inputs.pad_id,
+                                block_size=run.cfg.data.block_size)
+    rows = (torch.tensor([distilled(i) for i in indices], dtype=torch.bool)
+            if distilled is not None else None)
+    return input_ids, labels, rows if rows is not None and bool(rows.any()) else None
 
 
 def _chooser(run: Run) -> tuple[Any, str | None]:

@@ -14,6 +14,11 @@ Two ways to compute it, equal within float tolerance (``tests/test_loss.py``):
   respect to the hidden states, and to the output weight/bias when they train) are
   computed, in the forward pass; the backward pass only scales what was already computed.
   Full logits are never stored nor recomputed.
+
+Replayed windows can instead be trained towards the base model's whole next-token
+distribution (:func:`distill_loss`, ``knowledge.replay_loss: kl``): the summed KL divergence
+from the base (the same model with its adapter off) to the model, on the positions that
+carry a loss.
 """
 
 from __future__ import annotations
@@ -314,12 +319,40 @@ def chunked_linear_cross_entropy(
     return loss, (grad_h, out_w, out_b)
 
 
+def distill_loss(model: torch.nn.Module, input_ids: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kl_sum, n_tokens)``: ``sum_t KL(p_base(. | x_<t) || p_model(. | x_<t))`` over the
+    positions whose next label is not ``IGNORE_INDEX`` (those ``causal_lm_loss`` sums over).
+
+    ``model`` is a PEFT model: the base's distribution is its own with the adapter turned off
+    (no gradient, no second copy of the weights). Against the base's sampled tokens the
+    cross-entropy is this KL in expectation, plus the base's entropy; the whole distribution
+    pulls back with every token, not through one sample. Logits are taken on the plain path
+    (the rows replayed are few), in fp32 for the softmax.
+    """
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        raise TypeError("distill_loss needs a model with an adapter (a PEFT model): the base's "
+                        "distribution is the model's with the adapter off")
+    keep = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+    logits = model(input_ids=input_ids).logits[:, :-1][keep].float()  # (M, V)
+    with torch.no_grad(), disable():
+        base = model(input_ids=input_ids).logits[:, :-1][keep].float()
+    log_q = F.log_softmax(logits, dim=-1)
+    log_p = F.log_softmax(base, dim=-1)
+    kl = F.kl_div(log_q, log_p, reduction="sum", log_target=True)
+    return kl, keep.sum()
+
+
 class LossModule(torch.nn.Module):
     """The model and its loss as one module: ``forward(input_ids, labels) -> loss_sum``.
 
     DDP and FSDP hook the ``forward`` of the module they wrap. The fused loss runs the
     backbone and the output layer directly, not the language model's ``forward``, so the
     wrapper must sit around the loss, not around the language model.
+
+    ``distill`` (B,) bool: rows trained towards the base's distribution (:func:`distill_loss`)
+    instead of their labels; the sum covers both kinds of row.
     """
 
     def __init__(self, model: torch.nn.Module, *, fused: bool) -> None:
@@ -327,6 +360,14 @@ class LossModule(torch.nn.Module):
         self.model = model
         self.fused = fused
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss_sum, _ = causal_lm_loss(self.model, input_ids, labels, fused=self.fused)
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                distill: torch.Tensor | None = None) -> torch.Tensor:
+        if distill is None or not bool(distill.any()):
+            loss_sum, _ = causal_lm_loss(self.model, input_ids, labels, fused=self.fused)
+            return loss_sum
+        plain = ~distill
+        loss_sum, _ = distill_loss(self.model, input_ids[distill], labels[distill])
+        if bool(plain.any()):
+            ce, _ = causal_lm_loss(self.model, input_ids[plain], labels[plain], fused=self.fused)
+            loss_sum = loss_sum + ce
         return loss_sum
