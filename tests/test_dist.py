@@ -32,6 +32,9 @@ HERE = Path(__file__).parent
 STEPS = 4
 ONE = ("train.grad_accum=4",)  # one process: the global batch of two processes with grad_accum=2
 LORA = ("lora.enabled=true", "lora.dropout=0.0")
+KL = (*LORA, "knowledge.replay_share=0.3", "knowledge.replay_source=text",
+      "knowledge.replay_loss=kl")  # replayed windows trained towards the base's distribution
+KINDS = {"full": (), "lora": LORA, "kl": KL}
 RESUME_STEPS = 16
 RESUME = (f"train.max_steps={RESUME_STEPS}", "train.save_every=1000", "train.eval_every=0",
           "train.sample_prompts=[]", "train.parallel=ddp")
@@ -95,11 +98,12 @@ model_dir = test_train.model_dir
 
 @pytest.fixture(scope="module")
 def two_process_runs(docs: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """DDP and FSDP2, full fine-tuning and LoRA, fused loss on: one torchrun launch."""
+    """DDP and FSDP2, full fine-tuning, LoRA and LoRA with a replay distilled from the base,
+    fused loss on: one torchrun launch."""
     tmp = tmp_path_factory.mktemp("dist")
     jobs = [job(docs, model_dir, tmp / f"{mode}-{kind}", f"train.max_steps={STEPS}",
-                f"train.parallel={mode}", *(LORA if kind == "lora" else ()))
-            for mode in ("ddp", "fsdp") for kind in ("full", "lora")]
+                f"train.parallel={mode}", *KINDS[kind])
+            for mode in ("ddp", "fsdp") for kind in KINDS]
     (tmp / "a-file").write_text("not a run folder")  # rank 0 refuses it: every rank must stop
     jobs.append(job(docs, model_dir, tmp / "a-file"))
     proc = torchrun(jobs, tmp)
@@ -112,18 +116,26 @@ def two_process_runs(docs: Path, model_dir: Path, tmp_path_factory: pytest.TempP
 def one_process_runs(docs: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("one")
     with pytest.MonkeyPatch.context() as mp:
-        for kind in ("full", "lora"):
+        for kind, sets in KINDS.items():
             one_process_gradients(mp, tmp / f"{kind}.grads.safetensors")
             train(make_cfg(docs, model_dir, tmp / kind, f"train.max_steps={STEPS}", *ONE,
-                           *(LORA if kind == "lora" else ())), quiet=True)
+                           *sets), quiet=True)
     return tmp
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-@pytest.mark.parametrize("kind", ["full", "lora"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_two_processes_equal_one(mode: str, kind: str, two_process_runs: Path,
                                  one_process_runs: Path) -> None:
     run, ref = two_process_runs / f"{mode}-{kind}", one_process_runs / kind
+    facts = json.loads((run / "run.json").read_text())
+    assert facts["processes"] == 2 and facts["parallel"] == mode
+    if kind == "kl":  # DDP trains the replay towards the base; FSDP by its tokens, and says so
+        said = facts["knowledge"]["replay_loss"]
+        assert said.startswith("KL") if mode == "ddp" else "not trained under FSDP" in said
+        if mode == "fsdp":
+            assert (run / "final").is_dir()
+            return
     assert_same_run(run, ref)
     # sharded validation, reduced over the processes
     assert val_losses(run) == pytest.approx(val_losses(ref), rel=1e-5)
@@ -134,8 +146,6 @@ def test_two_processes_equal_one(mode: str, kind: str, two_process_runs: Path,
     assert grads.keys() == ref_grads.keys() and grads
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-7, msg=name)
-    facts = json.loads((run / "run.json").read_text())
-    assert facts["processes"] == 2 and facts["parallel"] == mode
     assert (run / "config.yaml").is_file() and not list(run.glob("*.tmp"))
 
 

@@ -49,7 +49,8 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
     docs, val, fingerprint = _open_store(cfg, folder)
     replay, study = (_from_base(cfg, env, folder, tokenizer, knowledge, say) if knowledge
                      else (None, None))
-    train = (mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay, study=study)
+    train = (mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay, study=study,
+                              sharded=env.parallel == "fsdp")
              if knowledge else docs)
     t = cfg.train
     prompts = (t.sample_prompts if t.sample_prompts is not None

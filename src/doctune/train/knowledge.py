@@ -87,13 +87,16 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
 def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                      docs: WindowSet, *,
                      replay: Callable[[int], Sequence[Mapping[str, Any]]] | None = None,
-                     study: Sequence[Mapping[str, Any]] | None = None) -> MixedWindows:
+                     study: Sequence[Mapping[str, Any]] | None = None,
+                     sharded: bool = False) -> MixedWindows:
     """The docs' training windows with the configured shares of the other sources mixed in.
     ``replay``: gives the base model's answers to replay (:mod:`doctune.knowledge.replay`)
     for a number of replayed windows; None replays the shipped general text. ``study``: the base model's open-book answers to
     trained questions (:mod:`doctune.knowledge.selfstudy`), trained as more questions.
     Questions need a chat template: a tokenizer without one gets ChatML (see
-    :func:`doctune.knowledge.chat.prepare_chat_tokenizer`; the model is resized to it)."""
+    :func:`doctune.knowledge.chat.prepare_chat_tokenizer`; the model is resized to it).
+    ``sharded``: the run is sharded (FSDP), where ``knowledge.replay_loss: kl`` falls back to
+    cross-entropy (said in the header)."""
     from doctune.knowledge.chat import prepare_chat_tokenizer
 
     k, size, synth = cfg.knowledge, cfg.data.block_size, knowledge.synth
@@ -144,11 +147,14 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
     counts = count(available, shares)
     mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
     if counts.get("replay") and k.replay_loss == "kl":
-        mixed.distill = cfg.lora.enabled
+        mixed.distill = cfg.lora.enabled and not sharded
         knowledge.summary["replay_loss"] = (
             "KL to the base's distribution (the model with its adapter off)" if mixed.distill
             else "cross-entropy: knowledge.replay_loss kl needs LoRA (the base is the model "
-                 "with its adapter off), and this run trains every weight")
+                 "with its adapter off), and this run trains every weight" if not sharded
+            else "cross-entropy: knowledge.replay_loss kl is not trained under FSDP (a rank "
+                 "with replayed windows would run more forward passes, each gathering the "
+                 "shards, than the ranks without); use DDP (`train.parallel=ddp`)")
     knowledge.summary.update({
         "shares": {"docs": round(1 - sum(shares.values()), 6), **shares},
         "counts": counts, "available": mixed.available(), "qa_too_long": too_long,
