@@ -327,3 +327,24 @@ def test_the_loss_module_sums_kl_on_distilled_rows_and_cross_entropy_on_the_rest
     every, _ = distill_loss(model, ids, labels)
     assert module(ids, labels, torch.ones(3, dtype=torch.bool)).item() == \
         pytest.approx(every.item(), rel=1e-6)
+
+
+def test_distill_loss_in_chunks_equals_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctune.train.loss as loss
+
+    model = _lora(_tiny_gpt2())
+    ids, labels = _batch(b=4, t=45)  # 164 positions with a loss: chunks of 64 do not divide them
+    grads = []
+    results = []
+    for chunk, fused in ((64, True), (None, True), (None, False)):
+        monkeypatch.setattr(loss, "supports_fused_loss", lambda m, f=fused: f)
+        model.zero_grad()
+        kl, n = loss.distill_loss(model, ids, labels, chunk_size=chunk)
+        kl.backward()
+        results.append((kl.item(), n.item()))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert results[0][1] == results[1][1] == results[2][1] == 4 * 44 - 5 - 2 - 5
+    for (kl, _), g in zip(results[1:], grads[1:], strict=True):
+        assert kl == pytest.approx(results[0][0], rel=1e-5)
+        for k in grads[0]:
+            torch.testing.assert_close(g[k], grads[0][k], rtol=1e-4, atol=1e-7)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from doctune.data.store import IGNORE_INDEX
 from doctune.modeling import unwrap_peft
@@ -319,29 +320,65 @@ def chunked_linear_cross_entropy(
     return loss, (grad_h, out_w, out_b)
 
 
-def distill_loss(model: torch.nn.Module, input_ids: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def distill_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                 *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(kl_sum, n_tokens)``: ``sum_t KL(p_base(. | x_<t) || p_model(. | x_<t))`` over the
     positions whose next label is not ``IGNORE_INDEX`` (those ``causal_lm_loss`` sums over).
 
     ``model`` is a PEFT model: the base's distribution is its own with the adapter turned off
     (no gradient, no second copy of the weights). Against the base's sampled tokens the
     cross-entropy is this KL in expectation, plus the base's entropy; the whole distribution
-    pulls back with every token, not through one sample. Logits are taken on the plain path
-    (the rows replayed are few), in fp32 for the softmax.
+    pulls back with every token, not through one sample.
+
+    For a plain linear output layer (:func:`supports_fused_loss`) the two hidden states go
+    through it ``chunk_size`` rows at a time (as on the fused path; padded to a multiple of
+    :data:`ROW_STEP`, rows whose KL is 0), each chunk's logits recomputed in the backward
+    pass instead of kept: two (positions x vocabulary) fp32 tensors of a 152k-word vocabulary
+    would be 1.2 GB for 1,000 positions. Other heads take the plain path.
     """
     disable = getattr(model, "disable_adapter", None)
     if disable is None:
         raise TypeError("distill_loss needs a model with an adapter (a PEFT model): the base's "
                         "distribution is the model's with the adapter off")
     keep = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
-    logits = model(input_ids=input_ids).logits[:, :-1][keep].float()  # (M, V)
+    if not supports_fused_loss(model):
+        logits = model(input_ids=input_ids).logits[:, :-1][keep]  # (M, V)
+        with torch.no_grad(), disable():
+            base = model(input_ids=input_ids).logits[:, :-1][keep]
+        return _kl_sum(logits, base), keep.sum()
+    peft_base = unwrap_peft(model)
+    backbone = getattr(peft_base, peft_base.base_model_prefix)
+    head = peft_base.get_output_embeddings()
+
+    def hidden() -> torch.Tensor:  # (M', C): the positions with a loss, padded to ROW_STEP
+        out = backbone(input_ids=input_ids, use_cache=False)
+        h = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        h = h[:, :-1][keep]
+        return F.pad(h, (0, 0, 0, -h.size(0) % ROW_STEP))
+
+    h = hidden()
     with torch.no_grad(), disable():
-        base = model(input_ids=input_ids).logits[:, :-1][keep].float()
-    log_q = F.log_softmax(logits, dim=-1)
-    log_p = F.log_softmax(base, dim=-1)
-    kl = F.kl_div(log_q, log_p, reduction="sum", log_target=True)
+        t = hidden()
+    rows = chunk_size or max(ROW_STEP, DEFAULT_CHUNK_BYTES // (4 * head.weight.size(0))
+                             // ROW_STEP * ROW_STEP)
+    kl = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.size(0), rows):
+        kl = kl + torch.utils.checkpoint.checkpoint(
+            _kl_chunk, h[start:start + rows], t[start:start + rows], head.weight, head.bias,
+            use_reentrant=False)
     return kl, keep.sum()
+
+
+def _kl_chunk(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor,
+              b: torch.Tensor | None) -> torch.Tensor:
+    return _kl_sum(F.linear(h, w, b), F.linear(t, w, b))
+
+
+def _kl_sum(logits: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``sum KL(softmax(base) || softmax(logits))`` over the rows, in fp32."""
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    log_p = F.log_softmax(base.float(), dim=-1)
+    return F.kl_div(log_q, log_p, reduction="sum", log_target=True)
 
 
 class LossModule(torch.nn.Module):
