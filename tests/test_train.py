@@ -197,6 +197,22 @@ def test_compiled_blocks_give_the_same_training(docs: Path, model_dir: Path, tmp
     assert plain["compiled"] is False and "compile_s" not in plain
 
 
+def test_compiled_lora_with_dropout_trains(docs: Path, model_dir: Path, tmp_path: Path) -> None:
+    """train.compile=on with LoRA dropout (the default 0.05): inductor compiles the side path
+    and its bit-packed dropout masks (a uint8 buffer viewed as bool did not compile on the
+    CPU), and the adapter learns."""
+    run = tmp_path / "run"
+    train(make_cfg(docs, model_dir, run, "train.compile=on", "lora.enabled=true",
+                   "lora.dropout=0.05", "train.max_steps=2", "train.eval_every=0",
+                   "train.save_every=0"), quiet=True)
+    facts = json.loads((run / "run.json").read_text())
+    assert facts["compiled"] is True
+    losses = [r["train_loss"] for r in metrics(run) if "train_loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    adapter = final_weights(run)
+    assert any(adapter[k].abs().max() > 0 for k in adapter if "lora_B" in k)  # B starts at 0
+
+
 def test_lora_trains_only_the_adapter(docs: Path, model_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     res = train(make_cfg(docs, model_dir, run, "lora.enabled=true", "lora.r=8", "train.grad_checkpointing=true"), quiet=True)

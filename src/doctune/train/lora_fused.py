@@ -109,7 +109,9 @@ def _unpack_words(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     words = byte.bitwise_and(1)
     for j in range(1, 8):
         words |= (byte << (7 * j)).bitwise_and_(1 << (8 * j))
-    return words.view(torch.uint8).view(torch.bool).view(shape)
+    # ne(0), not a view as bool: inductor's CPU code for a uint8 buffer viewed as bool does
+    # not compile (torch 2.13: `Vectorized<bool>` has no `cast`), a comparison does
+    return words.view(torch.uint8).ne(0).view(shape)
 
 
 def _mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
