@@ -348,3 +348,43 @@ def test_distill_loss_in_chunks_equals_the_plain_path(monkeypatch: pytest.Monkey
         assert kl == pytest.approx(results[0][0], rel=1e-5)
         for k in grads[0]:
             torch.testing.assert_close(g[k], grads[0][k], rtol=1e-4, atol=1e-7)
+
+
+def test_the_bases_pass_runs_without_dropout_and_training_mode_comes_back() -> None:
+    from doctune.modeling import apply_lora
+    from doctune.train.loss import distill_loss
+
+    torch.manual_seed(0)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64,
+                                      vocab_size=VOCAB))  # GPT-2's dropout: 0.1 everywhere
+    model = apply_lora(base, r=4, alpha=8, dropout=0.0)
+    model.train()
+    seen: list[bool] = []
+    drop = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    drop.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    ids, labels = _batch()
+    for fused in (True, False):
+        seen.clear()
+        distill_loss(model, ids, labels, fused=fused)
+        assert seen == [True, False]  # the model's pass as training runs it; the base's, no dropout
+        assert all(m.training for m in model.modules())  # as it was
+    # the base's distribution is fixed: the same target each time, whatever dropout draws
+    model.eval()
+    a, _ = distill_loss(model, ids, labels)
+    model.train()
+    torch.manual_seed(1)
+    b, _ = distill_loss(model, ids, labels)
+    assert a.item() == pytest.approx(0.0, abs=1e-6) and b.item() > 0  # B = 0: only dropout differs
+
+
+def test_distill_loss_with_no_position_to_learn_from_still_backpropagates() -> None:
+    from doctune.train.loss import distill_loss
+
+    model = _lora(_tiny_gpt2())
+    ids, labels = _batch()
+    labels[:] = IGNORE_INDEX
+    kl, n = distill_loss(model, ids, labels)
+    assert n.item() == 0 and kl.item() == 0.0
+    kl.backward()  # a micro-batch of such rows alone must not fail

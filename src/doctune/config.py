@@ -233,7 +233,7 @@ class KnowledgeConfig(_Section):
     replay_plain_share: float = Field(0.0, ge=0.0, le=1.0)
     """knowledge.replay_source self: the share of replayed windows that are plain text the base writes on from an opening shipped with doctune (no chat template; the rest are its answers to general prompts): the docs are plain text, and what they move in the model's plain-text writing, chat answers do not pull back."""
     replay_loss: Literal["ce", "kl"] = "ce"
-    """How replayed windows are trained: `ce` = cross-entropy on their tokens; `kl` = towards the base model's whole next-token distribution at each of those tokens (the KL divergence from the base, which is the model with its LoRA adapter off: LoRA only; without an adapter, `ce`)."""
+    """How replayed windows are trained: `ce` = cross-entropy on their tokens; `kl` = towards the base model's whole next-token distribution at each of those tokens (the KL divergence from the base, which is the model with its LoRA adapter off, quantised if the base is: LoRA only; `ce` without an adapter and under FSDP). With `kl` the logged train loss holds the replayed tokens' KL, not their cross-entropy."""
     self_study: bool = False
     """Before training, the base model answers each trained question with its section in the prompt; answers that hold the expected answer are trained too (as questions, without the section), in the model's own words."""
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)

@@ -23,6 +23,8 @@ carry a loss.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -321,14 +323,17 @@ def chunked_linear_cross_entropy(
 
 
 def distill_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                 *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 *, fused: bool = True, chunk_size: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(kl_sum, n_tokens)``: ``sum_t KL(p_base(. | x_<t) || p_model(. | x_<t))`` over the
     positions whose next label is not ``IGNORE_INDEX`` (those ``causal_lm_loss`` sums over).
 
     ``model`` is a PEFT model: the base's distribution is its own with the adapter turned off
     (no gradient, no second copy of the weights). Against the base's sampled tokens the
     cross-entropy is this KL in expectation, plus the base's entropy; the whole distribution
-    pulls back with every token, not through one sample.
+    pulls back with every token, not through one sample. The base's pass runs without
+    dropout (its distribution is the target, not a noisy draw of it); the model's, as training
+    runs it.
 
     For a plain linear output layer (:func:`supports_fused_loss`) the two hidden states go
     through it ``chunk_size`` rows at a time (as on the fused path; padded to a multiple of
@@ -341,9 +346,9 @@ def distill_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.
         raise TypeError("distill_loss needs a model with an adapter (a PEFT model): the base's "
                         "distribution is the model's with the adapter off")
     keep = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
-    if not supports_fused_loss(model):
+    if not (fused and supports_fused_loss(model)):
         logits = model(input_ids=input_ids).logits[:, :-1][keep]  # (M, V)
-        with torch.no_grad(), disable():
+        with torch.no_grad(), disable(), _without_dropout(model):
             base = model(input_ids=input_ids).logits[:, :-1][keep]
         return _kl_sum(logits, base), keep.sum()
     peft_base = unwrap_peft(model)
@@ -357,16 +362,28 @@ def distill_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.
         return F.pad(h, (0, 0, 0, -h.size(0) % ROW_STEP))
 
     h = hidden()
-    with torch.no_grad(), disable():
+    with torch.no_grad(), disable(), _without_dropout(model):
         t = hidden()
     rows = chunk_size or max(ROW_STEP, DEFAULT_CHUNK_BYTES // (4 * head.weight.size(0))
                              // ROW_STEP * ROW_STEP)
-    kl = h.new_zeros((), dtype=torch.float32)
+    kl = h.sum().float() * 0.0  # in the graph even with no position to sum over
     for start in range(0, h.size(0), rows):
         kl = kl + torch.utils.checkpoint.checkpoint(
             _kl_chunk, h[start:start + rows], t[start:start + rows], head.weight, head.bias,
             use_reentrant=False)
     return kl, keep.sum()
+
+
+@contextlib.contextmanager
+def _without_dropout(model: torch.nn.Module) -> Iterator[None]:
+    """Every module of ``model`` in eval mode inside (no dropout), as it was after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _kl_chunk(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor,
@@ -403,7 +420,8 @@ class LossModule(torch.nn.Module):
             loss_sum, _ = causal_lm_loss(self.model, input_ids, labels, fused=self.fused)
             return loss_sum
         plain = ~distill
-        loss_sum, _ = distill_loss(self.model, input_ids[distill], labels[distill])
+        loss_sum, _ = distill_loss(self.model, input_ids[distill], labels[distill],
+                                   fused=self.fused)
         if bool(plain.any()):
             ce, _ = causal_lm_loss(self.model, input_ids[plain], labels[plain], fused=self.fused)
             loss_sum = loss_sum + ce
