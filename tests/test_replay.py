@@ -323,9 +323,10 @@ def test_replay_trained_towards_the_bases_distribution_with_an_adapter(
     distilled: list[torch.Tensor] = []
     kl = loss.distill_loss
 
-    def spy(m: object, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(m: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
+            **kw: bool) -> tuple[torch.Tensor, torch.Tensor]:
         distilled.append(ids)
-        return kl(m, ids, labels)
+        return kl(m, ids, labels, **kw)
 
     monkeypatch.setattr(loss, "distill_loss", spy)
     run = tmp_path / "run"

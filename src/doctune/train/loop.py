@@ -195,8 +195,7 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             input_tokens = 0
             for k, (input_ids, labels, distill) in enumerate(micro):
                 input_ids, labels = input_ids.to(device), labels.to(device)
-                # replayed rows trained towards the base's distribution (knowledge.replay_loss kl)
-                extra = (distill.to(device),) if distill is not None else ()
+                extra = (distill.to(device),) if distill is not None else ()  # replay_loss kl
                 # gradients are averaged over the processes once, after the last micro-step;
                 # `* world` undoes the average: the sum is the one-process gradient
                 with dist.grad_sync(env, module, last=k == len(micro) - 1):
