@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,26 +129,31 @@ def test_self_study_keeps_right_open_book_answers_of_trained_questions(
                     "answer": "The default port is 5173.", "expected": "5173"}]
 
 
-def test_a_run_replays_the_base_models_answers_and_reads_them_back(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _train(tmp_path: Path, run: Path, *sets: str) -> Any:
+    """`doctune train` of DOCS with a tiny chat model into ``run``: questions and replay
+    mixed in, a few small steps on the CPU, and ``sets`` on top."""
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text, encoding="utf-8")
     model = _tiny_model(tmp_path / "m", chat=True)
+    common = ["knowledge.auto=true", "knowledge.qa_share=0.3", "knowledge.replay_share=0.3",
+              "data.block_size=128", "data.overlap=8", "train.micro_batch_size=2",
+              "train.grad_accum=1", "train.device=cpu", "train.precision=fp32",
+              "log.tensorboard=false", "log.progress=false", "log.report=false",
+              "train.sample_max_new_tokens=2", "train.eval_every=0"]
+    args = ["train", str(docs), "--model", str(model), "--out", str(run),
+            *(x for s in [*common, *sets] for x in ("--set", s))]
+    return runner.invoke(app, args)
+
+
+def test_a_run_replays_the_base_models_answers_and_reads_them_back(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(replay, "base_answers", _fake_answers)
     monkeypatch.setattr("doctune.knowledge.selfstudy.study_answers", _fake_study)
     run = tmp_path / "run"
-    sets = ["knowledge.auto=true", "knowledge.qa_share=0.3", "knowledge.replay_share=0.3",
-            "knowledge.self_study=true",
-            "data.block_size=128", "data.overlap=8", "train.max_steps=2",
-            "train.micro_batch_size=2", "train.grad_accum=1", "train.device=cpu",
-            "train.precision=fp32", "log.tensorboard=false", "log.progress=false",
-            "log.report=false", "train.sample_max_new_tokens=2", "train.eval_every=0",
-            "train.save_every=1"]
-    args = ["train", str(docs), "--model", str(model), "--out", str(run),
-            *(x for s in sets for x in ("--set", s))]
-    res = runner.invoke(app, args)
+    res = _train(tmp_path, run, "knowledge.self_study=true", "train.max_steps=2",
+                 "train.save_every=1")
     assert res.exit_code == 0, res.output
     assert "replay: the base model's answers to 2 general prompts" in res.output
     assert "self-study: 1 open-book answers of the base" in res.output
@@ -314,11 +320,6 @@ def test_replay_trained_towards_the_bases_distribution_with_an_adapter(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lora: bool) -> None:
     import doctune.train.loss as loss
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name, text in DOCS.items():
-        (docs / name).write_text(text, encoding="utf-8")
-    model = _tiny_model(tmp_path / "m", chat=True)
     monkeypatch.setattr(replay, "base_answers", _fake_answers)
     distilled: list[torch.Tensor] = []
     kl = loss.distill_loss
@@ -330,15 +331,8 @@ def test_replay_trained_towards_the_bases_distribution_with_an_adapter(
 
     monkeypatch.setattr(loss, "distill_loss", spy)
     run = tmp_path / "run"
-    sets = ["knowledge.auto=true", "knowledge.qa_share=0.3", "knowledge.replay_share=0.3",
-            "knowledge.replay_loss=kl", f"lora.enabled={str(lora).lower()}", "lora.r=4",
-            "data.block_size=128", "data.overlap=8", "train.max_steps=6",
-            "train.micro_batch_size=2", "train.grad_accum=1", "train.device=cpu",
-            "train.precision=fp32", "log.tensorboard=false", "log.progress=false",
-            "log.report=false", "train.sample_max_new_tokens=2", "train.eval_every=0"]
-    args = ["train", str(docs), "--model", str(model), "--out", str(run),
-            *(x for s in sets for x in ("--set", s))]
-    res = runner.invoke(app, args)
+    res = _train(tmp_path, run, "knowledge.replay_loss=kl", f"lora.enabled={str(lora).lower()}",
+                 "lora.r=4", "train.max_steps=6")
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
     if not lora:  # every weight trains: no base to compare with, the replay's tokens are trained

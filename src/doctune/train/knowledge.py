@@ -148,13 +148,16 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
     mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
     if counts.get("replay") and k.replay_loss == "kl":
         mixed.distill = cfg.lora.enabled and not sharded
-        knowledge.summary["replay_loss"] = (
-            "KL to the base's distribution (the model with its adapter off)" if mixed.distill
-            else "cross-entropy: knowledge.replay_loss kl needs LoRA (the base is the model "
-                 "with its adapter off), and this run trains every weight" if not sharded
-            else "cross-entropy: knowledge.replay_loss kl is not trained under FSDP (a rank "
-                 "with replayed windows would run more forward passes, each gathering the "
-                 "shards, than the ranks without); use DDP (`train.parallel=ddp`)")
+        if mixed.distill:
+            said = "KL to the base's distribution (the model with its adapter off)"
+        elif not sharded:
+            said = ("cross-entropy: knowledge.replay_loss kl needs LoRA (the base is the model "
+                    "with its adapter off), and this run trains every weight")
+        else:
+            said = ("cross-entropy: knowledge.replay_loss kl is not trained under FSDP (a rank "
+                    "with replayed windows would run more forward passes, each gathering the "
+                    "shards, than the ranks without); use DDP (`train.parallel=ddp`)")
+        knowledge.summary["replay_loss"] = said
     knowledge.summary.update({
         "shares": {"docs": round(1 - sum(shares.values()), 6), **shares},
         "counts": counts, "available": mixed.available(), "qa_too_long": too_long,
