@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,16 @@ def test_control_excludes_quote_glob_characters() -> None:
     assert control_excludes(["a/b.md", "x[1]*.md"]) == ["a/b.md", "x[[]1][*].md"]
 
 
-def test_general_text_halves_do_not_overlap() -> None:
-    replay, held = general_text("replay"), general_text("eval")
-    assert len(replay) > 70_000 and len(held) > 15_000
-    assert held[:200] not in replay
+def test_general_text_parts_do_not_overlap() -> None:
+    replay, dev, held = general_text("replay"), general_text("dev"), general_text("eval")
+    assert len(replay) > 70_000 and len(dev) > 9_000 and len(held) > 15_000
+    paras = [set(part.split("\n\n")) for part in (replay, dev, held)]
+    assert not (paras[0] & paras[1]) and not (paras[0] & paras[2]) and not (paras[1] & paras[2])
+    # the evaluation's part is the book's last fifth of paragraphs, as before the dev part
+    book = (resources.files("doctune.knowledge") / "general" / "alice.txt").read_text("utf-8")
+    every = book.split("\n\n")
+    assert held == "\n\n".join(every[int(len(every) * 0.8):])
+    assert "\n\n".join([replay, dev, held]) == book
 
 
 def test_shares_need_room_for_docs_and_a_source() -> None:

@@ -98,6 +98,9 @@ class RunFacts(BaseModel):
     final_choice: dict[str, Any] | None = None
     """Which step's weights ``final/`` holds and why: the dev split's facts, questions and
     checks (:mod:`doctune.train.choose`), or why the last step is final."""
+    adapter_scale: dict[str, Any] | None = None
+    """``knowledge.forgetting_budget``: the share of the adapter ``final/`` keeps, the
+    general-text perplexities that chose it, and why (:mod:`doctune.train.forgetting`)."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Set several facts at once (each one checked against its type)."""

@@ -47,17 +47,22 @@ SOURCES = ("docs", "qa", "rephrasings", "replay")
 EXTRA_DOC = -1
 """``Window.doc`` of an example that is not a window of a docs document."""
 GENERAL_TEXT = "alice.txt"
-REPLAY_PART = 0.8
-"""Share of the general text's paragraphs that may be replayed; the rest measures forgetting."""
+REPLAY_PART = 0.7
+"""Share of the general text's paragraphs that may be replayed."""
+EVAL_PART = 0.2
+"""The last share measures forgetting in the knowledge evaluation; the paragraphs between the
+two measure it during a run (``knowledge.forgetting_budget``), and are never trained."""
 
 
-def general_text(part: Literal["replay", "eval"]) -> str:
+def general_text(part: Literal["replay", "dev", "eval"]) -> str:
     """The shipped public-domain English text (see ``knowledge/general/SOURCES.md``):
-    its first 80% of paragraphs (``"replay"``) or the remaining 20% (``"eval"``)."""
+    its first 70% of paragraphs (``"replay"``), the next 10% (``"dev"``) or the last 20%
+    (``"eval"``)."""
     text = resources.files("doctune.knowledge") / "general" / GENERAL_TEXT
     paras = text.read_text(encoding="utf-8").split("\n\n")
-    cut = int(len(paras) * REPLAY_PART)
-    return "\n\n".join(paras[:cut] if part == "replay" else paras[cut:])
+    cut, dev_end = int(len(paras) * REPLAY_PART), int(len(paras) * (1 - EVAL_PART))
+    return "\n\n".join({"replay": paras[:cut], "dev": paras[cut:dev_end],
+                         "eval": paras[dev_end:]}[part])
 
 
 # ---- the synth folder ----------------------------------------------------------------------

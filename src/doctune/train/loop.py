@@ -35,6 +35,7 @@ from doctune.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from doctune.train.forgetting import fit_adapter_scale
 from doctune.train.inputs import load_inputs, silent
 from doctune.train.model import build_model
 from doctune.train.parts import Run
@@ -260,9 +261,7 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     # ---- the end: stop early on a signal, or evaluate, sample and save the final model ----
     if stop_signal:
         return _stopped(run, state, stop_signal, val_before)
-    # final/ holds the step that answered the dev questions best
-    run.facts.final_choice = (chooser.restore(state.step) if chooser is not None else
-                              {"step": state.step, "why": no_choice or "the last step"})
+    _final_weights(run, state.step, chooser, no_choice, compiler)
     with eager(compiler.compiled):
         val_after = _evaluate(run, state.step)
         _sample(run, state.step)
@@ -300,6 +299,16 @@ def _chooser(run: Run) -> tuple[Any, str | None]:
     return make_chooser(run)
 
 
+def _final_weights(run: Run, step: int, chooser: Any, no_choice: str | None,
+                   compiler: CompileTracker) -> None:
+    """Put the weights of ``final/`` into the model: the step that answered the dev questions
+    best, its adapter within the forgetting budget (``run.json``: why)."""
+    run.facts.final_choice = (chooser.restore(step) if chooser is not None else
+                              {"step": step, "why": no_choice or "the last step"})
+    with eager(compiler.compiled):
+        run.facts.adapter_scale = fit_adapter_scale(run)
+
+
 def _stopped(run: Run, state: TrainState, stop_signal: int, val_before: float | None) -> RunResult:
     """A signal stopped the run: the checkpoint just saved, and how to continue."""
     name = signal.Signals(stop_signal).name
@@ -321,6 +330,10 @@ def _summary(run: Run, result: RunResult, report: Path | None, knows: list[str])
     choice = run.facts.final_choice or {}
     chosen = (f" (step {choice['step']} of {result.steps}: chosen by {len(choice['checks'])} "
               f"checks on {choice['dev_questions']} dev questions)" if choice.get("checks") else "")
+    scaled = run.facts.adapter_scale or {}
+    if scaled.get("scale", 1.0) < 1.0:
+        chosen += (f"; adapter scaled by {scaled['scale']:.2f} for the "
+                   f"{scaled['budget']:.0%} forgetting budget")
     run.monitor.summary(f"final model: {result.final_dir}{chosen}")
     run.monitor.summary(f"metrics:     {run.folder.metrics_file}")
     if report is not None:

@@ -1,0 +1,101 @@
+"""``knowledge.forgetting_budget``: final/ keeps the largest share of the adapter within the
+budget of general-text perplexity (:mod:`doctune.train.forgetting`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import doctune.knowledge.exam as exam
+import doctune.knowledge.replay as replay
+from doctune.knowledge.mix import general_text
+from doctune.train.forgetting import largest_within
+from test_replay import _fake_answers, _train
+
+
+def test_bisection_finds_the_largest_scale_within_the_limit() -> None:
+    asked: list[float] = []
+
+    def measure(s: float) -> float:
+        asked.append(s)
+        return 10 * (1 + s * s)
+
+    scale, value = largest_within(measure, limit=10 * 1.49)
+    assert scale == 0.6875 and value == 10 * (1 + 0.6875**2)  # 44/64: 45/64 squared is above
+    assert len(asked) == 6
+
+
+def _lora_b(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The lora_B weights of final/ and of the last checkpoint (as trained), by module."""
+    final = load_file(str(run / "final" / "adapter_model.safetensors"))
+    [ckpt] = sorted((run / "checkpoints").iterdir())
+    trained = load_file(str(ckpt / "weights.safetensors"))
+    name = lambda k: k.split("model.", 1)[1].replace(".default", "")  # noqa: E731
+    return ({name(k): v for k, v in final.items() if "lora_B" in k},
+            {name(k): v for k, v in trained.items() if "lora_B" in k})
+
+
+def test_an_adapter_over_the_budget_is_scaled_into_final(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # a stand-in perplexity that grows with the adapter's delta: the base (no delta) 100
+    def fake_ppl(model: torch.nn.Module, tokenizer: Any, texts: list[str], **kw: Any) -> float:
+        assert texts == [general_text("dev")]
+        return 100 * (1 + 0.02 * sum(float((p.detach().float() ** 2).sum())
+                                     for n, p in model.named_parameters() if "lora_B" in n))
+
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    monkeypatch.setattr(exam, "text_perplexity", fake_ppl)
+    run = tmp_path / "run"
+    res = _train(tmp_path, run, "lora.enabled=true", "lora.r=4", "train.lr=0.05", "train.max_steps=4",
+                 "knowledge.forgetting_budget=0.05")
+    assert res.exit_code == 0, res.output
+    final, trained = _lora_b(run)
+    assert final.keys() == trained.keys() and len(final) > 0
+    norm2 = sum(float((w.float() ** 2).sum()) for w in trained.values())
+    expected, _ = largest_within(lambda s: 100 * (1 + 0.02 * s * s * norm2), limit=105.0)
+    fact = json.loads((run / "run.json").read_text())["adapter_scale"]
+    assert 0 < fact["scale"] < 1 and fact["scale"] == pytest.approx(expected, abs=1e-4)
+    assert fact["base_ppl"] == 100.0 and fact["final_ppl"] <= 105.0 < fact["trained_ppl"]
+    for k, w in trained.items():  # final/ holds the scaled adapter; the checkpoint as trained
+        torch.testing.assert_close(final[k], w * fact["scale"], rtol=1e-3, atol=1e-7)
+    said = " ".join(res.output.split())
+    assert f"over the 5% budget: the adapter scaled by {fact['scale']:.3f}" in said
+    assert f"adapter scaled by {fact['scale']:.2f} for the 5% forgetting budget" in said
+
+
+def test_within_the_budget_the_adapter_is_kept_whole_and_the_base_measured_truly(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    run = tmp_path / "run"
+    # a random tiny model only gets better at English from any text: nothing was forgotten
+    res = _train(tmp_path, run, "lora.enabled=true", "lora.r=4", "train.max_steps=3", "knowledge.forgetting_budget=0")
+    assert res.exit_code == 0, res.output
+    fact = json.loads((run / "run.json").read_text())["adapter_scale"]
+    assert fact["scale"] == 1.0 and fact["trained_ppl"] <= fact["base_ppl"]
+    final, trained = _lora_b(run)
+    for k, w in trained.items():
+        torch.testing.assert_close(final[k], w, rtol=0, atol=0)
+    # the run's "base" (the adapter zeroed) is the base model read back from disk
+    from doctune.inference import load_for_inference
+
+    base = load_for_inference(str(tmp_path / "m"), device="cpu", dtype="fp32")
+    got = exam.text_perplexity(base.model.eval(), base.tokenizer, [general_text("dev")],
+                               block_size=128, max_tokens=4096)
+    assert got is not None and math.isclose(got, fact["base_ppl"], rel_tol=1e-4)
+
+
+def test_no_adapter_no_scale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    run = tmp_path / "run"
+    res = _train(tmp_path, run, "lora.enabled=false", "train.max_steps=2",
+                 "knowledge.forgetting_budget=0.05")
+    assert res.exit_code == 0, res.output
+    fact = json.loads((run / "run.json").read_text())["adapter_scale"]
+    assert fact == {"scale": 1.0, "budget": 0.05, "why": "full fine-tuning has no adapter to "
+                    "scale: the trained weights are final"}
