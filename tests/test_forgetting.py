@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 import doctune.knowledge.exam as exam
 import doctune.knowledge.replay as replay
+from doctune.cli import app
 from doctune.knowledge.mix import general_text
 from doctune.train.forgetting import largest_within
-from test_replay import _fake_answers, _train
+from test_replay import _fake_answers, _train, runner
 
 
 def test_bisection_finds_the_largest_scale_within_the_limit() -> None:
@@ -99,3 +100,24 @@ def test_no_adapter_no_scale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     fact = json.loads((run / "run.json").read_text())["adapter_scale"]
     assert fact == {"scale": 1.0, "budget": 0.05, "why": "full fine-tuning has no adapter to "
                     "scale: the trained weights are final"}
+
+
+def test_null_turns_the_budget_off_and_docs_alone_are_never_scaled(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    run = tmp_path / "run"
+    res = _train(tmp_path, run, "lora.enabled=true", "lora.r=4", "train.max_steps=2",
+                 "knowledge.forgetting_budget=null")
+    assert res.exit_code == 0, res.output
+    assert "adapter_scale" not in json.loads((run / "run.json").read_text())
+    from test_recipe import _tiny_model
+
+    docs_only = tmp_path / "docs-only"
+    model = _tiny_model(tmp_path / "m2", chat=True)
+    res = runner.invoke(app, ["train", str(tmp_path / "docs"), "--model", str(model), "--out",
+                              str(docs_only), "--docs-only", "--set", "lora.enabled=true",
+                              "--set", "train.max_steps=2", "--set", "train.device=cpu",
+                              "--set", "log.report=false", "--set", "data.block_size=128"])
+    assert res.exit_code == 0, res.output
+    facts = json.loads((docs_only / "run.json").read_text())
+    assert "knowledge" not in facts and "adapter_scale" not in facts
