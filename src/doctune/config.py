@@ -250,8 +250,8 @@ class KnowledgeConfig(_Section):
     """Share of held-out facts whose questions choose which step's weights become final/ (a dev split, never reported as test); 0: the last step's."""
     dev_checks: int = Field(4, ge=0, le=1000)
     """How many times during training the dev questions are asked (evenly spaced, the last after the last step); 0: the last step is final."""
-    forgetting_budget: float | None = Field(0.05, ge=0.0, le=10.0)
-    """A LoRA run with knowledge data: how much general-English perplexity may rise (0.05 = 5%, on held-back text never trained) before final/ keeps only part of the adapter: the largest share of it within the budget, found at the end of the run (run.json: adapter_scale); null = the adapter as trained."""
+    forgetting_budget: float | None = Field(0.1, ge=0.0, le=10.0)
+    """A LoRA run with knowledge data: how much general-English perplexity may rise (0.1 = 10%, on held-back text never trained) before final/ keeps only part of the adapter: the largest share of it within the budget, found at the end of the run (run.json: adapter_scale); null = the adapter as trained."""
     amplify: float = Field(0.0, ge=0.0, le=1000.0)
     """Amplified study data of about this many times the trained docs' tokens (synth; 0 = none): trained facts restated in many frames, lists, Q/A and passages."""
 
