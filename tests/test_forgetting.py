@@ -121,3 +121,37 @@ def test_null_turns_the_budget_off_and_docs_alone_are_never_scaled(
     assert res.exit_code == 0, res.output
     facts = json.loads((docs_only / "run.json").read_text())
     assert "knowledge" not in facts and "adapter_scale" not in facts
+
+
+def test_the_adapters_b_weights_of_linear_and_embedding_layers_and_nothing_else() -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from doctune.train.forgetting import lora_b_params, other_trained
+
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2))
+    model = get_peft_model(tiny, LoraConfig(r=2, target_modules=["q_proj", "embed_tokens"]))
+    named = {id(p): n for n, p in model.named_parameters()}
+    names = [named[id(p)] for p in lora_b_params(model)]
+    assert sorted(seg for n in names for seg in n.split(".") if seg.startswith("lora_")) == \
+        ["lora_B", "lora_embedding_B"]
+    assert other_trained(model) == []
+    saved = get_peft_model(LlamaForCausalLM(tiny.config),
+                           LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert other_trained(saved) and all("lm_head" in n for n in other_trained(saved))
+
+
+def test_a_perplexity_that_cannot_be_measured_keeps_the_adapter_whole(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(replay, "base_answers", _fake_answers)
+    monkeypatch.setattr(exam, "text_perplexity", lambda *a, **kw: float("nan"))
+    run = tmp_path / "run"
+    res = _train(tmp_path, run, "lora.enabled=true", "lora.r=4", "train.max_steps=2")
+    assert res.exit_code == 0, res.output
+    fact = json.loads((run / "run.json").read_text())["adapter_scale"]
+    assert fact["scale"] == 1.0 and fact["budget"] == 0.1  # the default
+    assert "could not be measured" in fact["why"] and "kept whole" in fact["why"]
+    final, trained = _lora_b(run)
+    for k, w in trained.items():
+        torch.testing.assert_close(final[k], w, rtol=0, atol=0)

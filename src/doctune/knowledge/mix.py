@@ -16,7 +16,7 @@ so ``collate`` and the loop take them as they take the docs' windows:
   alone: a restatement of one would teach the sentence the held-out question is scored on;
 - ``replay``: the base model's own answers to general prompts and its plain text written
   on from openings (``knowledge.replay_source: self``, :mod:`doctune.knowledge.replay`;
-  loss on what the base wrote), or the first 80% of the
+  loss on what the base wrote), or the first 70% of the
   shipped general English text (``text``, :func:`general_text`) in windows of
   ``block_size`` tokens, loss on every token.
 

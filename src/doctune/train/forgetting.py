@@ -19,8 +19,8 @@ and not the paragraphs the knowledge evaluation scores) with the adapter off (th
 at full scale; when the tuned model's is more than ``(1 + b)`` times the base's, it bisects
 for the largest scale within the budget and multiplies every ``lora_B`` by it, so ``final/``
 and every export made from it carry the scale. ``run.json`` says what was measured and chosen
-(``adapter_scale``). Full fine-tuning, DoRA (whose magnitudes do not scale with the delta)
-and sharded models (FSDP) are left as trained, and ``run.json`` says why; a run of the
+(``adapter_scale``). Full fine-tuning, DoRA (whose magnitudes do not scale with the delta),
+weights trained beside the adapter and sharded models (FSDP) are left as trained, and ``run.json`` says why; a run of the
 documents alone is left as trained too (writing like the docs is what it is for).
 """
 
@@ -40,14 +40,27 @@ DEV_TOKENS = 4096
 """Tokens of held-back general text measured at each scale: a few forward passes."""
 
 
+ADAPTER_WEIGHTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
+"""PEFT's names of a LoRA adapter's weights (linear and embedding layers)."""
+
+
 def lora_b_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The adapter's ``lora_B`` weights (the delta is linear in each)."""
-    return [p for n, p in model.named_parameters() if "lora_B" in n]
+    """The adapter's B weights, of linear and of embedding layers (the delta is linear in
+    each)."""
+    return [p for n, p in model.named_parameters()
+            if any(f".{k}." in f".{n}." for k in ("lora_B", "lora_embedding_B"))]
+
+
+def other_trained(model: torch.nn.Module) -> list[str]:
+    """Trainable weights that are not the adapter's (``modules_to_save``, trainable tokens):
+    they do not lie on the line from the base that scaling the adapter walks."""
+    return [n for n, p in model.named_parameters() if p.requires_grad
+            and not any(f".{k}." in f".{n}." for k in ADAPTER_WEIGHTS)]
 
 
 def scale_adapter(params: list[torch.nn.Parameter], trained: list[torch.Tensor],
                   scale: float) -> None:
-    """Set the adapter's ``lora_B`` weights to ``scale`` times ``trained`` (in place)."""
+    """Set the adapter's B weights to ``scale`` times ``trained`` (in place)."""
     import torch
 
     with torch.no_grad():
@@ -103,14 +116,21 @@ def fit_adapter_scale(run: Run) -> dict[str, Any] | None:
     try:
         base, full = at(0.0), at(1.0)
         limit = base * (1 + budget)
-        if full <= limit:
+        if not (math.isfinite(base) and math.isfinite(full)):
+            scale, kept = 1.0, full  # a measure that failed never throws the adapter away
+        elif full <= limit:
             scale, kept = 1.0, full
         else:
             scale, kept = largest_within(at, limit=limit)
         scale = dist.broadcast(run.env, scale)  # every rank keeps rank 0's choice
-        at(scale)
+        scale_adapter(params, trained, scale)
     finally:
         model.train(was_training)
+    if not (math.isfinite(base) and math.isfinite(full)):
+        why = (f"general-text perplexity could not be measured (base {base}, trained {full}): "
+               "the adapter kept whole")
+        run.monitor.warn(why)
+        return {"scale": 1.0, "budget": budget, "why": why}
     rise = 100 * (kept / base - 1)
     why = (f"general-text perplexity {base:.2f} (base) -> {full:.2f} trained "
            f"({100 * (full / base - 1):+.1f}%)" +
@@ -118,7 +138,7 @@ def fit_adapter_scale(run: Run) -> dict[str, Any] | None:
             f", over the {budget:.0%} budget: the adapter scaled by {scale:.3f} ({kept:.2f}, "
             f"{rise:+.1f}%)"))
     run.monitor.message(why)
-    return {"scale": round(scale, 4), "budget": budget, "base_ppl": round(base, 4),
+    return {"scale": scale, "budget": budget, "base_ppl": round(base, 4),
             "trained_ppl": round(full, 4), "final_ppl": round(kept, 4), "why": why}
 
 
@@ -132,4 +152,7 @@ def _why_not(run: Run) -> str | None:
         return "the model is sharded (FSDP): the adapter is kept whole"
     if not lora_b_params(run.model.model):
         return "no lora_B weights found: the adapter is kept whole"
+    if others := other_trained(run.model.model):
+        return (f"{len(others)} trained weights besides the adapter (e.g. {others[0]}): "
+                "scaling the adapter alone would not lead back to the base; kept whole")
     return None

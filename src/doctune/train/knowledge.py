@@ -141,7 +141,7 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
                                            "answers were empty or too long")
         else:
             knowledge.summary["replay"] = ("the shipped general English text (Alice in "
-                                           "Wonderland, its first 80%)")
+                                           "Wonderland, its first 70%)")
         extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
     available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
     counts = count(available, shares)
