@@ -44,7 +44,7 @@ def main() -> None:
     from doctune.inference import load_for_inference
     from doctune.knowledge.exam import control_texts, text_perplexity
     from doctune.knowledge.mix import general_text, load_synth
-    from doctune.train.forgetting import lora_b_params, scale_adapter
+    from doctune.train.forgetting import DEV_TOKENS, lora_b_params, scale_adapter
 
     run = args.work / "runs" / args.run
     facts = json.loads((run / "run.json").read_text(encoding="utf-8"))
@@ -61,7 +61,7 @@ def main() -> None:
         scale_adapter(params, trained, scale)
         t0 = time.perf_counter()
         dev = text_perplexity(model, loaded.tokenizer, [general_text("dev")],
-                              block_size=mode["block_size"], max_tokens=4096)
+                              block_size=mode["block_size"], max_tokens=DEV_TOKENS)
         got = bk.score(model, loaded.tokenizer, synth, texts, mode)
         row = {"scale": scale, "dev_general_ppl": dev, **{k: got.get(k) for k in KEYS}}
         rows.append(row)

@@ -20,8 +20,9 @@ at full scale; when the tuned model's is more than ``(1 + b)`` times the base's,
 for the largest scale within the budget and multiplies every ``lora_B`` by it, so ``final/``
 and every export made from it carry the scale. ``run.json`` says what was measured and chosen
 (``adapter_scale``). Full fine-tuning, DoRA (whose magnitudes do not scale with the delta),
-weights trained beside the adapter and sharded models (FSDP) are left as trained, and ``run.json`` says why; a run of the
-documents alone is left as trained too (writing like the docs is what it is for).
+weights trained beside the adapter and sharded models (FSDP) are left as trained, and
+``run.json`` says why; a run of the documents alone is left as trained too (writing like the
+docs is what it is for).
 """
 
 from __future__ import annotations
@@ -102,23 +103,20 @@ def fit_adapter_scale(run: Run) -> dict[str, Any] | None:
     params = lora_b_params(model)
     trained = [p.detach().clone() for p in params]
 
-    def ppl() -> float:
+    def at(scale: float) -> float:
+        """General-text perplexity with the adapter scaled by ``scale``."""
+        scale_adapter(params, trained, scale)
         with run.hw.precision.autocast(run.hw.device):
             got = text_perplexity(model, tokenizer, [text], block_size=size, max_tokens=DEV_TOKENS)
         return math.inf if got is None else got
-
-    def at(scale: float) -> float:
-        scale_adapter(params, trained, scale)
-        return ppl()
 
     was_training = model.training
     model.eval()
     try:
         base, full = at(0.0), at(1.0)
+        measured = math.isfinite(base) and math.isfinite(full)
         limit = base * (1 + budget)
-        if not (math.isfinite(base) and math.isfinite(full)):
-            scale, kept = 1.0, full  # a measure that failed never throws the adapter away
-        elif full <= limit:
+        if not measured or full <= limit:  # a measure that failed never throws the adapter away
             scale, kept = 1.0, full
         else:
             scale, kept = largest_within(at, limit=limit)
@@ -126,7 +124,7 @@ def fit_adapter_scale(run: Run) -> dict[str, Any] | None:
         scale_adapter(params, trained, scale)
     finally:
         model.train(was_training)
-    if not (math.isfinite(base) and math.isfinite(full)):
+    if not measured:
         why = (f"general-text perplexity could not be measured (base {base}, trained {full}): "
                "the adapter kept whole")
         run.monitor.warn(why)
