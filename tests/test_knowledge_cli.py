@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ def test_synth_refusals_are_one_line_errors(docs: Path, tmp_path: Path) -> None:
     no_model = runner.invoke(app, ["synth", str(docs), "--out", str(tmp_path / "s"),
                                    "--teacher-url", "http://127.0.0.1:9/v1"])
     assert no_model.exit_code == 2 and "needs --teacher-model" in no_model.output
+    no_teacher = runner.invoke(app, ["synth", str(docs), "--out", str(tmp_path / "s"),
+                                     "--amplify", "2", "--amplify-with", "teacher"])
+    assert no_teacher.exit_code == 2 and "needs a teacher: pass --teacher-url" in no_teacher.output
     bad = runner.invoke(app, ["synth", str(docs), "--out", str(tmp_path / "s"),
                               "--heldout-fraction", "1.5"])
     assert bad.exit_code == 2 and "heldout_fraction" in bad.output
@@ -129,3 +133,32 @@ def test_eval_knowledge_prints_base_and_tuned(docs: Path, tmp_path: Path) -> Non
     assert no_data.exit_code == 2 and "--data DOCS" in no_data.output
     not_run = runner.invoke(app, ["eval", str(tmp_path / "m"), "--knowledge"])
     assert not_run.exit_code == 2 and "pass a run folder" in not_run.output
+
+
+def test_synth_amplifies_with_a_teachers_notes(docs: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCTUNE_TEACHER_API_KEY", "k")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    filler = ("is what a developer should remember about this page when they set up a "
+              "project and run it for the first time.")
+
+    def answer(body: dict[str, Any], n: int) -> tuple[int, Any]:
+        if "response_format" in body:  # the question/answer pairs
+            return 200, json.dumps({"qa": [], "rephrasings": []})
+        section = body["messages"][1]["content"].split("<section>")[1].split("</section>")[0]
+        return 200, f"Note {n}: {' and '.join(re.findall('`[^`]+`', section))} {filler}"
+
+    with fake_openai(answer) as server:
+        res = runner.invoke(app, ["synth", str(docs), "--out", str(tmp_path / "s"),
+                                  "--amplify", "1", "--amplify-with", "teacher",
+                                  "--teacher-url", server.url, "--teacher-model", "t-7b"])
+    assert res.exit_code == 0, res.output
+    assert "teacher notes (t-7b): 2 of 2 sections studied, " in res.output
+    assert "amplified 1" in res.output and "ran out" not in res.output
+    rows = [json.loads(x) for x in (tmp_path / "s" / "amplified.jsonl").read_text().splitlines()]
+    assert rows and {r["generator"] for r in rows} == {"teacher"}
+    # build.md is the control page: never studied (its questions are asked, as control ones)
+    assert {r["doc"] for r in rows} <= {"server.md", "cache.md"}
+    notes = [b for b in server.requests if "response_format" not in b]
+    assert notes and not [b for b in notes if "# Build" in b["messages"][-1]["content"]]

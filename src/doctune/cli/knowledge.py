@@ -28,6 +28,7 @@ def synth(
     questions_per_fact: Annotated[int | None, typer.Option(help="Template questions per fact (default 2).", min=1)] = None,
     rephrasings_per_fact: Annotated[int | None, typer.Option(help="Template rephrasings per fact (default 2).", min=0)] = None,
     amplify: Annotated[float, typer.Option(help="Write amplified.jsonl: trained facts restated (frames, lists, Q/A, passages) to about N x the trained docs' tokens; 0 = none.", min=0)] = default_of("knowledge.amplify"),
+    amplify_with: Annotated[str, typer.Option(help="What writes the amplified data: templates (offline), teacher (the teacher's study notes per section: explanations, questions, implications, flashcards, scenarios) or both (half each).")] = "templates",
     teacher_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API root of a teacher model, e.g. http://localhost:8080/v1 (llama.cpp server).")] = None,
     teacher_model: Annotated[str | None, typer.Option(help="The model name the teacher server serves.")] = None,
     teacher_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the teacher's API key (default DOCTUNE_TEACHER_API_KEY, then OPENAI_API_KEY).")] = None,
@@ -39,7 +40,8 @@ def synth(
 
     Example: `doctune synth docs/ --out synth/ && doctune train docs/ --set knowledge.synth_dir=synth --set knowledge.qa_share=0.3`
 
-    Amplified: `doctune synth docs/ --out synth/ --amplify 5` (then a rephrase_share trains it).
+    Amplified: `doctune synth docs/ --out synth/ --amplify 5` (then a rephrase_share trains it);
+    written by a teacher: `--amplify 5 --amplify-with teacher --teacher-url http://localhost:11434/v1 --teacher-model qwen2.5:7b-instruct`.
     """
     import json
 
@@ -59,7 +61,7 @@ def synth(
                              exclude=tuple(exclude or ()), dialect=dialect,
                              heldout_fraction=heldout_fraction,
                              control_fraction=control_fraction, amplify=amplify,
-                             progress=progress, **extra)
+                             amplify_with=amplify_with, progress=progress, **extra)
     if json_:
         typer.echo(json.dumps(summary.to_dict(), indent=1, ensure_ascii=False))
     else:

@@ -15,7 +15,8 @@ rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``ou
 - ``sections.jsonl``: ``doc``, ``section`` (heading path) and ``text`` of every section of
   the docs read (:mod:`~doctune.knowledge.sections`), the context of open-book questions;
 - ``amplified.jsonl`` (with ``amplify`` > 0): restatements of the trained facts to a token
-  budget, each with its generator and facts (:mod:`~doctune.knowledge.amplify`);
+  budget, each with its generator and facts (:mod:`~doctune.knowledge.amplify`), or a
+  teacher's study notes of the trained documents' sections (:mod:`~doctune.knowledge.notes`);
 - ``manifest.json``: ``version``, ``seed``, ``heldout_fraction``, ``control_fraction``,
   ``docs`` (documents read), ``control_docs`` (documents the lead's training must leave
   out), ``counts`` (lines per file, and facts per split and per kind), ``phrasings``
@@ -24,6 +25,7 @@ rephrasings per section (:mod:`~doctune.knowledge.teacher`). It writes into ``ou
   "dropped_rephrasings"}`` —
   never a key or a URL), ``amplification`` (``null``, or what :func:`~doctune.knowledge.amplify.amplify`
   made: tokens asked and achieved, per generator);
+- ``cache/notes/``: the teacher's study notes, one file per section, strategy and round;
 - ``cache/teacher/``: the teacher's answers per section (see
   :mod:`~doctune.knowledge.teacher`), so a re-run after a docs change asks only about
   sections whose text changed. Sections under 20 words are not sent to the teacher. Template synthesis takes milliseconds per document and is
@@ -48,7 +50,7 @@ from doctune.atomic import atomic_open, write_json
 from doctune.config import default_of
 from doctune.data.cleantree import format_issues
 from doctune.data.corpus import Skipped
-from doctune.errors import DataError
+from doctune.errors import ConfigError, DataError
 from doctune.knowledge.facts import Fact, extract_facts
 from doctune.knowledge.metrics import normalize_answer
 from doctune.knowledge.natural import (
@@ -71,6 +73,9 @@ from doctune.knowledge.templates import (
 )
 
 MANIFEST_VERSION = 1
+AMPLIFY_WITH = ("templates", "teacher", "both")
+"""What writes the amplified study data: the offline templates, the teacher's notes, or half
+each."""
 
 
 @dataclass
@@ -198,6 +203,8 @@ def synthesize(
     heldout_phrasing_fraction: float = default_of("knowledge.heldout_phrasing_fraction"),
     natural_per_fact: int = default_of("knowledge.natural_per_fact"),
     amplify: float = default_of("knowledge.amplify"),
+    amplify_with: str = "templates",
+    teacher_pairs: bool = True,
     progress: Callable[[int, int], None] | None = None,
     teacher_sleep: Callable[[float], None] | None = None,
 ) -> SynthSummary:
@@ -207,9 +214,13 @@ def synthesize(
     Natural questions (:mod:`~doctune.knowledge.natural`) come beside the template ones:
     ``natural_per_fact`` per trained fact and direction, in phrasings of which a share
     ``heldout_phrasing_fraction`` is never trained. ``amplify`` > 0 writes amplified study
-    data of about that many times the trained documents' tokens.
-    ``teacher`` adds a teacher model's pairs and rephrasings per section (``progress(done,
-    total)`` follows its sections; ``teacher_sleep`` replaces the wait between retries).
+    data of about that many times the trained documents' tokens, written by
+    ``amplify_with``: ``"templates"`` (offline, :mod:`~doctune.knowledge.amplify`),
+    ``"teacher"`` (the teacher's study notes, :mod:`~doctune.knowledge.notes`) or ``"both"``
+    (half each).
+    ``teacher`` adds a teacher model's pairs and rephrasings per section unless
+    ``teacher_pairs`` is false (``progress(done, total)`` follows its sections, then the
+    notes' tokens; ``teacher_sleep`` replaces the wait between retries).
     Raises :class:`DataError` for missing docs or an ``out_dir`` that is, holds or lies
     inside ``docs_dir``.
     """
@@ -231,7 +242,13 @@ def synthesize(
     summary = SynthSummary(str(docs_dir), str(out_dir), seed, heldout_fraction,
                            control_fraction, docs=[rel for rel, _ in texts],
                            control_docs=sorted(controls), skipped=skipped, warnings=warnings)
-    if teacher is not None:
+    if amplify_with not in AMPLIFY_WITH:
+        raise ConfigError(f"amplify_with must be one of {', '.join(AMPLIFY_WITH)}, got "
+                          f"{amplify_with!r}.")
+    if amplify_with != "templates" and teacher is None:
+        raise ConfigError(f"amplifying with {amplify_with!r} needs a teacher: pass "
+                          "--teacher-url and --teacher-model (or --amplify-with templates).")
+    if teacher is not None and teacher_pairs:
         results, summary.teacher, errors = _run_teacher(
             teacher, texts, out / "cache" / "teacher", progress, teacher_sleep)
         summary.warnings.extend(errors)
@@ -255,8 +272,11 @@ def synthesize(
     summary.counts = _write_all(out, facts, plan.splits, qa_rows, reph, mc_lines,
                                 _section_rows(texts))
     if amplify > 0:
-        summary.amplification = _amplify(out, texts, facts, plan.splits, controls, seed=seed,
-                                          factor=amplify, phrasings=phrasings)
+        summary.amplification, errors = _amplify(
+            out, texts, facts, plan.splits, controls, seed=seed, factor=amplify,
+            phrasings=phrasings, using=amplify_with, teacher=teacher, progress=progress,
+            sleep=teacher_sleep)
+        summary.warnings.extend(errors)
         summary.counts["amplified"] = summary.amplification["examples"]
     summary.seconds = time.perf_counter() - started
     write_json(out / "manifest.json", summary.manifest())
@@ -265,20 +285,51 @@ def synthesize(
 
 def _amplify(out: Path, texts: Sequence[tuple[str, str]], facts: Sequence[Fact],
              splits: dict[str, str], controls: set[str], *, seed: int, factor: float,
-             phrasings: dict[str, str]) -> dict[str, Any]:
-    """Write ``amplified.jsonl``: ``factor`` x the tokens of the documents trained on."""
+             phrasings: dict[str, str], using: str, teacher: TeacherConfig | None,
+             progress: Callable[[int, int], None] | None,
+             sleep: Callable[[float], None] | None) -> tuple[dict[str, Any], list[str]]:
+    """Write ``amplified.jsonl``: ``factor`` x the tokens of the documents trained on, from
+    the templates, the teacher's notes or half each (``using``)."""
     from doctune.knowledge.amplify import amplify, count_tokens
+    from doctune.knowledge.notes import teacher_notes
 
     source = sum(count_tokens(text) for rel, text in texts if rel not in controls)
-    rows, info = amplify(facts, splits, source_tokens=source, factor=factor, seed=seed,
-                         phrasings=phrasings)
+    share = {"templates": 0.0, "teacher": 1.0, "both": 0.5}[using]
+    rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
+    errors: list[str] = []
+    if share > 0 and teacher is not None:
+        sections = [s for rel, text in texts if rel not in controls
+                    for s in split_sections(text, rel)]
+        rows, info, errors = teacher_notes(teacher, sections, facts, splits,
+                                           source_tokens=source, factor=factor * share,
+                                           cache_dir=out / "cache" / "notes", seed=seed,
+                                           sleep=sleep,
+                                           progress=progress)
+    if share < 1:
+        t_rows, t_info = amplify(facts, splits, source_tokens=source,
+                                 factor=factor * (1 - share), seed=seed, phrasings=phrasings)
+        rows += t_rows
+        info = _joined(info, t_info) if info else t_info
+    info["asked"] = factor
     try:
         _write_jsonl(out / "amplified.jsonl", rows)
     except OSError as e:
         raise DataError(f"cannot write into `{out}` ({e.strerror}); pass a folder you can "
                         "write to with --out.") from e
-    return info
+    return info, errors
 
+
+def _joined(notes: dict[str, Any], templates: dict[str, Any]) -> dict[str, Any]:
+    """One amplification summary of the teacher's notes and the templates' examples."""
+    tokens = notes["tokens"] + templates["tokens"]
+    source = templates["source_tokens"]
+    return {**templates, "tokens": tokens, "examples": notes["examples"] + templates["examples"],
+            "achieved": round(tokens / source, 3) if source else 0.0,
+            "exhausted": notes["exhausted"] or templates["exhausted"],
+            "dropped_leaks": notes["dropped_leaks"] + templates["dropped_leaks"],
+            "generators": {**notes["generators"], **templates["generators"]},
+            "teacher": notes["teacher"]}
 
 
 def _section_rows(texts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -345,6 +396,13 @@ def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
                      f"tokens over {a['source_tokens']:,} in the trained docs, "
                      f"{a['examples']:,} examples ({made})"
                      + ("; the generators ran out" if a["exhausted"] else ""))
+        if (n := a.get("teacher")) is not None:
+            lines.append(f"teacher notes ({n['model']}): {n['sections_studied']} of "
+                         f"{n['sections']} sections studied, "
+                         f"{n['asked']} notes asked, {n['cached']} from cache, {n['failed']} "
+                         f"failed, {n['dropped_leaks']} dropped (held a held-out fact), "
+                         f"{n['dropped_unsupported']} dropped (too short, or names not in "
+                         "the section)")
     t = summary.teacher
     if t:
         lines.append(f"teacher {t['model']}: {t['sections']} sections, {t['asked']} asked, "
