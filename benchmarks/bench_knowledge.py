@@ -65,6 +65,8 @@ STUDY = "study"
 amplified ``--amplify`` x, trained questions and replay, ``--epochs`` passes over the mix (the
 budget comes from the data, not from the mode)."""
 MICRO_BATCH = 4
+AMP_SUFFIX = {"templates": "", "teacher": "-teacher", "both": "-both"}
+"""What the study runs' synth folders and names get for each ``--amplify-with``."""
 
 
 def base_overrides(args: argparse.Namespace, mode: dict[str, Any], model: Path,
@@ -93,7 +95,8 @@ def llama_server(gguf: Path, log: Path, *, timeout: float = 300.0) -> Iterator[s
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "4096", "--model_alias", "teacher"]
+           "--port", str(port), "--n_ctx", "4096", "--model_alias", "teacher",
+           "--n_threads", str(os.cpu_count() or 1)]  # its default is half the cores
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}/v1"
@@ -294,6 +297,10 @@ def main() -> None:
                    help=f"comma-separated, of {', '.join([*RECIPES, STUDY])}")
     p.add_argument("--amplify", default="1,5,20", help="the study recipe's amplification "
                    "factors, comma-separated: one study run each (the scaling curve)")
+    p.add_argument("--amplify-with", choices=list(AMP_SUFFIX), default="templates",
+                   help="what writes the study runs' amplified data: the offline templates, "
+                        "the teacher's study notes, or half each (with a teacher, its "
+                        "question/answer pairs are asked only with templates)")
     p.add_argument("--epochs", type=float, default=1.0, help="the study recipe's passes over its mix")
     p.add_argument("--self-study", choices=["off", "on", "both"], default="off",
                    help="the study runs with knowledge.self_study (the base's open-book answers "
@@ -310,6 +317,10 @@ def main() -> None:
     args = p.parse_args()
     # a SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the teacher server is stopped too
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    wanted = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    for name in wanted:
+        if name not in (*RECIPES, STUDY):
+            sys.exit(f"--recipes: unknown recipe {name!r}; pick from {', '.join([*RECIPES, STUDY])}")
     mode = dict(MODES["quick" if args.quick else "full"])
     mode["budget"] = args.budget or mode["budget"]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -332,11 +343,29 @@ def main() -> None:
             args.teacher_url = stack.enter_context(llama_server(gguf, args.work / "teacher.log"))
             args.teacher_model = "teacher"
             print(f"teacher: llama.cpp serving {gguf.name} at {args.teacher_url}", flush=True)
-        teacher = TeacherConfig(args.teacher_url, args.teacher_model) if args.teacher_url else None
+        teacher = (TeacherConfig(args.teacher_url, args.teacher_model, max_workers=1,
+                                 timeout_s=600.0) if args.teacher_url else None)
+        if args.amplify_with != "templates" and teacher is None:
+            sys.exit(f"--amplify-with {args.amplify_with} needs a teacher: --teacher-gguf or "
+                     "--teacher-url")
+        pairs = args.amplify_with == "templates"  # else the teacher writes the notes only
         t_synth = time.perf_counter()
         summary = synthesize(args.corpus, synth_dir, seed=0, include=mode["include"],
-                             teacher=teacher, control_fraction=mode["control_fraction"])
-    if teacher is not None:
+                             teacher=teacher if pairs else None,
+                             control_fraction=mode["control_fraction"])
+        amplified = {}
+        for factor in (float(x) for x in args.amplify.split(",")
+                       if STUDY in wanted and x.strip()):
+            t_amp = time.perf_counter()
+            amplified[factor] = synthesize(
+                args.corpus, args.work / f"synth-a{factor:g}{AMP_SUFFIX[args.amplify_with]}",
+                seed=0, include=mode["include"], control_fraction=mode["control_fraction"],
+                amplify=factor, amplify_with=args.amplify_with,
+                teacher=None if pairs else teacher, teacher_pairs=False)
+            if not pairs:
+                print(f"teacher notes for {factor:g}x: {time.perf_counter() - t_amp:.0f} s, "
+                      f"{json.dumps(amplified[factor].amplification['teacher'])}", flush=True)
+    if teacher is not None and pairs:
         print(f"synth with the teacher: {time.perf_counter() - t_synth:.0f} s, "
               f"{json.dumps(summary.teacher)}, by source {summary.counts['qa_by_source']}", flush=True)
     print(f"synth: {summary.counts['qa_by_split']} questions, {summary.counts['mc']} "
@@ -374,26 +403,21 @@ def main() -> None:
     from doctune.knowledge.recipe import STUDY as STUDY_SETTINGS
 
     rows = []
-    wanted = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    for name in wanted:
-        if name not in (*RECIPES, STUDY):
-            sys.exit(f"--recipes: unknown recipe {name!r}; pick from {', '.join([*RECIPES, STUDY])}")
     for name in (r for r in wanted if r in RECIPES):
         rows.append(run_recipe(name, RECIPES[name], args, mode, model, synth_dir))
         print(f"{name} done ({time.perf_counter() - started:.0f} s)", flush=True)
     # the default recipe's mix; its synth data is made here (amplified, with a control page)
     study = {k.removeprefix("knowledge."): v for k, v in STUDY_SETTINGS.items()
              if k not in ("knowledge.auto", "knowledge.amplify", "knowledge.control_fraction")}
-    for factor in (float(x) for x in args.amplify.split(",") if STUDY in wanted and x.strip()):
-        amp_dir = args.work / f"synth-a{factor:g}"
-        got = synthesize(args.corpus, amp_dir, seed=0, include=mode["include"],
-                         control_fraction=mode["control_fraction"], amplify=factor)
+    for factor, got in amplified.items():
+        amp_dir = Path(got.out_dir)
         shares = ([float(x) for x in args.replay_share.split(",") if x.strip()]
                   if args.replay_share else [study["replay_share"]])
         for self_study, replay in ((s, r) for s in {"off": [False], "on": [True],
                                                      "both": [False, True]}[args.self_study]
                                    for r in shares):
-            name = (f"{STUDY} {factor:g}x" + (" + self-study" if self_study else "")
+            name = (f"{STUDY} {factor:g}x" + AMP_SUFFIX[args.amplify_with].replace("-", " ")
+                    + (" + self-study" if self_study else "")
                     + (f", replay {replay:g}" if args.replay_share else ""))
             row = run_recipe(name, {**study, "self_study": self_study, "replay_share": replay},
                              args, mode, model, amp_dir, epochs=args.epochs)
