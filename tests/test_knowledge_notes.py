@@ -182,3 +182,68 @@ def test_note_checks() -> None:
     assert names_supported("`server.port` is `5173`.", section)
     assert names_supported("No names at all.", section)
     assert not names_supported("`server.port` and `server.hmr.port` and `8080`.", section)
+
+
+def test_train_asks_the_teacher_for_its_study_data(tmp_path: Path) -> None:
+    """``doctune train --teacher-url`` makes the run's study data with the teacher: its
+    pairs beside the templates' questions, its notes as the amplified data."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from typer.testing import CliRunner
+
+    from doctune.cli import app
+    from doctune.modeling import train_tokenizer
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = PAGE + ("\n## Getting started\n\nRead this page before you change an option of the "
+                   "dev server, and restart the server after each change, so that the new "
+                   "value is the one it uses.\n")  # long enough to be asked for pairs
+    (docs / "server.md").write_text(page, encoding="utf-8")
+    (docs / "preview.md").write_text(page.replace("server", "preview").replace("Server", "Preview")
+                                     .replace("5173", "4173"), encoding="utf-8")
+
+    def teacher(body: dict[str, Any], n: int) -> tuple[int, Any]:
+        if "response_format" in body:  # the question/answer pairs of a section
+            return 200, json.dumps({"qa": [{
+                "question": "What do I do after I change an option of the dev server?",
+                "answer": "restart the server"}], "rephrasings": []})
+        return studious(body, n)
+
+    tok = train_tokenizer([PAGE], 300)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=256,
+                               vocab_size=len(tok), bos_token_id=tok.eos_token_id,
+                               eos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    run = tmp_path / "run"
+    common = ["--out", str(run), "--model", str(tmp_path / "m"), "--set", "knowledge.auto=true",
+              "--set", "knowledge.rephrase_share=0.3", "--set", "knowledge.control_fraction=0",
+              "--set", "knowledge.amplify=1", "--set", "knowledge.amplify_with=teacher",
+              "--set", "data.block_size=64", "--set", "data.overlap=8", "--set", "train.max_steps=1",
+              "--set", "train.micro_batch_size=2", "--set", "train.device=cpu",
+              "--set", "train.precision=fp32", "--set", "log.tensorboard=false",
+              "--set", "log.progress=false", "--set", "train.sample_max_new_tokens=2",
+              "--set", "train.eval_every=0", "--set", "log.report=false"]
+    runner = CliRunner()
+    with fake_openai(teacher) as server:
+        res = runner.invoke(app, ["train", str(docs), *common, "--teacher-url", server.url,
+                                  "--teacher-model", "teacher-7b"])
+    assert res.exit_code == 0, res.output
+    assert "asking the teacher teacher-7b" in res.output
+    k = run / "knowledge"
+    rows = [json.loads(x) for x in (k / "amplified.jsonl").read_text().splitlines()]
+    assert rows and {r["generator"] for r in rows} == {"teacher"}
+    qa = [json.loads(x) for x in (k / "qa.jsonl").read_text().splitlines()]
+    assert [q for q in qa if q.get("source") == "teacher"]
+    assert (k / "cache" / "notes").is_dir() and (k / "cache" / "teacher").is_dir()
+    assert server.requests and all(b["model"] == "teacher-7b" for b in server.requests)
+
+    # what cannot work is said before anything is made
+    no_teacher = runner.invoke(app, ["train", str(docs), *common, "--overwrite"])
+    assert no_teacher.exit_code == 2 and "needs a teacher: set `knowledge.teacher_url`" in (
+        no_teacher.output)
+    no_model = runner.invoke(app, ["train", str(docs), *common, "--overwrite",
+                                   "--teacher-url", "http://127.0.0.1:9/v1"])
+    assert no_model.exit_code == 2 and "needs `knowledge.teacher_model`" in no_model.output
+    both = runner.invoke(app, ["train", str(docs), "--docs-only", "--teacher-url",
+                               "http://127.0.0.1:9/v1", "--out", str(tmp_path / "r2")])
+    assert both.exit_code == 2 and "pass one of them" in both.output

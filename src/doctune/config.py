@@ -254,6 +254,12 @@ class KnowledgeConfig(_Section):
     """A LoRA run with knowledge data: how much general-English perplexity may rise (0.1 = 10%, on held-back text never trained) before final/ keeps only part of the adapter: the largest share of it within the budget, found at the end of the run (run.json: adapter_scale); null = the adapter as trained."""
     amplify: float = Field(0.0, ge=0.0, le=1000.0)
     """Amplified study data of about this many times the trained docs' tokens (synth; 0 = none): trained facts restated in many frames, lists, Q/A and passages."""
+    amplify_with: Literal["templates", "teacher", "both"] = "templates"
+    """What writes the amplified study data: `templates` (offline: the facts restated), `teacher` (study notes the teacher model of knowledge.teacher_url writes on each section: explanations, questions with answers, implications, flashcards, scenarios) or `both` (half each)."""
+    teacher_url: str | None = None
+    """knowledge.auto: OpenAI-compatible API root of a teacher model that adds its own questions and rephrasings per section, and writes study notes with knowledge.amplify_with (e.g. http://localhost:8080/v1, llama.cpp's server). Its key comes from the environment (DOCTUNE_TEACHER_API_KEY, then OPENAI_API_KEY), never from the config."""
+    teacher_model: str | None = None
+    """The model name the teacher server serves (with knowledge.teacher_url)."""
 
     @model_validator(mode="after")
     def _shares_leave_room_for_docs(self) -> KnowledgeConfig:
@@ -270,6 +276,17 @@ class KnowledgeConfig(_Section):
                 "rephrasings: set `knowledge.synth_dir` to a `doctune synth` folder, or "
                 f"`knowledge.auto=true` (got qa_share={self.qa_share:g}, "
                 f"rephrase_share={self.rephrase_share:g}, no synth_dir).")
+        if self.amplify_with != "templates" and not self.teacher_url:
+            raise ValueError(f"`knowledge.amplify_with={self.amplify_with}` needs a teacher: set "
+                             "`knowledge.teacher_url` and `knowledge.teacher_model` (or "
+                             "`knowledge.amplify_with=templates`).")
+        if self.teacher_url and not (self.teacher_model or "").strip():
+            raise ValueError("`knowledge.teacher_url` needs `knowledge.teacher_model`, the name "
+                             "the server serves (e.g. `qwen2.5:7b-instruct`).")
+        if self.teacher_url and self.synth_dir is not None:
+            raise ValueError("`knowledge.teacher_url` is asked when doctune makes the study "
+                             "data (knowledge.auto); a `knowledge.synth_dir` is already made: "
+                             "pass --teacher-url to `doctune synth` when making it instead.")
         if self.synth_dir is not None and self.auto:
             raise ValueError("set `knowledge.synth_dir` or `knowledge.auto`, not both "
                              f"(got synth_dir={str(self.synth_dir)!r} and auto=true).")

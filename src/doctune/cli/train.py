@@ -23,6 +23,8 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", exists=True, file_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start anew in a run folder that holds an earlier run (its files are removed; nothing else is).")] = False,
     docs_only: Annotated[bool, typer.Option("--docs-only", help="Train on the documents alone: no study data, questions or replay (the default for a chat model mixes them in so that it answers from the docs).")] = False,
+    teacher_url: Annotated[str | None, typer.Option("--teacher-url", help="OpenAI-compatible API root of a teacher model (sets `knowledge.teacher_url`), e.g. http://localhost:8080/v1 (llama.cpp's server): it adds its own questions and rephrasings to the study data; `--set knowledge.amplify_with=teacher` (or `both`) has it write the study notes too.")] = None,
+    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="The model name the teacher server serves (sets `knowledge.teacher_model`).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and the result.")] = False,
 ) -> None:
     """Fine-tune a model on a docs folder: prepare the data, train, evaluate, save.
@@ -44,7 +46,11 @@ def train(
     from doctune.train.loop import train as run_training
 
     extra = {"data.path": str(docs) if docs else None, "train.output_dir": str(out) if out else None,
-             "model.name": model, "lora.enabled": lora, "train.max_steps": max_steps}
+             "model.name": model, "lora.enabled": lora, "train.max_steps": max_steps,
+             "knowledge.teacher_url": teacher_url, "knowledge.teacher_model": teacher_model}
+    if docs_only and teacher_url:
+        raise ConfigError("--docs-only trains the documents alone and --teacher-url makes study "
+                          "data: pass one of them.")
     if resume is not None:
         if overwrite:
             raise ConfigError("--resume continues a run and --overwrite starts it anew: pass one of them.")

@@ -37,8 +37,11 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
     from doctune.modeling import pad_token_id
 
     if cfg.knowledge.enabled and cfg.knowledge.auto and not (resume and folder.knowledge_dir.is_dir()):
-        say("making the study data from the docs: facts, questions, restatements ...")
-    knowledge = dist.main_first(env, lambda: load_knowledge(cfg, folder))
+        k = cfg.knowledge
+        say("making the study data from the docs: facts, questions, restatements ..."
+            + (f" (asking the teacher {k.teacher_model}: minutes per page on a local server; "
+               "its answers are cached in the run's knowledge/cache/)" if k.teacher_url else ""))
+    knowledge = dist.main_first(env, lambda: load_knowledge(cfg, folder, say=say))
     if not env.is_main:  # the synth data rank 0 made (or found)
         knowledge = load_knowledge(cfg, folder, make=False)
     # control documents are kept out of the store

@@ -61,10 +61,12 @@ class KnowledgeSetup:
         return f"knowledge mix per pass: {mixed}{left}{cut}{replay}"
 
 
-def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeSetup | None:
+def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True,
+                   say: Callable[[str], None] | None = None) -> KnowledgeSetup | None:
     """The synth data of this run (made into ``knowledge/`` for ``knowledge.auto``, unless
     ``make`` is False: then read from there, as another process made it), or None when the
-    config mixes nothing in."""
+    config mixes nothing in. ``say`` gets what the teacher (``knowledge.teacher_url``)
+    could not give, if anything."""
     k, d = cfg.knowledge, cfg.data
     if not k.enabled:
         return None
@@ -75,9 +77,21 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True) -> KnowledgeS
         from doctune.knowledge.synth import synthesize
 
         assert d.path is not None
-        synthesize(Path(d.path), run.knowledge_dir, seed=d.seed, include=d.include,
-                   exclude=d.exclude, dialect=d.dialect, heldout_fraction=k.heldout_fraction,
-                   control_fraction=k.control_fraction, amplify=k.amplify)
+        teacher = None
+        if k.teacher_url:
+            from doctune.knowledge.teacher import TeacherConfig
+
+            teacher = TeacherConfig(k.teacher_url, k.teacher_model or "")
+        summary = synthesize(Path(d.path), run.knowledge_dir, seed=d.seed, include=d.include,
+                             exclude=d.exclude, dialect=d.dialect,
+                             heldout_fraction=k.heldout_fraction,
+                             control_fraction=k.control_fraction, amplify=k.amplify,
+                             amplify_with=k.amplify_with, teacher=teacher)
+        failed = [w for w in summary.warnings if w.startswith("teacher gave no")]
+        if failed and say is not None:
+            say(f"warning: the teacher gave nothing for {len(failed)} request(s), trained "
+                f"without them (see {run.knowledge_dir / 'manifest.json'}); first: "
+                f"{failed[0]}")
         synth = load_synth(run.knowledge_dir)
     elif k.synth_dir is not None:
         synth = load_synth(Path(k.synth_dir))
