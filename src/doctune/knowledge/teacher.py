@@ -88,7 +88,9 @@ class TeacherConfig:
     """Tries per section (rate limits, server errors, timeouts, unreadable JSON)."""
     backoff_s: float = 1.0
     """The first retry waits this long, each next one twice as long (at most 60 s)."""
-    timeout_s: float = 120.0
+    timeout_s: float = 600.0
+    """Seconds one request may take: a local server on a CPU writes a dozen tokens a second,
+    and queues the requests beyond its slots, so a long wait is not a failure."""
     temperature: float = 0.3
     max_tokens: int = 2048
 
