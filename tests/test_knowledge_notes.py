@@ -182,6 +182,9 @@ def test_note_checks() -> None:
     assert names_supported("`server.port` is `5173`.", section)
     assert names_supported("No names at all.", section)
     assert not names_supported("`server.port` and `server.hmr.port` and `8080`.", section)
+    # a switch set the other way names nothing new; a made-up flag does
+    assert names_supported("Set `server.port` to `false`, `null` or `undefined`.", section)
+    assert not names_supported("`server.port` with `--port-strict`.", section)
 
 
 def test_train_asks_the_teacher_for_its_study_data(tmp_path: Path) -> None:

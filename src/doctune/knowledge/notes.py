@@ -82,6 +82,9 @@ MIN_SECTION_WORDS = 8
 """Shortest section studied (as the teacher reads it, heading included), in words: an
 option's heading, default and one sentence."""
 NAMES_FOUND = 0.8
+LITERALS = frozenset({"true", "false", "null", "none", "undefined", "nil"})
+"""Backticked words that name nothing: a note may set a switch to `false` that its section
+only shows as `true`."""
 MAX_TOKENS = 600
 """Longest note asked for, in the teacher's tokens."""
 _CODE = re.compile(r"`([^`\n]+)`")
@@ -118,9 +121,9 @@ def shown_text(section: Section, hidden: Sequence[str]) -> str:
 
 def names_supported(note: str, section_text: str) -> bool:
     """Whether at least :data:`NAMES_FOUND` of the distinct backticked names of ``note`` are
-    in ``section_text`` (compared with white space collapsed and case folded); a note that
-    names nothing in backticks passes."""
-    names = {" ".join(n.split()).casefold() for n in _CODE.findall(note)}
+    in ``section_text`` (compared with white space collapsed and case folded; the
+    :data:`LITERALS` left out); a note that names nothing in backticks passes."""
+    names = {" ".join(n.split()).casefold() for n in _CODE.findall(note)} - LITERALS
     names.discard("")
     if not names:
         return True
