@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from doctune.knowledge.amplify import GENERATORS, count_tokens
+from doctune.knowledge.amplify import GENERATORS, LEAK_SENTENCE_WORDS, _leaks, count_tokens, leaks
+from doctune.knowledge.facts import Fact
 from doctune.knowledge.metrics import normalize_answer
 from doctune.knowledge.mix import load_synth
 from doctune.knowledge.synth import synthesize
@@ -63,7 +64,7 @@ def test_amplify_meets_the_budget_and_records_it(docs: Path, tmp_path: Path) -> 
     assert a["source_tokens"] == source == 238
     assert a["tokens"] == sum(r["tokens"] for r in rows) == sum(count_tokens(r["text"]) for r in rows)
     assert 3 * source <= a["tokens"] < 3 * source + max(r["tokens"] for r in rows)
-    assert a["examples"] == len(rows) == 16 and not a["exhausted"] and a["dropped_leaks"] == 4
+    assert a["examples"] == len(rows) == 16 and not a["exhausted"] and a["dropped_leaks"] == 0
     assert a["achieved"] == round(a["tokens"] / source, 3)
     made = {g: sum(r["generator"] == g for r in rows) for g, _, _ in GENERATORS}
     assert made == {g: a["generators"][g]["examples"] for g in made}
@@ -80,7 +81,7 @@ def test_amplify_meets_the_budget_and_records_it(docs: Path, tmp_path: Path) -> 
     manifest, rows, _ = _synth(docs, tmp_path / "big", 1000)
     big = manifest["amplification"]
     assert big["exhausted"] and big["achieved"] < 1000 and big["tokens"] == sum(r["tokens"] for r in rows)
-    assert len(rows) == 400 and big["generators"]["passages"]["examples"] == 234
+    assert len(rows) == 404 and big["generators"]["passages"]["examples"] == 234
     # defaults said by what the option sets, and linked to its name
     said = {r["text"] for r in rows if r["template"].startswith("config.purpose.")}
     assert "By default, the preview server port is `4173` (`preview.port`)." in said
@@ -105,7 +106,8 @@ def test_amplified_examples_never_hold_a_heldout_fact_or_a_control_doc(
     texts = [normalize_answer(r["text"]) for r in rows]
     for f in held:  # neither the sentence nor the relation of a held-out or control fact
         sentence = normalize_answer(f["sentence"])
-        assert not [t for t in texts if sentence in t], f
+        assert len(sentence.split()) < LEAK_SENTENCE_WORDS or not [
+            t for t in texts if sentence in t], f
         subject = f["subject"].strip("`")
         assert not [r for r in rows if subject in r["text"] and f["answer"].strip("`") in r["text"]
                     and f["kind"] == "config"], f
@@ -120,3 +122,19 @@ def test_no_amplify_writes_no_file(docs: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "amplified.jsonl").exists()
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["amplification"] is None
     assert load_synth(tmp_path / "s").amplified == []
+
+
+def test_a_short_heldout_sentence_leaks_only_with_its_subject() -> None:
+    """``Default: `false``` is said of many options: an example saying it of a trained one
+    is no leak; the held-out option's name with its answer is, however it is worded."""
+    port = Fact("a", "config", "server.strictPort", "default", "false", "**Default:** `false`",
+                "s.md", ("Server", "server.strictPort"), 0, 1)
+    desc = Fact("b", "config", "server.open", "description", "open the app in the browser",
+                "Automatically open the app in the browser on server start.", "s.md",
+                ("Server", "server.open"), 0, 1)
+    forbidden = _leaks([port, desc], {"a": "heldout", "b": "heldout"})
+    assert not leaks("`server.cors`: **Default:** `false`. It defaults to false.", forbidden)
+    assert leaks("Set `server.strictPort` to `false`, its default.", forbidden)
+    assert not leaks("`server.strictPort` defaults to falsehood.", forbidden)  # whole words
+    assert leaks("It will automatically open the app in the browser on server start!", forbidden)
+    assert not leaks("Automatically open the app.", forbidden)

@@ -223,10 +223,34 @@ GENERATORS: tuple[tuple[str, str, Callable[[Study], list[Example]]], ...] = (
 )
 
 
-def _leaks(facts: Sequence[Fact], splits: dict[str, str]) -> list[str]:
-    """Normalised sentences of the held-out and control facts: no example may hold one."""
-    return sorted({s for f in facts if splits.get(f.id, "trained") != "trained"
-                   for s in [normalize_answer(f.sentence)] if s})
+LEAK_SENTENCE_WORDS = 4
+"""A held-out sentence this long (normalised) is its fact's own: an example holding it leaks
+the fact. A shorter one (``Default: `false```) is said of many options, and leaks only with
+its fact's subject."""
+
+
+def _leaks(facts: Sequence[Fact], splits: dict[str, str]) -> list[tuple[str, ...]]:
+    """What no example may hold, per held-out or control fact: its normalised sentence when it
+    has :data:`LEAK_SENTENCE_WORDS` words or more, and its subject with its answer (``server.host``
+    and ``localhost`` in one example), each as whole words (see :func:`leaks`)."""
+    out: set[tuple[str, ...]] = set()
+    for f in facts:
+        if splits.get(f.id, "trained") == "trained":
+            continue
+        sentence = normalize_answer(f.sentence)
+        if len(sentence.split()) >= LEAK_SENTENCE_WORDS:
+            out.add((sentence,))
+        subject, answer = normalize_answer(f.subject), normalize_answer(f.answer)
+        if subject and answer and subject != answer:
+            out.add((subject, answer))
+    return sorted(out)
+
+
+def leaks(text: str, forbidden: Sequence[tuple[str, ...]]) -> bool:
+    """Whether ``text`` holds every part of one of ``forbidden`` (from :func:`_leaks`), each
+    as whole words of its normalised form."""
+    norm = f" {normalize_answer(text)} "
+    return any(all(f" {part} " in norm for part in parts) for parts in forbidden)
 
 
 def amplify(facts: Sequence[Fact], splits: dict[str, str], *, source_tokens: int, factor: float,
@@ -245,7 +269,7 @@ def amplify(facts: Sequence[Fact], splits: dict[str, str], *, source_tokens: int
     queues, dropped = [], 0
     for name, _, make in GENERATORS:
         made = sorted(make(study), key=lambda e: unit_hash(f"amp:{name}:{e.text}", seed))
-        kept = [e for e in made if not any(s in normalize_answer(e.text) for s in forbidden)]
+        kept = [e for e in made if not leaks(e.text, forbidden)]
         dropped += len(made) - len(kept)
         queues.append(kept)
     budget, total, seen = factor * source_tokens, 0, set()

@@ -11,7 +11,8 @@ second pass over the strategies on, asked again with another seed) until the kep
 
 Nothing held out leaks: control documents are never sent; in a trained document the
 sentences of held-out facts are cut out of a section before the teacher reads it, and a note
-that still holds one of their sentences (normalised) is dropped. A note is kept when it has
+that still holds one of their sentences, or a held-out fact's subject with its answer
+(:func:`~doctune.knowledge.amplify.leaks`), is dropped. A note is kept when it has
 at least :data:`MIN_WORDS` words and at least :data:`NAMES_FOUND` of the code names it
 writes in backticks are in the section it read: a teacher that invents option names is not
 trained on. Each kept note becomes an ``amplified.jsonl`` line (generator ``teacher``,
@@ -226,7 +227,7 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
     documents; :data:`MIN_SECTION_WORDS`+ words) up to about ``factor x source_tokens``
     tokens; what was made; the errors of notes that failed after every attempt. ``seed`` orders the sections within
     each round. ``progress(tokens, budget)``."""
-    from doctune.knowledge.amplify import _leaks, count_tokens
+    from doctune.knowledge.amplify import _leaks, count_tokens, leaks
 
     writer = NoteWriter(config, cache_dir, client=client, sleep=sleep)
     plan = [p for p in _plan(sections, facts, splits) if len(p[1].split()) >= MIN_SECTION_WORDS]
@@ -257,8 +258,7 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
                     counts["failed"] += 1
                     errors.append(f"teacher gave no note for a section of {error}")
                     continue
-                norm = normalize_answer(text)
-                if any(s in norm for s in forbidden):
+                if leaks(text, forbidden):
                     counts["dropped_leaks"] += 1
                     continue
                 if len(text.split()) < MIN_WORDS or not names_supported(text, note.shown):
@@ -267,6 +267,7 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
                 if text in seen or total >= budget:
                     continue
                 seen.add(text)
+                norm = normalize_answer(text)
                 held = [f.id for f in trained[(note.section.doc, note.section.path)]
                         if normalize_answer(f.answer) and normalize_answer(f.answer) in norm]
                 rows.append(_row(text, note, held, count_tokens(text)))
