@@ -261,6 +261,14 @@ class KnowledgeConfig(_Section):
     teacher_model: str | None = None
     """The model name the teacher server serves (with knowledge.teacher_url)."""
 
+    @field_validator("teacher_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("`knowledge.teacher_url` must start with http:// or https://, e.g. "
+                             f"http://localhost:8080/v1 (got {value!r})")
+        return value
+
     @model_validator(mode="after")
     def _shares_leave_room_for_docs(self) -> KnowledgeConfig:
         # with `mix: once` the question and restatement shares only switch a source on (every
@@ -279,10 +287,11 @@ class KnowledgeConfig(_Section):
         if self.amplify_with != "templates" and not self.teacher_url:
             raise ValueError(f"`knowledge.amplify_with={self.amplify_with}` needs a teacher: set "
                              "`knowledge.teacher_url` and `knowledge.teacher_model` (or "
-                             "`knowledge.amplify_with=templates`).")
+                             "`knowledge.amplify_with=templates`; got no teacher_url).")
         if self.teacher_url and not (self.teacher_model or "").strip():
             raise ValueError("`knowledge.teacher_url` needs `knowledge.teacher_model`, the name "
-                             "the server serves (e.g. `qwen2.5:7b-instruct`).")
+                             "the server serves, e.g. `qwen2.5:7b-instruct` (got "
+                             f"teacher_url={self.teacher_url!r} and no teacher_model).")
         if self.teacher_url and self.synth_dir is not None:
             raise ValueError("`knowledge.teacher_url` is asked when doctune makes the study "
                              "data (knowledge.auto); a `knowledge.synth_dir` is already made: "
