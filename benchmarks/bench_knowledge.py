@@ -22,6 +22,8 @@ perplexity change, stop rate, tokens trained (that carry loss), wall time.
     python benchmarks/bench_knowledge.py --quick      # 4 pages, 2k tokens: ~2.5 min on 2 idle cores
     python benchmarks/bench_knowledge.py              # the config/ pages, 80k tokens per recipe: ~35 min
     python benchmarks/bench_knowledge.py --quick --teacher-gguf smollm2   # + a llama.cpp teacher
+    python benchmarks/bench_knowledge.py --recipes study --amplify 1 --amplify-with teacher \
+        --teacher-gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf   # the teacher's study notes
 """
 
 from __future__ import annotations
