@@ -226,10 +226,7 @@ def synthesize(
     """
     started = time.perf_counter()
     docs_dir = Path(docs_dir)
-    if not docs_dir.exists():
-        raise DataError(f"docs folder `{docs_dir}` does not exist; pass the folder of "
-                        "Markdown/MDX docs to synthesize from.")
-    out = check_out_dir(docs_dir, Path(out_dir))
+    out = _check_inputs(docs_dir, Path(out_dir), amplify_with, teacher)
     texts, skipped, warnings = cleaned_docs(docs_dir, include, exclude, dialect)
     facts = [f for rel, text in texts for f in extract_facts(text, rel)]
     plan = split_facts(facts, seed=seed, heldout_fraction=heldout_fraction,
@@ -242,12 +239,6 @@ def synthesize(
     summary = SynthSummary(str(docs_dir), str(out_dir), seed, heldout_fraction,
                            control_fraction, docs=[rel for rel, _ in texts],
                            control_docs=sorted(controls), skipped=skipped, warnings=warnings)
-    if amplify_with not in AMPLIFY_WITH:
-        raise ConfigError(f"amplify_with must be one of {', '.join(AMPLIFY_WITH)}, got "
-                          f"{amplify_with!r}.")
-    if amplify_with != "templates" and teacher is None:
-        raise ConfigError(f"amplifying with {amplify_with!r} needs a teacher: pass "
-                          "--teacher-url and --teacher-model (or --amplify-with templates).")
     if teacher is not None and teacher_pairs:
         results, summary.teacher, errors = _run_teacher(
             teacher, texts, out / "cache" / "teacher", progress, teacher_sleep)
@@ -261,14 +252,8 @@ def synthesize(
     phrasings = phrasing_split(seed, heldout_phrasing_fraction)
     summary.phrasings = {"heldout_fraction": heldout_phrasing_fraction,
                          "heldout": sorted(n for n, s in phrasings.items() if s == "heldout")}
-    natural = natural_questions(facts, plan.splits, seed=seed, phrasings=phrasings,
-                                per_fact=natural_per_fact)
-    keep = _unambiguous_questions([*qa, *natural])
-    natural = [q for q in natural if q.question in keep]
-    qa_rows = [*(q.to_dict() for q in qa if q.question in keep),
-               *(qa_row(q, plan.splits[q.fact.id]) for q in natural)]
-    mc: list[MCItem] = [m for m in mc_items(facts, plan.splits, seed=seed) if m.question in keep]
-    mc_lines = [*(m.to_dict() for m in mc), *mc_rows(natural, facts, plan.splits, seed=seed)]
+    qa_rows, mc_lines = _question_rows(facts, plan.splits, qa, seed=seed, phrasings=phrasings,
+                                       natural_per_fact=natural_per_fact)
     summary.counts = _write_all(out, facts, plan.splits, qa_rows, reph, mc_lines,
                                 _section_rows(texts))
     if amplify > 0:
@@ -281,6 +266,37 @@ def synthesize(
     summary.seconds = time.perf_counter() - started
     write_json(out / "manifest.json", summary.manifest())
     return summary
+
+
+def _check_inputs(docs_dir: Path, out_dir: Path, amplify_with: str,
+                  teacher: TeacherConfig | None) -> Path:
+    """The output folder, once the docs folder exists, the output folder can hold no
+    document and ``amplify_with`` can be done."""
+    if not docs_dir.exists():
+        raise DataError(f"docs folder `{docs_dir}` does not exist; pass the folder of "
+                        "Markdown/MDX docs to synthesize from.")
+    if amplify_with not in AMPLIFY_WITH:
+        raise ConfigError(f"amplify_with must be one of {', '.join(AMPLIFY_WITH)}, got "
+                          f"{amplify_with!r}.")
+    if amplify_with != "templates" and teacher is None:
+        raise ConfigError(f"amplifying with {amplify_with!r} needs a teacher: pass "
+                          "--teacher-url and --teacher-model (or --amplify-with templates).")
+    return check_out_dir(docs_dir, out_dir)
+
+
+def _question_rows(facts: Sequence[Fact], splits: dict[str, str], qa: Sequence[Any], *,
+                   seed: int, phrasings: dict[str, str], natural_per_fact: int,
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``qa.jsonl`` and ``mc.jsonl`` lines: the template (and teacher) questions ``qa``
+    and the natural ones, each kept only where its question has one answer."""
+    natural = natural_questions(facts, splits, seed=seed, phrasings=phrasings,
+                                per_fact=natural_per_fact)
+    keep = _unambiguous_questions([*qa, *natural])
+    natural = [q for q in natural if q.question in keep]
+    qa_rows = [*(q.to_dict() for q in qa if q.question in keep),
+               *(qa_row(q, splits[q.fact.id]) for q in natural)]
+    mc: list[MCItem] = [m for m in mc_items(facts, splits, seed=seed) if m.question in keep]
+    return qa_rows, [*(m.to_dict() for m in mc), *mc_rows(natural, facts, splits, seed=seed)]
 
 
 def _amplify(out: Path, texts: Sequence[tuple[str, str]], facts: Sequence[Fact],
