@@ -81,7 +81,9 @@ def test_amplify_meets_the_budget_and_records_it(docs: Path, tmp_path: Path) -> 
     manifest, rows, _ = _synth(docs, tmp_path / "big", 1000)
     big = manifest["amplification"]
     assert big["exhausted"] and big["achieved"] < 1000 and big["tokens"] == sum(r["tokens"] for r in rows)
-    assert len(rows) == 404 and big["generators"]["passages"]["examples"] == 234
+    assert len(rows) == 407 and big["generators"]["passages"]["examples"] == 234
+    # a default of punctuation alone (`{}`) is asked about too (its sentence is one word)
+    assert any("`server.proxy`" in r["text"] and r["text"].endswith("Answer: {}") for r in rows)
     # defaults said by what the option sets, and linked to its name
     said = {r["text"] for r in rows if r["template"].startswith("config.purpose.")}
     assert "By default, the preview server port is `4173` (`preview.port`)." in said

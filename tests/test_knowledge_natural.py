@@ -156,6 +156,9 @@ def test_natural_questions_both_ways_in_their_split_phrasings() -> None:
 def test_quotes_sentence() -> None:
     assert quotes_sentence("Specify the server port. What is it?", "Specify the server port.")
     assert not quotes_sentence("Which option specifies the server port?", "Specify the server port.")
+    # a default of punctuation only leaves one word: asking about that default quotes nothing
+    assert not quotes_sentence("What does `base` default to?", "**Default:** `/`")
+    assert not quotes_sentence("Does it set the server portal?", "Set the server port.")
 
 
 def test_question_file_rows_items_and_errors(tmp_path: Path) -> None:

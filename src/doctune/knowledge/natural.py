@@ -286,10 +286,11 @@ def _measure(answer: str) -> str:
 
 
 def quotes_sentence(question: str, sentence: str) -> bool:
-    """True when ``question`` holds its fact's whole sentence (normalised): a quote, not a
-    question."""
+    """True when ``question`` holds its fact's whole sentence (normalised, as whole words): a
+    quote, not a question. A sentence of one word (``**Default:** `/``` is ``default``)
+    quotes nothing."""
     s = normalize_answer(_plain(sentence))
-    return bool(s) and s in normalize_answer(question)
+    return len(s.split()) > 1 and f" {s} " in f" {normalize_answer(question)} "
 
 
 # ---- questions from facts ------------------------------------------------------------------
