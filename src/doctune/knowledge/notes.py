@@ -36,12 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from doctune.atomic import write_json
-from doctune.errors import DataError
 from doctune.knowledge.facts import Fact
 from doctune.knowledge.metrics import normalize_answer
 from doctune.knowledge.sections import Section
 from doctune.knowledge.split import unit_hash
-from doctune.knowledge.teacher import NO_KEY, TeacherConfig, _retryable, _scrub, api_key
+from doctune.knowledge.teacher import (
+    TeacherConfig,
+    _retryable,
+    _scrub,
+    api_key,
+    make_cache_dir,
+    open_client,
+    retry_wait,
+)
 
 NOTES_VERSION = "1"
 SYSTEM_PROMPT = ("You study software documentation and write study notes about it. You only "
@@ -153,17 +160,8 @@ class NoteWriter:
         self.cache_dir = Path(cache_dir)
         self._sleep = sleep or time.sleep
         self._key = api_key(config)
-        if client is None:
-            from openai import OpenAI
-
-            client = OpenAI(base_url=config.base_url, api_key=self._key or NO_KEY,
-                            max_retries=0, timeout=config.timeout_s)
-        self._client = client
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"cannot create the teacher cache folder `{self.cache_dir}` "
-                            f"({e.strerror}); pass a folder you can write to.") from e
+        self._client = client if client is not None else open_client(config, self._key)
+        make_cache_dir(self.cache_dir)
 
     def write(self, note: Note) -> tuple[str | None, bool, str | None]:
         """(the note's text or None, whether it came from the cache, the error if none)."""
@@ -175,7 +173,7 @@ class NoteWriter:
         error = None
         for attempt in range(self.config.max_attempts):
             if attempt:
-                self._sleep(min(60.0, self.config.backoff_s * 2 ** (attempt - 1)))
+                self._sleep(retry_wait(self.config, attempt))
             try:
                 text = clean_note(self._complete(note))
             except Exception as e:

@@ -127,6 +127,28 @@ def api_key(config: TeacherConfig) -> str | None:
     return os.environ.get(config.api_key_env) or os.environ.get(FALLBACK_KEY_ENV) or None
 
 
+def open_client(config: TeacherConfig, key: str | None) -> Any:
+    """An ``openai.OpenAI`` client for the teacher (no retries of its own: callers retry)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=config.base_url, api_key=key or NO_KEY, max_retries=0,
+                  timeout=config.timeout_s)
+
+
+def make_cache_dir(path: Path) -> None:
+    """Create a teacher cache folder, or raise :class:`DataError` saying why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the teacher cache folder `{path}` ({e.strerror}); "
+                        "pass a folder you can write to.") from e
+
+
+def retry_wait(config: TeacherConfig, attempt: int) -> float:
+    """Seconds to wait before try ``attempt`` (from 1): doubling from ``backoff_s``, at most 60."""
+    return min(60.0, config.backoff_s * 2 ** (attempt - 1))
+
+
 def _norm(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -208,12 +230,7 @@ class Teacher:
         self._sleep = sleep
         self._key = api_key(config)
         self._format = 0  # index into FORMATS: raised when a server refuses one
-        if client is None:
-            from openai import OpenAI
-
-            client = OpenAI(base_url=config.base_url, api_key=self._key or NO_KEY,
-                            max_retries=0, timeout=config.timeout_s)
-        self._client = client
+        self._client = client if client is not None else open_client(config, self._key)
 
     def run(self, sections: Sequence[Section],
             progress: Callable[[int, int], None] | None = None) -> list[SectionResult]:
@@ -221,11 +238,7 @@ class Teacher:
 
         ``progress(done, total)`` is called from this thread after each section.
         """
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"cannot create the teacher cache folder `{self.cache_dir}` "
-                            f"({e.strerror}); pass a folder you can write to.") from e
+        make_cache_dir(self.cache_dir)
         results: list[SectionResult | None] = [None] * len(sections)
         todo = []
         for k, sec in enumerate(sections):
@@ -272,7 +285,7 @@ class Teacher:
         result = SectionResult(section)
         for attempt in range(self.config.max_attempts):
             if attempt:
-                self._sleep(min(60.0, self.config.backoff_s * 2 ** (attempt - 1)))
+                self._sleep(retry_wait(self.config, attempt))
             result.requests += 1
             try:
                 content = self._complete(section)
