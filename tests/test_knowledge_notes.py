@@ -175,6 +175,28 @@ def test_synth_amplifies_with_the_teacher_and_never_sends_a_control_page(
         synthesize(docs, tmp_path / "t", seed=1, amplify=3, amplify_with="model")
 
 
+def test_a_teacher_that_gives_nothing_is_counted_not_guessed_from_text(tmp_path: Path) -> None:
+    """Every refused note is a teacher error of the summary (what ``doctune train`` warns
+    about), and a warning; nothing is amplified from it."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "server.md").write_text(PAGE, encoding="utf-8")
+
+    def refuses(body: dict[str, Any], n: int) -> tuple[int, Any]:
+        return 400, {"error": {"message": "model not loaded", "type": "invalid_request_error"}}
+
+    with fake_openai(refuses) as server:
+        got = synthesize(docs, tmp_path / "s", seed=1, control_fraction=0, amplify=1,
+                         amplify_with="teacher", teacher=_config(server.url),
+                         teacher_pairs=False)
+    assert got.amplification is not None and got.amplification["examples"] == 0
+    asked = got.amplification["teacher"]["asked"]
+    assert asked == len(server.requests) == got.amplification["teacher"]["failed"] > 0
+    assert len(got.teacher_errors) == asked
+    assert all("server.md" in e and "model not loaded" in e for e in got.teacher_errors)
+    assert set(got.teacher_errors) <= set(got.warnings)
+
+
 def test_note_checks() -> None:
     assert clean_note("<think>\nlong plan\n</think>\n\n```markdown\n- `a`: b\n```") == "- `a`: b"
     assert clean_note("<think>never closed") == ""

@@ -81,7 +81,8 @@ each."""
 @dataclass
 class SynthSummary:
     """What one :func:`synthesize` run read and wrote; ``to_dict()`` is ``manifest.json``
-    plus the paths and timings."""
+    plus the paths and timings. ``teacher_errors``: the requests the teacher gave nothing
+    for (also among the ``warnings``)."""
 
     docs_dir: str
     out_dir: str
@@ -96,6 +97,7 @@ class SynthSummary:
     amplification: dict[str, Any] | None = None
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    teacher_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def manifest(self) -> dict[str, Any]:
@@ -242,6 +244,7 @@ def synthesize(
     if teacher is not None and teacher_pairs:
         results, summary.teacher, errors = _run_teacher(
             teacher, texts, out / "cache" / "teacher", progress, teacher_sleep)
+        summary.teacher_errors.extend(errors)
         summary.warnings.extend(errors)
         t_qa, t_reph = _teacher_rows(results, controls, teacher.model, seed=seed,
                                      heldout_fraction=heldout_fraction)
@@ -261,6 +264,7 @@ def synthesize(
             out, texts, facts, plan.splits, controls, seed=seed, factor=amplify,
             phrasings=phrasings, using=amplify_with, teacher=teacher, progress=progress,
             sleep=teacher_sleep)
+        summary.teacher_errors.extend(errors)
         summary.warnings.extend(errors)
         summary.counts["amplified"] = summary.amplification["examples"]
     summary.seconds = time.perf_counter() - started

@@ -87,7 +87,7 @@ def load_knowledge(cfg: Config, run: RunDir, *, make: bool = True,
                              heldout_fraction=k.heldout_fraction,
                              control_fraction=k.control_fraction, amplify=k.amplify,
                              amplify_with=k.amplify_with, teacher=teacher)
-        failed = [w for w in summary.warnings if w.startswith("teacher gave no")]
+        failed = summary.teacher_errors
         if failed and say is not None:
             say(f"warning: the teacher gave nothing for {len(failed)} request(s), trained "
                 f"without them (see {run.knowledge_dir / 'manifest.json'}); first: "
