@@ -202,6 +202,9 @@ def run_recipe(name: str, shares: dict[str, Any], args: argparse.Namespace,
     t0 = time.perf_counter()
     result = train(load_config(None, sets), quiet=True)
     wall = time.perf_counter() - t0
+    if result.stopped_early:  # a signal: the checkpoint is saved, nothing to score
+        raise SystemExit(f"{name}: training stopped at step {result.steps} on a signal; "
+                         f"its checkpoint is in {out / 'checkpoints'}")
     steps = result.steps
     choice = json.loads((out / "run.json").read_text(encoding="utf-8")).get("final_choice", {})
     if choice.get("dev_facts", []) not in ([], mode["dev_facts"]):
