@@ -76,6 +76,40 @@ def test_option_logprobs_equal_a_manual_forward_pass(model_and_tokenizer: tuple[
         assert abs(lp - want) < 1e-4 and lp < 0
 
 
+def test_options_read_their_shared_prompt_once(model_and_tokenizer: tuple[Any, Any]) -> None:
+    """The prompt the options share is read once (its cache given to each option), with
+    the numbers of reading each option whole; also through a LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = model_and_tokenizer
+    prompt = "Read this section first. " * 20 + QUESTIONS[0]
+    options = ["5173", "a much longer wrong answer", "8080", "`server.port`"]
+    seen: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].numel()))
+    try:
+        whole = option_logprobs(model, tok, prompt, options, share_prompt=False)
+        read_whole, seen[:] = sum(seen), []
+        shared = option_logprobs(model, tok, prompt, options)
+        read_shared = sum(seen)
+    finally:
+        hook.remove()
+    prompt_len = len(render_prompt(tok, prompt))
+    assert read_whole - read_shared >= (len(options) - 1) * (prompt_len - 1)
+    for (a, n), (b, m) in zip(whole, shared, strict=True):
+        assert n == m and abs(a - b) < 1e-4
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear",
+                                            fan_in_fan_out=model.config.model_type == "gpt2",
+                                            init_lora_weights=False)).eval()
+    try:
+        tuned = option_logprobs(lora, tok, prompt, options)
+        tuned_whole = option_logprobs(lora, tok, prompt, options, share_prompt=False)
+        assert all(abs(a[0] - b[0]) < 1e-4 for a, b in zip(tuned, tuned_whole, strict=True))
+        assert any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(tuned, whole, strict=True))
+    finally:
+        lora.unload()
+
+
 def test_score_mc_matches_the_choices(model_and_tokenizer: tuple[Any, Any]) -> None:
     model, tok = model_and_tokenizer
     opts = [["5173", "8080", "3000"], ["--host", "--port"], ["retries", "timeout", "a b c d"]]
@@ -103,8 +137,10 @@ def _manual_greedy(model: Any, prompt: list[int], stops: list[int], n: int) -> l
 def test_greedy_answers_batched_equal_manual_greedy(model_and_tokenizer: tuple[Any, Any]) -> None:
     model, tok = model_and_tokenizer
     stops = stop_ids(tok)
-    gens = greedy_answers(model, tok, QUESTIONS, max_new_tokens=6, batch_size=2)
-    for q, g in zip(QUESTIONS, gens, strict=True):
+    # batched by length (the long one last), answered in the order asked
+    asked = ["Read this section first. " * 8 + QUESTIONS[0], *QUESTIONS]
+    gens = greedy_answers(model, tok, asked, max_new_tokens=6, batch_size=2)
+    for q, g in zip(asked, gens, strict=True):
         assert g.ids == _manual_greedy(model, render_prompt(tok, q), stops, 6)
         assert g.stopped == (g.ids[-1] in stops)
         assert g.text == tok.decode(g.ids, skip_special_tokens=True).strip()

@@ -73,6 +73,19 @@ def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def _cache_name(model: Any) -> str:
+    """What the model's forward and output call the key/value cache: ``cache`` in recent
+    transformers, ``past_key_values`` before (the old name warns, then goes)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _pad_id(tokenizer: Any) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
@@ -106,10 +119,15 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
 
     stops = stop_ids(tokenizer)
     pad = _pad_id(tokenizer)
-    out: list[Generation] = []
-    for b in range(0, len(questions), batch_size):
-        prompts = [render_document(tokenizer, q, add_eos=False).input_ids if plain else
-                   render_prompt(tokenizer, q, system=system) for q in questions[b:b + batch_size]]
+    rendered = [render_document(tokenizer, q, add_eos=False).input_ids if plain else
+                render_prompt(tokenizer, q, system=system) for q in questions]
+    # batched by length: an open-book prompt holds a section, and a batch is as wide as its
+    # longest prompt (in the given order about 1.6x the tokens to read, sorted 1.1x)
+    order = sorted(range(len(rendered)), key=lambda k: len(rendered[k]))
+    out: list[Generation | None] = [None] * len(rendered)
+    for b in range(0, len(order), batch_size):
+        batch = order[b:b + batch_size]
+        prompts = [rendered[k] for k in batch]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -118,13 +136,13 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
                                  attention_mask=mask.to(_device(model)), **how,
                                  max_new_tokens=max_new_tokens, eos_token_id=stops,
                                  pad_token_id=pad)
-        for row in gen[:, width:].tolist():
-            cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+        for k, row in zip(batch, gen[:, width:].tolist(), strict=True):
+            cut = next((n + 1 for n, t in enumerate(row) if t in stops), len(row))
             row = row[:cut]
             text = tokenizer.decode(row, skip_special_tokens=True)
             text = text if plain else text.strip()
-            out.append(Generation(text=text, ids=row, stopped=bool(row) and row[-1] in stops))
-    return out
+            out[k] = Generation(text=text, ids=row, stopped=bool(row) and row[-1] in stops)
+    return [g for g in out if g is not None]
 
 
 def score_qa(model: Any, tokenizer: Any, questions: Sequence[str],
@@ -143,41 +161,70 @@ def score_qa(model: Any, tokenizer: Any, questions: Sequence[str],
 
 
 def option_logprobs(model: Any, tokenizer: Any, question: str, options: Sequence[str], *,
-                    system: str | None = None) -> list[tuple[float, int]]:
+                    system: str | None = None, share_prompt: bool = True,
+                    ) -> list[tuple[float, int]]:
     """(sum of log p(option tokens | question prompt), option token count) per option.
 
     Each option is rendered as the assistant's answer (:func:`render_qa`); the end-of-turn
-    token after it is not scored, so an option is not rewarded for ending."""
+    token after it is not scored, so an option is not rewarded for ending. ``share_prompt``:
+    the prompt the options share is read once and its key/value cache given to every
+    option (an open-book prompt holds a whole section: reading it once per option was most
+    of the scoring's time); the same numbers within float rounding. A model that gives no
+    cache that can be repeated is read whole, option by option."""
     import torch
 
     examples = [render_qa(tokenizer, question, o, system=system) for o in options]
-    width = max(len(e.input_ids) for e in examples)
+    rows = [e.input_ids for e in examples]
+    # the scored tokens: each option's answer, without the end-of-turn token after it
+    scored = [[t for t in range(len(e.labels) - 1) if e.labels[t] != IGNORE_INDEX]
+              for e in examples]
+    device = _device(model)
+    shared, past = 0, None
+    if share_prompt and len(rows) > 1:
+        common = next((k for k, col in enumerate(zip(*rows, strict=False)) if len(set(col)) > 1),
+                      min(len(r) for r in rows))
+        # the token before each option's first scored one must be read with the options
+        shared = min([common, *(p[0] - 1 for p in scored if p)])
+    name = _cache_name(model)
+    if shared > 0:
+        with torch.no_grad():
+            past = model(input_ids=torch.tensor([rows[0][:shared]], device=device),
+                         use_cache=True).get(name)
+        if past is None or not hasattr(past, "batch_repeat_interleave"):
+            shared, past = 0, None
+        else:
+            past.batch_repeat_interleave(len(rows))
+    rest = [r[shared:] for r in rows]
+    width = max(len(r) for r in rest)
     pad = _pad_id(tokenizer)
-    ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in examples])
-    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids))
-                         for e in examples])
-    # score the answer tokens only: labels without the final end-of-turn token
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for k, e in enumerate(examples):
-        labels[k, :len(e.labels) - 1] = torch.tensor(e.labels[:-1])
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest], device=device)
+    mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest],
+                        device=device)
     with torch.no_grad():
-        logits = model(input_ids=ids.to(_device(model)),
-                       attention_mask=mask.to(_device(model))).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): position t predicts t+1
-    target = labels[:, 1:].to(logp.device)
-    keep = target != IGNORE_INDEX
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
-    return [(float(picked[k].sum()), int(keep[k].sum())) for k in range(len(examples))]
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=past is not None,
+                       **({name: past} if past is not None else {})).logits
+    out = []
+    for k, positions in enumerate(scored):
+        if not positions:
+            out.append((0.0, 0))
+            continue
+        # the logits at position t - 1 predict token t; only those rows are normalised
+        at = torch.tensor([t - 1 - shared for t in positions], device=logits.device)
+        logp = torch.log_softmax(logits[k, at].float(), dim=-1)
+        target = torch.tensor([rows[k][t] for t in positions], device=logits.device)
+        out.append((float(logp.gather(-1, target.unsqueeze(-1)).sum()), len(positions)))
+    return out
 
 
 def score_mc(model: Any, tokenizer: Any, questions: Sequence[str],
              options: Sequence[Sequence[str]], answer_index: Sequence[int], *,
-             system: str | None = None) -> MCScore:
-    """Multiple-choice accuracy (raw and per token) from option log-likelihoods."""
+             system: str | None = None, share_prompt: bool = True) -> MCScore:
+    """Multiple-choice accuracy (raw and per token) from option log-likelihoods
+    (``share_prompt``: see :func:`option_logprobs`)."""
     if not len(questions) == len(options) == len(answer_index):
         raise ValueError(f"{len(questions)} questions, {len(options)} option lists and "
                          f"{len(answer_index)} answers: one each per item")
-    scored = [option_logprobs(model, tokenizer, q, o, system=system)
+    scored = [option_logprobs(model, tokenizer, q, o, system=system, share_prompt=share_prompt)
               for q, o in zip(questions, options, strict=True)]
     raw = [mc_choice([lp for lp, _ in s]) == a for s, a in zip(scored, answer_index, strict=True)]
     per_token = [mc_choice([lp for lp, _ in s], [n for _, n in s]) == a

