@@ -232,6 +232,8 @@ def test_train_asks_the_teacher_for_its_study_data(tmp_path: Path) -> None:
             return 200, json.dumps({"qa": [{
                 "question": "What do I do after I change an option of the dev server?",
                 "answer": "restart the server"}], "rephrasings": []})
+        if "List what follows from" in body["messages"][1]["content"]:  # one strategy refused
+            return 400, {"error": {"message": "context too long", "type": "invalid_request"}}
         return studious(body, n)
 
     tok = train_tokenizer([PAGE], 300)
@@ -254,6 +256,8 @@ def test_train_asks_the_teacher_for_its_study_data(tmp_path: Path) -> None:
                                   "--teacher-model", "teacher-7b"])
     assert res.exit_code == 0, res.output
     assert "asking the teacher teacher-7b" in res.output
+    assert "warning: the teacher gave nothing for" in res.output
+    assert "context too long" in res.output
     k = run / "knowledge"
     rows = [json.loads(x) for x in (k / "amplified.jsonl").read_text().splitlines()]
     assert rows and {r["generator"] for r in rows} == {"teacher"}
