@@ -110,6 +110,38 @@ def test_options_read_their_shared_prompt_once(model_and_tokenizer: tuple[Any, A
         lora.unload()
 
 
+def test_a_shared_prompt_longer_than_a_sliding_window(gpt2_tokenizer_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """Gemma 3's local layers see a window of tokens: its cache keeps the window only, and a
+    prompt read once still gives each option the numbers of reading it whole."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(build_chat_tokenizer("gemma3", gpt2_tokenizer_dir,
+                                                             tmp_path))
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)).eval()
+    prompt = "Read this section first. " * 12 + QUESTIONS[1]
+    assert len(render_prompt(tok, prompt)) > 4 * 16
+    options = ["--host", "the host flag, and a longer answer than the window", "--port"]
+    seen: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].numel()))
+    try:
+        whole = option_logprobs(model, tok, prompt, options, share_prompt=False)
+        read_whole, seen[:] = sum(seen), []
+        shared = option_logprobs(model, tok, prompt, options)
+    finally:
+        hook.remove()
+    assert sum(seen) < read_whole / 2  # the prompt was read once
+    for (a, n), (b, m) in zip(whole, shared, strict=True):
+        assert n == m and abs(a - b) < 1e-4
+
+
 def test_score_mc_matches_the_choices(model_and_tokenizer: tuple[Any, Any]) -> None:
     model, tok = model_and_tokenizer
     opts = [["5173", "8080", "3000"], ["--host", "--port"], ["retries", "timeout", "a b c d"]]
