@@ -100,6 +100,11 @@ class SynthSummary:
     teacher_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def teacher_failed(self, errors: Sequence[str]) -> None:
+        """Record what the teacher gave nothing for (a teacher error and a warning each)."""
+        self.teacher_errors.extend(errors)
+        self.warnings.extend(errors)
+
     def manifest(self) -> dict[str, Any]:
         """The ``manifest.json`` content."""
         return {"version": MANIFEST_VERSION, "seed": self.seed,
@@ -244,8 +249,7 @@ def synthesize(
     if teacher is not None and teacher_pairs:
         results, summary.teacher, errors = _run_teacher(
             teacher, texts, out / "cache" / "teacher", progress, teacher_sleep)
-        summary.teacher_errors.extend(errors)
-        summary.warnings.extend(errors)
+        summary.teacher_failed(errors)
         t_qa, t_reph = _teacher_rows(results, controls, teacher.model, seed=seed,
                                      heldout_fraction=heldout_fraction)
         qa, reph = qa + t_qa, reph + t_reph
@@ -264,8 +268,7 @@ def synthesize(
             out, texts, facts, plan.splits, controls, seed=seed, factor=amplify,
             phrasings=phrasings, using=amplify_with, teacher=teacher, progress=progress,
             sleep=teacher_sleep)
-        summary.teacher_errors.extend(errors)
-        summary.warnings.extend(errors)
+        summary.teacher_failed(errors)
         summary.counts["amplified"] = summary.amplification["examples"]
     summary.seconds = time.perf_counter() - started
     write_json(out / "manifest.json", summary.manifest())
