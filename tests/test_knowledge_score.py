@@ -76,6 +76,24 @@ def test_option_logprobs_equal_a_manual_forward_pass(model_and_tokenizer: tuple[
         assert abs(lp - want) < 1e-4 and lp < 0
 
 
+def _both_ways(model: Any, tok: Any, prompt: str, options: list[str],
+               ) -> list[tuple[list[tuple[float, int]], int]]:
+    """``option_logprobs`` with each option read whole, then sharing the prompt: each with
+    the number of tokens the model's embedding read."""
+    seen: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].numel()))
+    out = []
+    try:
+        for share in (False, True):
+            seen.clear()
+            out.append((option_logprobs(model, tok, prompt, options, share_prompt=share),
+                        sum(seen)))
+    finally:
+        hook.remove()
+    return out
+
+
 def test_options_read_their_shared_prompt_once(model_and_tokenizer: tuple[Any, Any]) -> None:
     """The prompt the options share is read once (its cache given to each option), with
     the numbers of reading each option whole; also through a LoRA adapter."""
@@ -84,16 +102,7 @@ def test_options_read_their_shared_prompt_once(model_and_tokenizer: tuple[Any, A
     model, tok = model_and_tokenizer
     prompt = "Read this section first. " * 20 + QUESTIONS[0]
     options = ["5173", "a much longer wrong answer", "8080", "`server.port`"]
-    seen: list[int] = []
-    hook = model.get_input_embeddings().register_forward_hook(
-        lambda _m, args, _out: seen.append(args[0].numel()))
-    try:
-        whole = option_logprobs(model, tok, prompt, options, share_prompt=False)
-        read_whole, seen[:] = sum(seen), []
-        shared = option_logprobs(model, tok, prompt, options)
-        read_shared = sum(seen)
-    finally:
-        hook.remove()
+    (whole, read_whole), (shared, read_shared) = _both_ways(model, tok, prompt, options)
     prompt_len = len(render_prompt(tok, prompt))
     assert read_whole - read_shared >= (len(options) - 1) * (prompt_len - 1)
     for (a, n), (b, m) in zip(whole, shared, strict=True):
@@ -128,16 +137,8 @@ def test_a_shared_prompt_longer_than_a_sliding_window(gpt2_tokenizer_dir: Path,
     prompt = "Read this section first. " * 12 + QUESTIONS[1]
     assert len(render_prompt(tok, prompt)) > 4 * 16
     options = ["--host", "the host flag, and a longer answer than the window", "--port"]
-    seen: list[int] = []
-    hook = model.get_input_embeddings().register_forward_hook(
-        lambda _m, args, _out: seen.append(args[0].numel()))
-    try:
-        whole = option_logprobs(model, tok, prompt, options, share_prompt=False)
-        read_whole, seen[:] = sum(seen), []
-        shared = option_logprobs(model, tok, prompt, options)
-    finally:
-        hook.remove()
-    assert sum(seen) < read_whole / 2  # the prompt was read once
+    (whole, read_whole), (shared, read_shared) = _both_ways(model, tok, prompt, options)
+    assert read_shared < read_whole / 2  # the prompt was read once
     for (a, n), (b, m) in zip(whole, shared, strict=True):
         assert n == m and abs(a - b) < 1e-4
 
