@@ -142,6 +142,38 @@ def test_a_note_holding_a_heldout_sentence_is_dropped_and_passes_end(tmp_path: P
     assert None in seeds and len(seeds) > 1  # later passes ask again with another seed
 
 
+def test_every_round_mixes_the_strategies_and_each_section_gets_each_once(
+        tmp_path: Path) -> None:
+    """Round ``r`` gives section ``i`` strategy ``(r + i) mod 5``: a budget that ends in the
+    first round is not all one strategy, and 5 rounds ask each section every strategy."""
+    options = [f"build.option{k}" for k in range(7)]
+    page = "# Build Options\n\n" + "".join(
+        f"## {o}\n\n- **Default:** `{k}`\n\nSets how the build treats part {k} of the "
+        f"bundle when it writes it.\n\n" for k, o in enumerate(options))
+    facts = extract_facts(page, "build.md")
+    with fake_openai(studious) as server:
+        _, info, _ = teacher_notes(_config(server.url), split_sections(page, "build.md"),
+                                   facts, {f.id: "trained" for f in facts},
+                                   source_tokens=10, factor=10_000.0, cache_dir=tmp_path / "c")
+    n = info["teacher"]["sections"]
+    assert n == len(options) and info["teacher"]["asked"] == MAX_PASSES * len(STRATEGIES) * n
+
+    def asked(body: dict[str, Any]) -> tuple[str, str]:
+        user = body["messages"][1]["content"]
+        (name,) = [s[0] for s in STRATEGIES if s[2] in user]
+        return user.split('section "', 1)[1].split('"', 1)[0], name
+
+    got = [asked(b) for b in server.requests]
+    first = [name for _, name in got[:n]]  # round 0: every strategy, none more than twice
+    assert set(first) == {s[0] for s in STRATEGIES}
+    assert max(first.count(s) for s in first) == 2
+    by_section: dict[str, list[str]] = {}
+    for title, name in got[:len(STRATEGIES) * n]:
+        by_section.setdefault(title, []).append(name)
+    assert len(by_section) == n
+    assert all(sorted(v) == sorted(s[0] for s in STRATEGIES) for v in by_section.values())
+
+
 def test_synth_amplifies_with_the_teacher_and_never_sends_a_control_page(
         tmp_path: Path) -> None:
     docs = tmp_path / "docs"

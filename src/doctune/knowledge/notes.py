@@ -5,9 +5,11 @@ Active Reading (arXiv 2508.09494) has a model study each document with several l
 strategies and trains on what it writes; EntiGraph (Yang et al., ICLR 2025) relates a
 document's entities in new passages; SEAL (arXiv 2506.10943) trains on a passage's
 implications. Here each section of a trained document is studied with the strategies of
-:data:`STRATEGIES` in turn: one note per section and strategy, round after round (from the
-second pass over the strategies on, asked again with another seed) until the kept notes hold
-``factor`` x the trained documents' tokens, or :data:`MAX_PASSES` passes are done.
+:data:`STRATEGIES`, one note per section a round: in round ``r`` the ``i``-th section gets
+strategy ``(r + i) mod 5``, so every round mixes the strategies (a small budget that ends in
+the first round is not all explanations) and every 5 rounds give each section each strategy
+once. Rounds go on (from the sixth on, asked again with another seed) until the kept notes
+hold ``factor`` x the trained documents' tokens, or :data:`MAX_PASSES` x 5 rounds are done.
 
 Nothing held out leaks: control documents are never sent; in a trained document the
 sentences of held-out facts are cut out of a section before the teacher reads it, and a note
@@ -51,6 +53,8 @@ from doctune.knowledge.teacher import (
 )
 
 NOTES_VERSION = "1"
+"""Part of every cache key: changed when the prompts change (a note's strategy and round are
+in the key already)."""
 SYSTEM_PROMPT = ("You study software documentation and write study notes about it. You only "
                  "use what the text you are given says.")
 USER_PROMPT = """Documentation page `{doc}`, section "{title}":
@@ -81,7 +85,8 @@ STRATEGIES: tuple[tuple[str, str, str], ...] = (
      "Describe two short situations in which a developer needs what this section describes, "
      "and what they would write or set in each."),
 )
-"""(name, what it makes, the task given to the teacher), asked in this order."""
+"""(name, what it makes, the task given to the teacher); section ``i`` of round ``r`` gets
+strategy ``(r + i) mod 5``."""
 MAX_PASSES = 4
 """Passes over the strategies at most (a later pass asks again with another seed)."""
 MIN_WORDS = 20
@@ -236,7 +241,8 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
     def order(r: int) -> list[tuple[Section, str, list[Fact]]]:
         return sorted(plan, key=lambda p: unit_hash(f"notes:{r}:{p[0].doc}:{p[0].start}", seed))
 
-    asks = [Note(sec, shown, r % len(STRATEGIES), r)
+    index = {(sec.doc, sec.start): i for i, (sec, _, _) in enumerate(plan)}
+    asks = [Note(sec, shown, (r + index[sec.doc, sec.start]) % len(STRATEGIES), r)
             for r in range(MAX_PASSES * len(STRATEGIES)) for sec, shown, _ in order(r)]
     trained = {(sec.doc, sec.path): fs for sec, _, fs in plan}
     rows: list[dict[str, Any]] = []
