@@ -214,3 +214,60 @@ def test_pip_names_a_gguf_that_an_installed_package_ships(gguf_files: dict[str, 
         resolve_model_source("pip:not-installed")
     with pytest.raises(ModelError, match="ships no GGUF file"):
         resolve_model_source("pip:pytest")
+
+
+def test_loading_a_gguf_parses_its_header_once(gguf_files: dict[str, Path], original: tuple[Any, Any],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Config, tokenizer, weights and the run's facts read one parse of the file's header (each
+    used to parse it again: seconds each for a real vocabulary), and the same model comes out;
+    afterwards gguf is as it was."""
+    import gguf
+
+    from doctune.inference import load_for_inference
+    from doctune.sources import shared_gguf_reading
+
+    parsed: list[str] = []
+    real = gguf.GGUFReader
+
+    class Counting(real):  # type: ignore[misc,valid-type]
+        def __init__(self, path: Any, mode: Any = "r") -> None:
+            parsed.append(Path(path).name)
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    name_maps: list[tuple[Any, ...]] = []
+    real_map = gguf.get_tensor_name_map
+
+    def counting_map(*args: Any) -> Any:
+        name_maps.append(args)
+        return real_map(*args)
+
+    monkeypatch.setattr(gguf, "get_tensor_name_map", counting_map)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import GgufConfig
+
+    file = gguf_files["f32"]
+    AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name,
+                                         quantization_config=GgufConfig(dequantize=True))
+    # transformers on its own: the config's parse, the weights' parse, a name map per submodule
+    assert len(parsed) >= 2 and len(name_maps) > 10
+
+    parsed.clear()
+    name_maps.clear()
+    load_pretrained(str(file))
+    assert parsed == ["tiny-f32.gguf"] and len(name_maps) == 1
+    parsed.clear()
+    name_maps.clear()
+    loaded = load_for_inference(gguf_files["f32"], device="cpu", dtype="fp32")  # tokenizer too
+    assert parsed == ["tiny-f32.gguf"] and len(name_maps) == 1
+    torch.testing.assert_close(logits(loaded.model), logits(original[0]), rtol=0, atol=1e-4)
+    parsed.clear()
+    with shared_gguf_reading():
+        with shared_gguf_reading():  # blocks nest: the outermost one keeps the readers
+            gguf_facts(gguf_files["f32"])
+        gguf_facts(gguf_files["f32"])
+        gguf_facts(gguf_files["q8_0"])
+    assert parsed == ["tiny-f32.gguf", "tiny-q8_0.gguf"]
+    assert gguf.GGUFReader is Counting and gguf.get_tensor_name_map is not real_map
+    gguf_facts(gguf_files["f32"])  # outside any block: parsed again
+    assert parsed[-1] == "tiny-f32.gguf" and len(parsed) == 3

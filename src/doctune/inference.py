@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from doctune.errors import CheckpointError, ModelError
 from doctune.rundir import CheckpointDir, RunDir, read_json_object
+from doctune.sources import shared_gguf_reading
 
 if TYPE_CHECKING:
     import torch
@@ -231,6 +232,7 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@shared_gguf_reading()  # a GGUF base: its header parsed once for config, tokenizer and weights
 def load_for_inference(source: str | Path | Source, *, device: str = "auto",
                        dtype: str | torch.dtype | None = None, base: str | Path | None = None,
                        merge: bool = False) -> Loaded:

@@ -234,7 +234,7 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
         # hub: only with trust_remote_code), and does it again at each .train()/.eval(),
         # undoing doctune's own layers (train/fused_blocks.py)
         kwargs["use_kernels"] = trust_remote_code
-    from doctune.sources import gguf_config, quiet_gguf
+    from doctune.sources import gguf_config, quiet_gguf, shared_gguf_reading
 
     where = src.path
     try:
@@ -245,11 +245,13 @@ def load_pretrained(name: str, *, revision: str | None = None, trust_remote_code
             # keep quantised blocks where a GGUF kernel exists, as a model that cannot train
             # nor be saved)
             where = str(src.gguf_file.parent)
-            kwargs.update(gguf_file=src.gguf_file.name, config=gguf_config(src.gguf_file),
+            kwargs.update(gguf_file=src.gguf_file.name,
                           quantization_config=GgufConfig(dequantize=True))
             if kwargs["dtype"] == "auto":  # a quantised GGUF's blocks: straight to bf16
                 kwargs["dtype"] = torch.bfloat16
-        with quiet_gguf():
+        with quiet_gguf(), shared_gguf_reading():
+            if src.gguf_file is not None:
+                kwargs["config"] = gguf_config(src.gguf_file)
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as e:
         raise ModelError(_offline_hint(name) + f"\n  (transformers said: {str(e).splitlines()[0]})") from None

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from doctune.errors import ConfigError, ModelError
 
@@ -126,15 +127,70 @@ def gguf_file_of(name: str) -> Path | None:
     return local.resolve()
 
 
+_shared_lock = threading.Lock()
+_shared_depth = 0
+_shared_restore: list[tuple[Any, str, Any]] = []
+
+
+@contextlib.contextmanager
+def shared_gguf_reading() -> Iterator[None]:
+    """Within this block a GGUF file's header is parsed once, whoever reads it.
+
+    Loading a GGUF model reads its header with ``gguf.GGUFReader`` again and again: for the
+    config (twice: transformers, then :func:`gguf_config`), the tokenizer (twice), the weights,
+    :func:`gguf_facts` and the memory plan. Each parse turns the whole vocabulary into Python
+    objects, seconds for a 49k-token one; and transformers' ``get_gguf_hf_weights_map`` builds
+    gguf's tensor name map again for each of the model's submodules. Here ``gguf.GGUFReader``
+    gives one reader per file (by path, size and modification time; a reader only reads its
+    file) and ``gguf.get_tensor_name_map`` is memoised, until the outermost block ends; blocks
+    nest, and other threads share the readers meanwhile."""
+    global _shared_depth
+    import functools
+
+    try:
+        import gguf
+    except ImportError:  # no GGUF file can be read at all
+        yield
+        return
+    with _shared_lock:
+        if _shared_depth == 0:
+            readers: dict[tuple[str, str, int, int], Any] = {}
+            reader_class = gguf.GGUFReader
+
+            def reader(path: str | os.PathLike[str], mode: Literal["r", "r+", "c"] = "r") -> Any:
+                st = os.stat(path)
+                key = (os.path.realpath(path), mode, st.st_size, st.st_mtime_ns)
+                with _shared_lock:
+                    if key not in readers:
+                        readers[key] = reader_class(path, mode)
+                    return readers[key]
+
+            _shared_restore[:] = [(gguf, "GGUFReader", reader_class),
+                                  (gguf, "get_tensor_name_map", gguf.get_tensor_name_map)]
+            gguf.GGUFReader = reader  # type: ignore[misc,assignment]
+            gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
+        _shared_depth += 1
+    try:
+        yield
+    finally:
+        with _shared_lock:
+            _shared_depth -= 1
+            if _shared_depth == 0:
+                for module, name, value in _shared_restore:
+                    setattr(module, name, value)
+                _shared_restore.clear()
+
+
 def gguf_facts(path: str | Path) -> dict[str, Any]:
     """What to record about a GGUF starting model: its file, architecture, and quantisation.
 
     ``quantized`` is True when any tensor is stored in a quantised type (the weights
     transformers trains on were dequantised from it); ``quant_types`` counts tensors by type.
     """
-    from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType
+    import gguf
+    from gguf import GGMLQuantizationType, LlamaFileType
 
-    reader = GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(path))
     counts: dict[str, int] = {}
     for t in reader.tensors:
         counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
@@ -162,11 +218,12 @@ def gguf_config(path: Path) -> Any:
     1/sqrt(head_dim), but hidden/heads for the 62-layer 27B) and Phi-3's sliding window and
     original context length.
     """
-    from gguf import GGUFReader
+    import gguf
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    fields = GGUFReader(str(path)).fields
+    with shared_gguf_reading():
+        cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        fields = gguf.GGUFReader(str(path)).fields
     arch = str(fields["general.architecture"].contents())
 
     def value(key: str) -> Any:
@@ -195,13 +252,13 @@ def gguf_config(path: Path) -> Any:
 
 def load_gguf_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer stored in a GGUF file, with its chat template, as a fast tokenizer."""
-    from gguf import GGUFReader
+    import gguf
     from transformers import AutoTokenizer
 
     file = Path(path)
-    with quiet_gguf():
+    with quiet_gguf(), shared_gguf_reading():
         tok = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    template = GGUFReader(str(file)).fields.get("tokenizer.chat_template")
+        template = gguf.GGUFReader(str(file)).fields.get("tokenizer.chat_template")
     if template is not None and not getattr(tok, "chat_template", None):
         tok.chat_template = str(template.contents())
     tok.model_max_length = 1_000_000_000  # windows are cut by doctune, not the tokenizer

@@ -92,25 +92,27 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False,
     """Run (or resume) the training described by ``cfg``; see the module docstring.
     ``overwrite`` starts anew in a folder that holds an earlier run (its files are removed)."""
     from doctune.device import resolve_device
+    from doctune.sources import shared_gguf_reading
 
     env = dist.detect()
     with dist.process_group(env, resolve_device(cfg.train.device)) as device:
         t0 = time.perf_counter()
         folder = RunDir(Path(cfg.train.output_dir).expanduser().resolve())  # the one of this run
-        hw = setup.hardware(cfg, device)                       # 1. device, precision, attention
-        fitted = setup.fit(cfg, env, hw, folder if resume else None)  # 2. memory, DDP/FSDP
-        cfg, env = fitted.cfg, fitted.env
-        setup.open_run_folder(folder, cfg, env, resume=resume, overwrite=overwrite)  # 3.
-        setup.seed_everything(cfg.train.seed)
-        say = _say if env.is_main and not quiet else silent
-        inputs = load_inputs(cfg, env, folder, resume=resume, say=say)  # 4. tokenizer, windows, mix
-        setup.seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
-        model = build_model(cfg, env, folder, inputs.tokenizer, hw, resume=resume)  # 5.
-        optim = setup.make_optimizer(cfg, model.model, hw, train_windows=len(inputs.train),
-                                     world=env.world)           # 6. AdamW, schedule, scaler
-        monitor = setup.open_monitor(cfg, env, folder, hw, resume=resume, quiet=quiet,
-                                     total_steps=optim.schedule.total_steps)  # 7.
-        facts = setup.run_facts(cfg, env, folder, hw, inputs, model, optim, resume=resume)
+        with shared_gguf_reading():  # a GGUF base's header is parsed once for all of these
+            hw = setup.hardware(cfg, device)                   # 1. device, precision, attention
+            fitted = setup.fit(cfg, env, hw, folder if resume else None)  # 2. memory, DDP/FSDP
+            cfg, env = fitted.cfg, fitted.env
+            setup.open_run_folder(folder, cfg, env, resume=resume, overwrite=overwrite)  # 3.
+            setup.seed_everything(cfg.train.seed)
+            say = _say if env.is_main and not quiet else silent
+            inputs = load_inputs(cfg, env, folder, resume=resume, say=say)  # 4. tokenizer, windows, mix
+            setup.seed_everything(cfg.train.seed)  # model init does not depend on how much data prep drew
+            model = build_model(cfg, env, folder, inputs.tokenizer, hw, resume=resume)  # 5.
+            optim = setup.make_optimizer(cfg, model.model, hw, train_windows=len(inputs.train),
+                                         world=env.world)       # 6. AdamW, schedule, scaler
+            monitor = setup.open_monitor(cfg, env, folder, hw, resume=resume, quiet=quiet,
+                                         total_steps=optim.schedule.total_steps)  # 7.
+            facts = setup.run_facts(cfg, env, folder, hw, inputs, model, optim, resume=resume)
         run = Run(cfg, env, hw, folder, inputs, model, optim, monitor, facts, t0,
                   fitted.memory_budget_mb)
         try:
