@@ -96,3 +96,24 @@ def test_stop_rate() -> None:
     assert stop_rate(gens, 2) == 0.5
     assert stop_rate(gens, [2, 6]) == 0.75
     assert stop_rate([], 2) == 0.0
+
+
+def test_an_answer_of_punctuation_alone_is_an_answer() -> None:
+    """``/``, ``[]``, ``''`` normalise to nothing: an empty or unrelated reply must not
+    match them, and a reply that gives them must."""
+    from doctune.knowledge.metrics import answer_in_reply, answer_words
+
+    assert answer_words("`[]`") == ["[]"] and answer_words("[ ]") == ["[]"]
+    assert answer_words("The port") == ["port"] and answer_words("") == []
+    assert exact_match("/", "/") == 1.0 and exact_match("`/`", ["/"]) == 1.0
+    assert exact_match("", "/") == 0.0 and exact_match("./", "/") == 0.0
+    assert exact_match("...", ["[]", "empty array"]) == 0.0
+    assert token_f1("", "/") == 0.0 and token_f1("/", "/") == 1.0
+    assert answer_in_reply("It defaults to `/`.", "/") == 1.0
+    assert answer_in_reply("The default is /.", "/") == 1.0
+    assert answer_in_reply("Set base to './' for an embedded deployment.", ["/"]) == 0.0
+    assert answer_in_reply("Set base to './' for an embedded deployment.", ["./"]) == 1.0
+    assert answer_in_reply("It is served from /app/ by default.", "/") == 0.0
+    assert answer_in_reply("server.allowedHosts is [] unless set", ["[]", "empty array"]) == 1.0
+    assert answer_in_reply("an empty string ('')", ["''"]) == 1.0
+    assert answer_in_reply("", "/") == 0.0

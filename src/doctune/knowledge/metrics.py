@@ -3,6 +3,8 @@
 - :func:`normalize_answer`: SQuAD's normalisation (lowercase, punctuation and the
   articles a/an/the removed, white space collapsed).
 - :func:`exact_match`, :func:`token_f1`: against one or more gold answers (the best).
+- :func:`answer_words`: an answer's normalised words (punctuation alone, ``/`` or ``[]``,
+  kept as one word).
 - :func:`answer_in_reply`: a gold answer's normalised words, in order, inside the reply (a
   sentence that holds the right answer counts; a reply that lists many options is not
   guarded against, so read it beside exact match).
@@ -24,12 +26,26 @@ from statistics import NormalDist
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation)
+_ALONE = r"(?<![^\s`'\"(]){}(?![^\s`'\".,;:)])"
+"""An answer of punctuation alone, standing alone in a reply: only white space, backticks,
+quotes or brackets before it, and those or a sentence's end after it."""
 
 
 def normalize_answer(text: str) -> str:
     """Lowercase, drop punctuation and the articles a/an/the, collapse white space."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
     return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def answer_words(text: str) -> list[str]:
+    """The words :func:`normalize_answer` leaves; an answer of punctuation alone (``/``,
+    ``[]``, ``''``, ``./``) is one word, itself without white space and backticks:
+    normalised, it would be empty, which a reply of no words at all would match."""
+    words = normalize_answer(text).split()
+    if words:
+        return words
+    bare = "".join(text.split()).replace("`", "")
+    return [bare] if bare else []
 
 
 def _golds(gold: str | Sequence[str]) -> list[str]:
@@ -40,9 +56,10 @@ def _golds(gold: str | Sequence[str]) -> list[str]:
 
 
 def exact_match(prediction: str, gold: str | Sequence[str]) -> float:
-    """1.0 when the normalised prediction equals a normalised gold answer, else 0.0."""
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in _golds(gold)))
+    """1.0 when the normalised prediction equals a normalised gold answer, else 0.0
+    (:func:`answer_words`: ``/`` is matched by ``/``, not by an empty reply)."""
+    pred = answer_words(prediction)
+    return float(any(pred == answer_words(g) for g in _golds(gold)))
 
 
 def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
@@ -56,18 +73,24 @@ def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
 
 
 def token_f1(prediction: str, gold: str | Sequence[str]) -> float:
-    """SQuAD token F1 of the normalised answers, the best over the gold answers."""
-    pred = normalize_answer(prediction).split()
-    return max(_f1(pred, normalize_answer(g).split()) for g in _golds(gold))
+    """SQuAD token F1 of the normalised answers (:func:`answer_words`), the best over the
+    gold answers."""
+    pred = answer_words(prediction)
+    return max(_f1(pred, answer_words(g)) for g in _golds(gold))
 
 
 def answer_in_reply(prediction: str, gold: str | Sequence[str]) -> float:
-    """1.0 when a gold answer's normalised words occur as a run in the normalised reply."""
+    """1.0 when a gold answer's normalised words occur as a run in the normalised reply; a
+    gold of punctuation alone (``/``, ``[]``) when it stands in the reply between white
+    space, backticks, quotes or the end of a sentence (so ``/`` is not found in a path)."""
     pred = normalize_answer(prediction).split()
     for g in _golds(gold):
         words = normalize_answer(g).split()
         if words and any(pred[k:k + len(words)] == words
                          for k in range(len(pred) - len(words) + 1)):
+            return 1.0
+        bare = "".join(g.split()).replace("`", "")
+        if not words and bare and re.search(_ALONE.format(re.escape(bare)), prediction):
             return 1.0
     return 0.0
 
