@@ -65,9 +65,34 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: run the app (its group turns doctune's errors into messages)."""
+    """Console entry point: run the app (its group turns doctune's errors into messages).
+
+    A process that torchrun started leaves without the interpreter's teardown, once its
+    output is flushed: there, with the process group already left, torch's gloo threads can
+    still be torn down in the wrong order and abort the process ("terminate called without an
+    active exception", SIGABRT) after a run that ended well or with a clear error, which
+    torchrun then reports as a crash of that rank."""
     try:
         app()
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _leave(SystemExit(130))
+    except SystemExit as e:
+        _leave(e)
+
+
+def _leave(how: SystemExit) -> None:
+    """Raise ``how``; under torchrun, ``os._exit`` with its status after flushing the output."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1:
+        raise how
+    import contextlib
+    import logging
+
+    code = how.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)  # what sys.exit("message") prints
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
