@@ -89,8 +89,8 @@ def answer_in_reply(prediction: str, gold: str | Sequence[str]) -> float:
         if words and any(pred[k:k + len(words)] == words
                          for k in range(len(pred) - len(words) + 1)):
             return 1.0
-        bare = "".join(g.split()).replace("`", "")
-        if not words and bare and re.search(_ALONE.format(re.escape(bare)), prediction):
+        if not words and (bare := answer_words(g)) and re.search(
+                _ALONE.format(re.escape(bare[0])), prediction):
             return 1.0
     return 0.0
 
