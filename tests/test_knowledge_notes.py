@@ -19,6 +19,7 @@ from doctune.knowledge.notes import (
     MAX_PASSES,
     STRATEGIES,
     clean_note,
+    defaults_agree,
     names_supported,
     teacher_notes,
 )
@@ -242,6 +243,62 @@ def test_note_checks() -> None:
     # a switch set the other way names nothing new; a made-up flag does
     assert names_supported("Set `server.port` to `false`, `null` or `undefined`.", section)
     assert not names_supported("`server.port` with `--port-strict`.", section)
+
+
+def test_a_note_stating_another_default_than_its_section_is_caught() -> None:
+    page = ("# SSR Options\n\n## ssr.resolve.conditions\n\n"
+            "- **Default:** `['module', 'node', 'development|production']` "
+            "(`defaultServerConditions`)\n\nConditions used in the plugin pipeline.\n\n"
+            "## ssr.noExternal\n\n- **Default:** `false`\n\nDependencies to bundle.\n")
+    facts = extract_facts(page, "ssr.md")
+    cond = [f for f in facts if f.section[-1] == "ssr.resolve.conditions"]
+    assert any(f.kind == "config" for f in cond)
+    right = ("If you set nothing, `ssr.resolve.conditions` defaults to "
+             '`["module", "node", "development|production"]`.')
+    swapped = ("- When it is set to `['module', 'node', 'development|production']`, Node's "
+               "packages resolve.\n- If no setting for `ssr.resolve.conditions` is provided, "
+               "it defaults to `['module', 'browser', 'development|production']`.")
+    assert defaults_agree(right, cond)  # the other quote style, the same list
+    assert not defaults_agree(swapped, cond)
+    # the default named after the value, an identifier of the section, the short name
+    assert defaults_agree("By default `defaultServerConditions` is what "
+                          "`ssr.resolve.conditions` holds.", cond)
+    assert not defaults_agree("The default of `conditions` is `['browser']`.", cond)
+    # a part of a long default, and a clause that names no default, or two options, or none
+    assert defaults_agree("`ssr.resolve.conditions` defaults to a list with `'node'`.", cond)
+    assert defaults_agree("Set `ssr.resolve.conditions` to `['browser']` for workers.", cond)
+    assert defaults_agree("`ssr.noExternal` has the same default as `ssr.resolve.conditions`: "
+                          "`true`.", facts)
+    assert defaults_agree("It defaults to `['browser']`.", cond)
+    # each clause (line or sentence) is judged: one wrong default among right ones is caught
+    assert not defaults_agree("`ssr.noExternal` defaults to `false`. `ssr.noExternal` is "
+                              "`true` by default.", facts)
+    assert defaults_agree("`ssr.noExternal` defaults to `false`; set it to `true` to bundle.",
+                          facts)
+    assert defaults_agree("Anything at all about `ssr.noExternal` by default.", [])
+
+
+def test_a_note_with_a_wrong_default_is_dropped(tmp_path: Path) -> None:
+    """A switch turned the other way names nothing new (the names check keeps it): the
+    defaults check drops it."""
+    facts = extract_facts(PAGE, "server.md")
+    splits = {f.id: "trained" for f in facts}
+
+    def swaps(body: dict[str, Any], n: int) -> tuple[int, Any]:  # CORS is off, it says
+        section = _section_of(body)
+        names = " ".join(f"It names {m}." for m in re.findall(r"`[^`\n]+`", section))
+        wrong = " `server.cors` is `false` by default." if "server.cors" in section else ""
+        return 200, f"Note {n}. {names}{wrong} {FILLER}"
+
+    with fake_openai(swaps) as server:
+        rows, info, _ = teacher_notes(_config(server.url), split_sections(PAGE, "server.md"),
+                                      facts, splits, source_tokens=100, factor=50.0,
+                                      cache_dir=tmp_path / "c")
+    n = info["teacher"]
+    assert n["dropped_wrong_default"] == MAX_PASSES * len(STRATEGIES) > 0  # every CORS note
+    assert n["dropped_unsupported"] == 0
+    assert rows and not [r for r in rows if "false" in r["text"]]
+    assert {tuple(r["section"])[-1] for r in rows} == {"server.port", "server.host"}
 
 
 def test_train_asks_the_teacher_for_its_study_data(tmp_path: Path) -> None:

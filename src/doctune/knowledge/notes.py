@@ -17,7 +17,8 @@ that still holds one of their sentences, or a held-out fact's subject with its a
 (:func:`~doctune.knowledge.amplify.leaks`), is dropped. A note is kept when it has
 at least :data:`MIN_WORDS` words and at least :data:`NAMES_FOUND` of the code names it
 writes in backticks are in the section it read: a teacher that invents option names is not
-trained on. Each kept note becomes an ``amplified.jsonl`` line (generator ``teacher``,
+trained on, and when every default it states for an option of the section is the one the
+section gives (:func:`defaults_agree`): a teacher that swaps two values is not either. Each kept note becomes an ``amplified.jsonl`` line (generator ``teacher``,
 template ``teacher.<strategy>``, ``fact_ids``: the trained facts of its section whose answer
 the note holds).
 
@@ -101,6 +102,8 @@ only shows as `true`."""
 MAX_TOKENS = 600
 """Longest note asked for, in the teacher's tokens."""
 _CODE = re.compile(r"`([^`\n]+)`")
+_CLAUSE = re.compile(r"\n|;\s|\.\s+(?=[A-Z*-])")
+_DEFAULT_WORD = re.compile(r"\bdefault(s|ed)?\b", re.IGNORECASE)
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 
 
@@ -142,6 +145,56 @@ def names_supported(note: str, section_text: str) -> bool:
         return True
     section = " ".join(section_text.split()).casefold()
     return sum(n in section for n in names) >= NAMES_FOUND * len(names)
+
+
+def _value_key(value: str) -> str:
+    """``value`` compared as a default: white space and case ignored, one quote style, the
+    quotes around a lone string dropped (`'dist'` is `"dist"` is `dist`)."""
+    v = "".join(value.split()).casefold().replace('"', "'")
+    return v[1:-1] if len(v) >= 2 and v[0] == v[-1] == "'" else v
+
+
+def _agrees(stated: str, default: str) -> bool:
+    """Whether a value a note states can be ``default``: the same value, or one holding the
+    other (`4096` for `4096` bytes, a long list quoted in part)."""
+    a, b = _value_key(stated), _value_key(default)
+    return a == b or (min(len(a), len(b)) >= 3 and (a in b or b in a))
+
+
+def defaults_agree(note: str, facts: Sequence[Fact]) -> bool:
+    """Whether every default ``note`` states for an option of ``facts`` (a section's
+    ``config`` default facts) is that option's default.
+
+    Read clause by clause (a line or a sentence): a clause that names exactly one option with
+    a known default in backticks and says *default* states the first backticked value after
+    that word which names nothing (no option, no identifier of ``facts``), or the last one
+    before it ("`x` is `true` by default"). It contradicts the
+    section when that value neither is nor holds the option's default: "if it is not set,
+    `ssr.resolve.conditions` defaults to `['module', 'browser']`" for a section whose default
+    is `['module', 'node']`. A clause naming two options ("`a` has the same default as `b`")
+    or none is not judged."""
+    defaults = {_value_key(f.subject): f.answer for f in facts
+                if f.kind == "config" and f.relation == "default"}
+    if not defaults:
+        return True
+    names = set(defaults) | {_value_key(f.answer) for f in facts if f.kind == "code"}
+    short = {k.rsplit(".", 1)[-1]: k for k in defaults}  # `outDir` for `build.outDir`
+    for clause in _CLAUSE.split(note):
+        parts = re.split(r"(`[^`\n]+`)", clause)  # odd positions: code spans
+        options = {short.get(k, k) for k in (_value_key(p[1:-1]) for p in parts[1::2])
+                   if k in defaults or (k in short and short[k] in defaults)}
+        if len(options) != 1:
+            continue
+        said = next((i for i in range(0, len(parts), 2) if _DEFAULT_WORD.search(parts[i])), None)
+        if said is None:
+            continue
+        values = [p[1:-1] for p in parts[1::2]
+                  if _value_key(p[1:-1]) not in names and _value_key(p[1:-1]) not in short]
+        after = [v for v in values if clause.find(f"`{v}`") > len("".join(parts[:said + 1]))]
+        stated = after[0] if after else (values[-1] if values else None)
+        if stated is not None and not _agrees(stated, defaults[options.pop()]):
+            return False
+    return True
 
 
 def clean_note(content: str) -> str:
@@ -246,7 +299,8 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
             for r in range(MAX_PASSES * len(STRATEGIES)) for sec, shown, _ in order(r)]
     trained = {(sec.doc, sec.path): fs for sec, _, fs in plan}
     rows: list[dict[str, Any]] = []
-    counts = {"asked": 0, "cached": 0, "failed": 0, "dropped_leaks": 0, "dropped_unsupported": 0}
+    counts = {"asked": 0, "cached": 0, "failed": 0, "dropped_leaks": 0, "dropped_unsupported": 0,
+              "dropped_wrong_default": 0}
     errors: list[str] = []
     total, seen, width = 0, set(), max(1, config.max_workers)
     studied: set[tuple[str, int]] = set()
@@ -267,6 +321,9 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
                     continue
                 if len(text.split()) < MIN_WORDS or not names_supported(text, note.shown):
                     counts["dropped_unsupported"] += 1
+                    continue
+                if not defaults_agree(text, trained[(note.section.doc, note.section.path)]):
+                    counts["dropped_wrong_default"] += 1
                     continue
                 if text in seen or total >= budget:
                     continue

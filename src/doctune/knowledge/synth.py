@@ -425,7 +425,8 @@ def format_summary(summary: SynthSummary, max_lines: int = 10) -> str:
                          f"{n['asked']} notes asked, {n['cached']} from cache, {n['failed']} "
                          f"failed, {n['dropped_leaks']} dropped (held a held-out fact), "
                          f"{n['dropped_unsupported']} dropped (too short, or names not in "
-                         "the section)")
+                         f"the section), {n.get('dropped_wrong_default', 0)} dropped (a "
+                         "default not the section's)")
     t = summary.teacher
     if t:
         lines.append(f"teacher {t['model']}: {t['sections']} sections, {t['asked']} asked, "
