@@ -95,8 +95,8 @@ class LoraConfig(_Section):
     """LoRA rank."""
     alpha: int = Field(16, ge=1, le=65536)
     """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA branch."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the input of the LoRA branch. 0 by default, as PEFT, mlx-lm and Unsloth have it: on a 2-core CPU 0.05 made every step 22% slower (SmolLM2-135M, the quickstart: 2.22 s against 1.82 s a step), and the study recipe learnt no more with it (README, "Does it know my docs?")."""
     target_modules: list[str] | None = None
     """Module names to adapt; null = every linear layer of attention and MLP for the architecture (GPT-2: c_attn, c_proj, c_fc; Llama, Qwen, Gemma: q/k/v/o_proj, gate/up/down_proj)."""
     dora: bool = False
