@@ -133,6 +133,9 @@ def test_mdx_code_blocks_come_out_unchanged(doc: str) -> None:
 @given(doc=document())
 # found by a draw: the escaped ``` and the fence joined the list once <Tabs> was gone
 @example(doc='word\n\n- word\n\n<Tabs>\n  <TabItem label="a">\n  ```\n\n  ```\n  </TabItem>\n</Tabs>\n')
+# and once a code group's label, a blank line above its fence, was left alone in a list item
+# whose marker an HTML tag shared (the fence fell out of the item, an indented code block)
+@example(doc="word\n\n::: code-group\n1. <Tag>\n\n    ```tsx [[1, 1, '']]\n    x = 1\n    ```\n:::\n")
 def test_vitepress_code_blocks_come_out_unchanged(doc: str) -> None:
     out = clean_markdown(doc, dialect="vitepress").text
     # Every fence VitePress sees comes out with the same code, read the CommonMark way.

@@ -68,8 +68,8 @@ def test_code_group_labels_and_fence_meta() -> None:
     ```
     """
     assert clean(src) == (
-        "**npm**\n\n```sh\n$ npm create vite@latest\n```\n\n"
-        "**vite.config.ts**\n\n```ts\nconst a = {{ b }} // [!code highlight]\n```\n\n"
+        "**npm**\n```sh\n$ npm create vite@latest\n```\n\n"
+        "**vite.config.ts**\n```ts\nconst a = {{ b }} // [!code highlight]\n```\n\n"
         "```js\nx\n```\n\n```vue\n<template>{{ msg }}</template>\n```\n")
 
 

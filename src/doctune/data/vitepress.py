@@ -101,7 +101,9 @@ def _fence_open(line: str, info: str, in_group: bool, notes: Notes) -> str:
         return line
     notes.dropped["fence_meta"] += 1
     opener = f"{m['indent']}{m['marker']}{lang}"
-    return (_bold(m["indent"], label) + "\n" + opener) if in_group and label else opener
+    # the label right above its fence (a fence ends a paragraph): a blank line between them
+    # would leave the label alone in a list item whose marker an HTML tag shared
+    return (_bold(m["indent"], label) + opener) if in_group and label else opener
 
 
 def vitepress_lines(lines: list[str], notes: Notes) -> list[str]:
