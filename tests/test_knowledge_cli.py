@@ -38,8 +38,8 @@ def test_synth_writes_the_files_and_a_json_summary(docs: Path, tmp_path: Path) -
     # one template question per fact, and natural ones
     assert summary["counts"]["facts"] == summary["counts"]["qa_by_source"]["template"] == 19
     # one per fact, less the 2 that repeat another fact's text (two facts in one sentence)
-    # multiple choice: 7 fill-in-the-blank items, 19 natural ones (a fact and a direction each)
-    assert summary["counts"]["rephrasings"] == 17 and summary["counts"]["mc"] == 7 + 19
+    # multiple choice: 7 fill-in-the-blank items, 9 natural ones (a fact and a direction each)
+    assert summary["counts"]["rephrasings"] == 17 and summary["counts"]["mc"] == 7 + 9
     for name in ("facts.jsonl", "qa.jsonl", "mc.jsonl", "rephrasings.jsonl", "sections.jsonl",
                  "manifest.json"):
         assert (out / name).is_file(), name

@@ -19,6 +19,7 @@ from doctune.knowledge.natural import (
     phrasing_split,
     plural,
     predicate,
+    prose_ask,
     quotes_sentence,
     thing,
 )
@@ -113,7 +114,7 @@ def test_phrasing_split_is_seeded_and_keeps_both_sides() -> None:
     for kind, direction in PHRASINGS:
         group = {v for k, v in a.items() if k.startswith(f"natural.{kind}.{direction}.")}
         assert group == {"trained", "heldout"}, (kind, direction)
-    assert sorted(a.values()).count("heldout") == 17
+    assert sorted(a.values()).count("heldout") == 21
     assert set(phrasing_split(0, 0.0).values()) == {"trained"}
 
 
@@ -200,3 +201,73 @@ def test_answer_in_reply_gap_closed_and_answer_lines() -> None:
                       "open_book_exact": True, "open_book_f1": 1.0,
                       "tuned_answer": "It is 5173", "tuned_right": True, "tuned_exact": False,
                       "tuned_f1": 0.5}]
+
+
+TUTORIAL = """# Query Parameters
+
+When you declare other function parameters that are not part of the path parameters, they are \
+automatically interpreted as query parameters.
+
+## Create an Enum class
+
+Import `Enum` and create a sub-class that inherits from `str` and from `Enum`.
+
+## Run it
+
+Start the server with `fastapi dev` and open your browser at the address it prints.
+
+## Results
+
+With just that Python type declaration, the framework will:
+
+## Why use Pydantic?
+
+Pydantic validates the data for you and gives clear errors when it is wrong.
+
+## Step 2: create your data model
+
+Then you declare your data model as a class that inherits from `BaseModel`.
+
+## Pydantic
+
+All the data validation is performed under the hood by Pydantic, so you get all its benefits.
+"""
+
+
+def test_prose_headings_are_asked_as_people_ask_about_a_tutorial() -> None:
+    answer = "When you declare parameters that are not path parameters, they are query parameters."
+    assert prose_ask("Query Parameters", answer) == ("about", {"topic": "query parameters"})
+    assert prose_ask("Create an Enum class", "Import `Enum` and create a sub-class of it.") == (
+        "how", {"task": "create an Enum class"})
+    assert prose_ask("Step 2: create your data model", "Then you declare your data model.") \
+        == ("how", {"task": "create my data model"})
+    assert prose_ask("Why use Pydantic", "Pydantic validates the data for you.") == (
+        "ask", {"question": "Why use Pydantic?"})
+    assert prose_ask("Pydantic", "The data is validated by Pydantic, under the hood.") == (
+        "about", {"topic": "Pydantic"})
+    # a heading that points elsewhere, an introduction that takes up nothing of its heading,
+    # a first sentence too short to answer anything
+    assert prose_ask("Run it", "Start the server and open your browser at its address.") is None
+    assert prose_ask("Results", "With just that Python type declaration, it will:") is None
+    assert prose_ask("Query Parameters", "Query parameters.") is None
+
+    facts = extract_facts(TUTORIAL, "tutorial/query.md")
+    splits = {f.id: "trained" for f in facts}
+    qs = natural_questions(facts, splits, seed=0, phrasings=phrasing_split(0, 0.0), per_fact=1)
+    asked = {(q.fact.subject, q.direction) for q in qs if q.fact.kind == "heading"}
+    assert asked == {("Query Parameters", "about"), ("Create an Enum class", "how"),
+                     ("Why use Pydantic?", "ask"), ("Step 2: create your data model", "how"),
+                     ("Pydantic", "about")}
+    by = {q.fact.subject: q for q in qs if q.fact.kind == "heading"}
+    assert by["Create an Enum class"].answer.startswith("Import `Enum` and create a sub-class")
+    assert by["Create an Enum class"].question in [
+        t.format(task="create an Enum class") for t in PHRASINGS["heading", "how"]]
+    # a capitalised word is a title, not an identifier: never "What is `Results` for?"
+    assert not [q for q in qs if "`Results`" in q.question or "`Pydantic`" in q.question]
+    # two sections of one title (in two pages) are not asked: the question would be ambiguous
+    twice = facts + extract_facts(TUTORIAL.replace("# Query Parameters", "# Path Parameters"),
+                                  "tutorial/path.md")
+    again = natural_questions(twice, {f.id: "trained" for f in twice}, seed=0,
+                              phrasings=phrasing_split(0, 0.0), per_fact=1)
+    assert not [q for q in again if q.fact.subject == "Create an Enum class"]
+    assert [q for q in again if q.fact.subject == "Path Parameters"]

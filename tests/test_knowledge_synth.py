@@ -72,7 +72,7 @@ def test_writes_consistent_files_deterministically(docs: Path, tmp_path: Path) -
                 q["phrasing_split"] == "heldout")
         else:
             assert q["answer"] == fact["answer"] and q["source"] == "template"
-    assert manifest["counts"]["qa_by_source"] == {"natural": 82, "template": 88}
+    assert manifest["counts"]["qa_by_source"] == {"natural": 85, "template": 88}
     for m in mc:
         fact = by_id[m["fact_id"]]
         assert m["options"][m["answer_index"]] in (fact["answer"], fact["subject"].strip("`"))

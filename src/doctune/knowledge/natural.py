@@ -23,7 +23,9 @@ saw asked, in words it never saw a question put in. It measures answering, not t
 matching.
 
 Kinds asked: ``config`` (all three ways), ``heading`` of an identifier-like section (what it does;
-which option does that), ``definition`` (what a term does; which term does that),
+which option does that), ``heading`` of a prose section from its first sentence (a task, "How do
+I create an Enum class?"; a topic, "What do the docs say about query parameters?"; a heading that
+is a question, as itself: :func:`prose_ask`), ``definition`` (what a term does; which term does that),
 ``table`` (a cell; which row has it), ``flag`` and ``number`` (when a section holds only one).
 ``code`` facts (an identifier somewhere in a sentence) are not: without a model they can
 only be asked as the sentence with a blank (:mod:`~doctune.knowledge.templates` does that).
@@ -82,6 +84,24 @@ PHRASINGS: dict[tuple[str, str], tuple[str, ...]] = {
         "I need the option that {pred}. What is it called?",
         "Which config key {pred}?",
         "What is the name of the option that {pred}?",
+    ),
+    ("heading", "how"): (
+        "How do I {task}?",
+        "How can I {task}?",
+        "What's the way to {task}?",
+        "I want to {task}. How do I do that?",
+        "What do I do to {task}?",
+    ),
+    ("heading", "about"): (
+        "What do the docs say about {topic}?",
+        "Can you explain {topic}?",
+        "What should I know about {topic}?",
+        "Tell me about {topic}.",
+    ),
+    ("heading", "ask"): (
+        "{question}",
+        "Quick question: {question}",
+        "{question} Answer briefly.",
     ),
     ("definition", "value"): (
         "In {where}, what does {answer} do?",
@@ -160,9 +180,17 @@ def _code(text: str) -> str:
     return text if "`" in text else f"`{text}`"
 
 
+_WORD = re.compile(r"[A-Z][a-z]+")
+"""A capitalised word: "Results", "Testing", "Pydantic" (a title, not an identifier)."""
+
+
 def _identifier(subject: str) -> bool:
-    """A heading that names a thing (``server.port``, ``onPress``), not a prose title."""
-    return bool(subject) and " " not in subject.strip("`") and len(subject) <= 64
+    """A heading that names a thing (``server.port``, ``onPress``, ``root``, ```Button```),
+    not a prose title ("Query Parameters", "Results", ``"Schema"``)."""
+    s = subject.strip()
+    if not s or " " in s.strip("`") or len(s) > 64:
+        return False
+    return s.startswith("`") or not (s[0] in "\"'" or _WORD.fullmatch(s))
 
 
 _VERBS = frozenset(["add", "adjust", "allow", "apply", "authorize", "build", "change", "choose",
@@ -227,6 +255,75 @@ def predicate(sentence: str) -> str | None:
         return None
     lead = words[0] if words[0].isupper() or any(c.isupper() for c in words[0][1:]) else first
     return " ".join(["sets the", lead, *words[1:]])
+
+
+_TASK_VERBS = _VERBS | frozenset([
+    "access", "await", "bind", "cache", "call", "catch", "check", "compare", "connect", "debug",
+    "declare", "deploy", "document", "edit", "extend", "fetch", "get", "handle", "import",
+    "install", "log", "migrate", "mock", "navigate", "open", "publish", "query", "raise",
+    "read", "render", "route", "save", "send", "share", "store", "test", "throw", "try",
+    "update", "upgrade", "upload", "validate", "wrap"])
+_NOUNISH = frozenset(["build", "cache", "change", "control", "document", "limit", "load", "log",
+                      "mock", "open", "print", "query", "route", "run", "serve", "set", "share",
+                      "start", "stop", "store", "test", "turn", "update", "watch"])
+"""Verbs that open noun phrases as often ("Build Options", "Query parameter type conversion"):
+a task only before an article, a possessive or a particle ("Set up the server")."""
+_OBJECT = frozenset(["a", "an", "the", "your", "my", "our", "their", "all", "each", "every",
+                     "some", "any", "up", "out", "off", "on"])
+_PREPOSITIONS = frozenset(["about", "with", "without", "for", "in", "on", "to", "from", "by",
+                           "into", "of", "at", "vs", "versus", "via"])
+_ASKING = frozenset(["what", "why", "how", "when", "where", "which", "who"])
+_POINTING = re.compile(r"\b(?:it|its|them|they|this|that|these|those|here|there|above|below|"
+                       r"following|next|previous)\b", re.IGNORECASE)
+_STEP = re.compile(r"^(?:step\s+\d+|\d+)\s*[:.)\-\u2013]\s*", re.IGNORECASE)
+_MINE = {"your": "my", "yours": "mine", "you": "I", "yourself": "myself"}
+MIN_ANSWER_WORDS = 5
+"""Shortest first sentence asked about by a prose heading."""
+
+
+def _content(text: str) -> set[str]:
+    """The words of ``text`` longer than 3 letters, lower case, a plural -s dropped."""
+    return {w[:-1] if w.endswith("s") else w
+            for w in re.findall(r"[a-z][a-z0-9]+", text.lower()) if len(w) > 3}
+
+
+def _as_written(word: str, answer: str) -> str:
+    """A title-cased word as prose writes it: kept when ``answer`` writes it capitalised
+    after its first word (a name: "Pydantic"), else in lower case ("Parameters")."""
+    if not _WORD.fullmatch(word):
+        return word
+    return word if re.search(rf"\S\s+\W*{re.escape(word)}\b", answer) else word.lower()
+
+
+def prose_ask(heading: str, answer: str) -> tuple[str, dict[str, str]] | None:
+    """How a prose heading's section is asked about from its first sentence ``answer``: a
+    heading that is a question as itself (``ask``), a task ("Create an Enum class") as "how
+    do I create an Enum class?" (``how``), a topic ("Query Parameters") as "what do the docs
+    say about query parameters?" (``about``); None for a heading that points elsewhere ("Run
+    it", "Check the above"), a first sentence that does not take up any word of its heading
+    (an introduction, not an answer), or one under :data:`MIN_ANSWER_WORDS` words."""
+    text = _STEP.sub("", _plain(heading).replace("`", "")).strip().rstrip(".:!")
+    words = text.split()
+    if not words or len(words) > 10 or len(_plain(answer).split()) < MIN_ANSWER_WORDS:
+        return None
+    first = words[0].lower()
+    if first in _ASKING:
+        question = text if text.endswith("?") else text + "?"
+        return "ask", {"question": question[0].upper() + question[1:]}
+    titled = [w for w in words if len(w) > 3]
+    title_case = len(titled) >= 2 and all(_WORD.fullmatch(w) for w in titled)
+    task = first in _TASK_VERBS and len(words) >= 2 and (
+        words[1].lower() in _OBJECT or (first not in _NOUNISH and not title_case))
+    if _POINTING.search(text) or not _content(" ".join(words[task:])) & _content(answer):
+        return None
+    if task:
+        return "how", {"task": " ".join([first, *(_MINE.get(w.lower(), w) for w in words[1:])])}
+    if first == "about":  # "About FastAPI Cloud"
+        words = words[1:]
+    if (not words or len(words) > 6 or words[0].lower() in _PREPOSITIONS
+            or _NOT_NOUN_PHRASE.search(text) or "?" in text):
+        return None
+    return "about", {"topic": " ".join(_as_written(w, _plain(answer)) for w in words)}
 
 
 _SETTING_VERBS = frozenset(["specifies", "sets", "defines", "configures", "chooses", "selects",
@@ -339,7 +436,8 @@ def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
     where = " > ".join(f.section[-1:]) or f.doc
     where = _code(where) if _identifier(where) else where
     base = {"subject": _code(subject) if _identifier(subject) else subject,
-            "answer": _code(f.answer), "relation": f.relation.lower(), "where": where}
+            "answer": f.answer if f.kind == "heading" else _code(f.answer),  # a sentence
+            "relation": f.relation.lower(), "where": where}
     out: list[_Ask] = []
     norm = normalize_answer(f.answer) or f.answer
 
@@ -359,6 +457,9 @@ def _asks(fact: Fact, ctx: _Context) -> list[_Ask]:
         pred = predicate(f.answer)
         if pred and normalize_answer(pred) in unique["heading"]:
             ask("name", subject, pred=pred)
+    elif f.kind == "heading" and (prose := prose_ask(subject, f.answer)) is not None \
+            and normalize_answer(subject) in unique["prose"]:  # one section of that title
+        ask(prose[0], f.answer, **prose[1])
     elif f.kind == "definition" and not _LABEL_TERM.fullmatch(f.answer):
         ask("value", f.subject)
         pred = predicate(f.subject)
@@ -380,7 +481,7 @@ def _context(facts: Sequence[Fact], splits: dict[str, str]) -> _Context:
     """What is said of one fact only (see :class:`_Context`); ``splits`` as
     :func:`natural_questions`'."""
     counts: dict[str, Counter[str]] = {k: Counter() for k in
-                                       ("config", "heading", "definition", "flag")}
+                                       ("config", "heading", "definition", "flag", "prose")}
     per_section: Counter[tuple[str, str, str]] = Counter()
     described: dict[tuple[str, str], tuple[str, str]] = {}
     for f in facts:
@@ -391,6 +492,8 @@ def _context(facts: Sequence[Fact], splits: dict[str, str]) -> _Context:
             pred = predicate(f.answer if f.kind == "heading" else f.subject)
             if pred:
                 counts[f.kind][normalize_answer(pred)] += 1
+            if f.kind == "heading" and not _identifier(_strip(f.subject)):
+                counts["prose"][normalize_answer(f.subject)] += 1
         if f.kind in ("flag", "number"):
             per_section[f.doc, sec, f.kind] += 1
         elif f.kind == "table":
