@@ -107,8 +107,12 @@ def _train(docs: Path, model: Path, out: Path, *extra: str) -> str:
     return res.output
 
 
-def test_train_studies_and_ends_with_what_the_model_learnt(models: dict[str, Path], docs: Path,
-                                                           tmp_path: Path) -> None:
+def test_train_studies_and_ends_with_what_the_model_learnt(
+        models: dict[str, Path], docs: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctune.train.finish as finish
+
+    monkeypatch.setattr(finish, "END_OF_RUN_TRAINED", 5)
     out = _train(docs, models["chat"], tmp_path / "run")
     assert "recipe: study: documents + their facts restated 5x + questions + its own sampled answers" in out
     assert "knowledge mix per pass" in out
@@ -128,6 +132,10 @@ def test_train_studies_and_ends_with_what_the_model_learnt(models: dict[str, Pat
     assert "the base model answers general prompts (replayed against forgetting)" in out
     tuned = json.loads((tmp_path / "run" / "knowledge_eval.json").read_text())["tuned"]
     assert "heldout_contains" in tuned and not any("template" in k for k in tuned)
+    # trained facts are asked fewer questions than held-out ones: enough to see it took
+    qa = [json.loads(x) for x in (tmp_path / "run" / "knowledge" / "qa.jsonl").read_text().splitlines()]
+    trained = sum(q["split"] == "trained" and q["source"] == "natural" for q in qa)
+    assert trained > 5 and tuned["trained_em_n"] == 5
 
 
 def test_docs_only_trains_the_documents_alone(models: dict[str, Path], docs: Path,

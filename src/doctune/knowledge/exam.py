@@ -146,7 +146,8 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
                 max_text_tokens: int | None = None, handwritten: Sequence[Item] = (),
                 sections: dict[Any, str] | None = None,
                 records: list[dict[str, Any]] | None = None,
-                templates: bool = True, leave_out: Sequence[str] = ()) -> dict[str, Any]:
+                templates: bool = True, leave_out: Sequence[str] = (),
+                max_trained: int | None = None) -> dict[str, Any]:
     """The knowledge numbers of one model (see the module docstring for the keys);
     ``max_text_tokens`` caps the tokens per text of the perplexities (for a quick look);
     ``templates=False`` leaves out the sentence-with-a-blank comparison (``*_template_*``).
@@ -154,7 +155,9 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
     ``handwritten``: items of a question file, scored as ``hand_*`` (trained pages) and
     ``hand_control_*``. ``sections``: open book, each question with its section before it
     (no perplexities). ``records`` gets one line per question answered. ``leave_out``: facts
-    whose questions are not asked (the dev split that chose the run's final step)."""
+    whose questions are not asked (the dev split that chose the run's final step).
+    ``max_trained``: fewer generated questions of trained facts than ``max_questions`` (they
+    check that training took; the held-out ones measure what it is for)."""
     out: dict[str, Any] = {}
     stopped: list[bool] = []
     natural = any(q.get("source") == "natural" for q in synth.qa)
@@ -167,7 +170,9 @@ def score_model(model: Any, tokenizer: Any, synth: SynthData, *, control_texts: 
     kw = {"system": system, "max_new_tokens": max_new_tokens}
     for tag, qa, mc in sets:
         for split in ("trained", "heldout"):
-            got, stops = _qa(model, tokenizer, _split(qa, split, max_questions),
+            limit = max_trained if split == "trained" and max_trained is not None else \
+                max_questions
+            got, stops = _qa(model, tokenizer, _split(qa, split, limit),
                              split + "_" + tag.rstrip("_") if tag else split,
                              set_name="generated" if not tag else "template",
                              sections=sections, records=records if not tag else None, **kw)
@@ -262,7 +267,8 @@ def merge_answers(base: list[dict[str, Any]], open_book: list[dict[str, Any]],
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path | None = None,
                  max_questions: int = MAX_QUESTIONS,
-                 questions: Path | None = None, templates: bool = True) -> dict[str, Any]:
+                 questions: Path | None = None, templates: bool = True,
+                 max_trained: int | None = None) -> dict[str, Any]:
     """Base vs tuned knowledge numbers of a run folder: ``{"base", "open_book", "tuned",
     "change", "gap_closed", "answers", ...}``; ``answers`` holds one line per question
     (:func:`merge_answers`).
@@ -273,7 +279,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
     book is the base with each question's section in its prompt. Both models are scored with
     the tuned model's tokenizer (a base without the chat tokens training added gets them,
     untrained). ``templates=False``: without the sentence-with-a-blank comparison (the end
-    of a run leaves it to ``doctune eval --knowledge``)."""
+    of a run leaves it to ``doctune eval --knowledge``); ``max_trained``: as
+    :func:`score_model`'s."""
     from doctune.errors import DataError
     from doctune.inference import load_for_inference
     from doctune.knowledge.questions import file_items, load_question_file, section_texts
@@ -302,7 +309,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
                            block_size=cfg.data.block_size, max_questions=max_questions,
                            system=cfg.knowledge.system_prompt, handwritten=hand,
                            sections=sections, records=records[name], templates=templates,
-                           leave_out=dev)
+                           leave_out=dev, max_trained=max_trained)
 
     scores = {"tuned": score(tuned.model, "tuned")}
     sections = section_texts(synth.folder)
