@@ -248,6 +248,7 @@ def test_prose_headings_are_asked_as_people_ask_about_a_tutorial() -> None:
     # a heading that points elsewhere, an introduction that takes up nothing of its heading,
     # a first sentence too short to answer anything
     assert prose_ask("Run it", "Start the server and open your browser at its address.") is None
+    assert prose_ask("How does it work?", "The server reloads each module you change.") is None
     assert prose_ask("Results", "With just that Python type declaration, it will:") is None
     assert prose_ask("Query Parameters", "Query parameters.") is None
 

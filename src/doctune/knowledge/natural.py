@@ -307,15 +307,15 @@ def prose_ask(heading: str, answer: str) -> tuple[str, dict[str, str]] | None:
     if not words or len(words) > 10 or len(_plain(answer).split()) < MIN_ANSWER_WORDS:
         return None
     first = words[0].lower()
-    if first in _ASKING:
-        question = text if text.endswith("?") else text + "?"
-        return "ask", {"question": question[0].upper() + question[1:]}
     titled = [w for w in words if len(w) > 3]
     title_case = len(titled) >= 2 and all(_WORD.fullmatch(w) for w in titled)
     task = first in _TASK_VERBS and len(words) >= 2 and (
         words[1].lower() in _OBJECT or (first not in _NOUNISH and not title_case))
     if _POINTING.search(text) or not _content(" ".join(words[task:])) & _content(answer):
         return None
+    if first in _ASKING:
+        question = text if text.endswith("?") else text + "?"
+        return "ask", {"question": question[0].upper() + question[1:]}
     if task:
         return "how", {"task": " ".join([first, *(_MINE.get(w.lower(), w) for w in words[1:])])}
     if first == "about":  # "About FastAPI Cloud"
