@@ -46,6 +46,17 @@ def test_the_search_finds_the_largest_scale_within_the_limit(power: float,
     assert any(scale < s <= scale + TOLERANCE and f(s) > limit for s in asked)
 
 
+def test_a_guess_next_to_a_measured_scale_still_closes_the_gap() -> None:
+    """A good guess that lands within 1/64 of a measured scale steps 1/64 from it (it used
+    to count as a miss and halve the whole interval, running out of measures short)."""
+    f = lambda s: 30 * math.exp(0.4247 * s ** 3.184)  # noqa: E731
+    limit = 30 * 1.0899
+    scale, value, asked = _search(f, limit)
+    best = (math.log(1.0899) / 0.4247) ** (1 / 3.184)
+    assert value <= limit and best - TOLERANCE < scale <= best + 1e-12
+    assert len(asked) < MAX_MEASURES
+
+
 def test_a_measure_that_jumps_is_bisected_and_the_search_ends() -> None:
     scale, value, asked = _search(lambda s: 10.0 if s < 0.3 else 20.0, 15.0)
     assert value == 10.0 and 0.25 < scale < 0.3 and len(asked) == MAX_MEASURES

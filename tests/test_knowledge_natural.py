@@ -14,6 +14,7 @@ from doctune.knowledge.facts import extract_facts
 from doctune.knowledge.metrics import answer_in_reply
 from doctune.knowledge.natural import (
     PHRASINGS,
+    _identifier,
     mc_rows,
     natural_questions,
     phrasing_split,
@@ -249,6 +250,13 @@ def test_prose_headings_are_asked_as_people_ask_about_a_tutorial() -> None:
     # a first sentence too short to answer anything
     assert prose_ask("Run it", "Start the server and open your browser at its address.") is None
     assert prose_ask("How does it work?", "The server reloads each module you change.") is None
+    # a title-cased task is still a task, in the words prose writes; one-word titles every
+    # site has ask nothing; an all-capitals word is a title, not an option
+    assert prose_ask("Add React to an Existing Project",
+                     "You can add React to an existing project with npm.") == (
+        "how", {"task": "add React to an existing project"})
+    assert prose_ask("Installation", "Installation takes one command with npm.") is None
+    assert not _identifier("FAQ") and _identifier("NODE_ENV") and _identifier("server.port")
     assert prose_ask("Results", "With just that Python type declaration, it will:") is None
     assert prose_ask("Query Parameters", "Query parameters.") is None
 

@@ -276,6 +276,16 @@ def test_a_note_stating_another_default_than_its_section_is_caught() -> None:
     assert defaults_agree("`ssr.noExternal` defaults to `false`; set it to `true` to bundle.",
                           facts)
     assert defaults_agree("Anything at all about `ssr.noExternal` by default.", [])
+    # the section's value said beside another, or a value set against the default: kept
+    assert defaults_agree("`ssr.noExternal` defaults to `false`, and you can set it to `true`.",
+                          facts)
+    assert defaults_agree("Set `ssr.noExternal` to `true` to override the default.", facts)
+    assert defaults_agree("The default for `ssr.noExternal` is false, but `true` is common.",
+                          facts)
+    # a default the section gives in some case is not a contradiction
+    section = "If you build for workers, `ssr.noExternal` is `true` by default."
+    said = "For workers `ssr.noExternal` defaults to `true`."
+    assert defaults_agree(said, facts, section) and not defaults_agree(said, facts)
 
 
 def test_a_note_with_a_wrong_default_is_dropped(tmp_path: Path) -> None:

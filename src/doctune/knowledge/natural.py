@@ -186,11 +186,12 @@ _WORD = re.compile(r"[A-Z][a-z]+")
 
 def _identifier(subject: str) -> bool:
     """A heading that names a thing (``server.port``, ``onPress``, ``root``, ```Button```),
-    not a prose title ("Query Parameters", "Results", ``"Schema"``)."""
+    not a prose title ("Query Parameters", "Results", ``"Schema"``, "FAQ")."""
     s = subject.strip()
     if not s or " " in s.strip("`") or len(s) > 64:
         return False
-    return s.startswith("`") or not (s[0] in "\"'" or _WORD.fullmatch(s))
+    return s.startswith("`") or not (s[0] in "\"'" or _WORD.fullmatch(s)
+                                     or re.fullmatch(r"[A-Z]{2,6}s?", s))  # "FAQ", "APIs"
 
 
 _VERBS = frozenset(["add", "adjust", "allow", "apply", "authorize", "build", "change", "choose",
@@ -264,12 +265,17 @@ _TASK_VERBS = _VERBS | frozenset([
     "read", "render", "route", "save", "send", "share", "store", "test", "throw", "try",
     "update", "upgrade", "upload", "validate", "wrap"])
 _NOUNISH = frozenset(["build", "cache", "change", "control", "document", "limit", "load", "log",
-                      "mock", "open", "print", "query", "route", "run", "serve", "set", "share",
+                      "mock", "open", "print", "query", "route", "run", "serve", "set",
                       "start", "stop", "store", "test", "turn", "update", "watch"])
 """Verbs that open noun phrases as often ("Build Options", "Query parameter type conversion"):
 a task only before an article, a possessive or a particle ("Set up the server")."""
 _OBJECT = frozenset(["a", "an", "the", "your", "my", "our", "their", "all", "each", "every",
-                     "some", "any", "up", "out", "off", "on"])
+                     "some", "any", "up", "out", "off", "on", "in"])
+_VAGUE = frozenset(["usage", "reference", "caveats", "examples", "example", "installation",
+                    "overview", "introduction", "summary", "notes", "troubleshooting", "faq",
+                    "prerequisites", "requirements", "setup", "conclusion", "parameters",
+                    "returns", "props", "options", "methods", "api", "guide", "basics"])
+"""One-word titles every docs site has: "What do the docs say about usage?" asks nothing."""
 _PREPOSITIONS = frozenset(["about", "with", "without", "for", "in", "on", "to", "from", "by",
                            "into", "of", "at", "vs", "versus", "via"])
 _ASKING = frozenset(["what", "why", "how", "when", "where", "which", "who"])
@@ -306,24 +312,24 @@ def prose_ask(heading: str, answer: str) -> tuple[str, dict[str, str]] | None:
     words = text.split()
     if not words or len(words) > 10 or len(_plain(answer).split()) < MIN_ANSWER_WORDS:
         return None
-    first = words[0].lower()
-    titled = [w for w in words if len(w) > 3]
-    title_case = len(titled) >= 2 and all(_WORD.fullmatch(w) for w in titled)
+    first, plain = words[0].lower(), _plain(answer)
     task = first in _TASK_VERBS and len(words) >= 2 and (
-        words[1].lower() in _OBJECT or (first not in _NOUNISH and not title_case))
+        words[1].lower() in _OBJECT or first not in _NOUNISH)
     if _POINTING.search(text) or not _content(" ".join(words[task:])) & _content(answer):
         return None
     if first in _ASKING:
         question = text if text.endswith("?") else text + "?"
         return "ask", {"question": question[0].upper() + question[1:]}
-    if task:
-        return "how", {"task": " ".join([first, *(_MINE.get(w.lower(), w) for w in words[1:])])}
+    if task:  # "Add React to an Existing Project": add React to an existing project
+        return "how", {"task": " ".join([first, *(_MINE.get(w.lower()) or _as_written(w, plain)
+                                                  for w in words[1:])])}
     if first == "about":  # "About FastAPI Cloud"
         words = words[1:]
     if (not words or len(words) > 6 or words[0].lower() in _PREPOSITIONS
-            or _NOT_NOUN_PHRASE.search(text) or "?" in text):
+            or _NOT_NOUN_PHRASE.search(text) or "?" in text
+            or (len(words) == 1 and words[0].lower() in _VAGUE)):
         return None
-    return "about", {"topic": " ".join(_as_written(w, _plain(answer)) for w in words)}
+    return "about", {"topic": " ".join(_as_written(w, plain) for w in words)}
 
 
 _SETTING_VERBS = frozenset(["specifies", "sets", "defines", "configures", "chooses", "selects",

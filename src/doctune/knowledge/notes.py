@@ -102,8 +102,10 @@ only shows as `true`."""
 MAX_TOKENS = 600
 """Longest note asked for, in the teacher's tokens."""
 _CODE = re.compile(r"`([^`\n]+)`")
-_CLAUSE = re.compile(r"\n|;\s|\.\s+(?=[A-Z*-])")
+_CLAUSE = re.compile(r"\n|;\s|\.\s+(?=[A-Z*`-])")
 _DEFAULT_WORD = re.compile(r"\bdefault(s|ed)?\b", re.IGNORECASE)
+_BY_DEFAULT = re.compile(r"\W*(?:is\s+)?(?:by|as(?:\s+the|\s+its)?|the|its)\s+default\b",
+                         re.IGNORECASE)
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 
 
@@ -161,40 +163,56 @@ def _agrees(stated: str, default: str) -> bool:
     return a == b or (min(len(a), len(b)) >= 3 and (a in b or b in a))
 
 
-def defaults_agree(note: str, facts: Sequence[Fact]) -> bool:
+def defaults_agree(note: str, facts: Sequence[Fact], section: str = "") -> bool:
     """Whether every default ``note`` states for an option of ``facts`` (a section's
-    ``config`` default facts) is that option's default.
+    ``config`` default facts) is that option's default, or one ``section`` (its text) states.
 
     Read clause by clause (a line or a sentence): a clause that names exactly one option with
     a known default in backticks and says *default* states the first backticked value after
     that word which names nothing (no option, no identifier of ``facts``), or the last one
-    before it ("`x` is `true` by default"). It contradicts the
-    section when that value neither is nor holds the option's default: "if it is not set,
-    `ssr.resolve.conditions` defaults to `['module', 'browser']`" for a section whose default
-    is `['module', 'node']`. A clause naming two options ("`a` has the same default as `b`")
-    or none is not judged."""
+    before a "by default" ("`x` is `true` by default"). A clause that also says the
+    option's default ("defaults to `5173`; set `3000` to move it") is not judged. It
+    contradicts the section when that value neither is nor holds the option's default and
+    the section never states it as a default of that option (a conditional one: "If you
+    specify `build.lib`, `build.cssCodeSplit` will be `false` as default"): "if it is not
+    set, `ssr.resolve.conditions` defaults to `['module', 'browser']`" for a section whose
+    default is `['module', 'node']`. A clause naming two options ("`a` has the same default
+    as `b`") or none is not judged."""
     defaults = {_value_key(f.subject): f.answer for f in facts
                 if f.kind == "config" and f.relation == "default"}
     if not defaults:
         return True
     names = set(defaults) | {_value_key(f.answer) for f in facts if f.kind == "code"}
+    also = {(option, _value_key(v)) for option, v, _ in _claims(section, defaults, names)}
+    for option, stated, clause in _claims(note, defaults, names):
+        default = defaults[option]
+        if (_value_key(default) not in _value_key(clause) and not _agrees(stated, default)
+                and (option, _value_key(stated)) not in also):
+            return False
+    return True
+
+
+def _claims(text: str, defaults: dict[str, str],
+            names: set[str]) -> list[tuple[str, str, str]]:
+    """(option, the value stated as its default, the clause) for each clause of ``text``
+    that states one (see :func:`defaults_agree`)."""
     short = {k.rsplit(".", 1)[-1]: k for k in defaults}  # `outDir` for `build.outDir`
-    for clause in _CLAUSE.split(note):
+    out = []
+    for clause in _CLAUSE.split(text):
         parts = re.split(r"(`[^`\n]+`)", clause)  # odd positions: code spans
         options = {short.get(k, k) for k in (_value_key(p[1:-1]) for p in parts[1::2])
                    if k in defaults or (k in short and short[k] in defaults)}
-        if len(options) != 1:
-            continue
         said = next((i for i in range(0, len(parts), 2) if _DEFAULT_WORD.search(parts[i])), None)
-        if said is None:
+        if len(options) != 1 or said is None:
             continue
-        values = [p[1:-1] for p in parts[1::2]
-                  if _value_key(p[1:-1]) not in names and _value_key(p[1:-1]) not in short]
-        after = [v for v in values if clause.find(f"`{v}`") > len("".join(parts[:said + 1]))]
-        stated = after[0] if after else (values[-1] if values else None)
-        if stated is not None and not _agrees(stated, defaults[options.pop()]):
-            return False
-    return True
+        values = [(i, p[1:-1]) for i, p in enumerate(parts) if i % 2
+                  and _value_key(p[1:-1]) not in names and _value_key(p[1:-1]) not in short]
+        after = [v for i, v in values if i > said]
+        before = [v for i, v in values if i < said] if _BY_DEFAULT.match(parts[said]) else []
+        stated = after[0] if after else (before[-1] if before else None)
+        if stated is not None:
+            out.append((options.pop(), stated, clause))
+    return out
 
 
 def clean_note(content: str) -> str:
@@ -322,7 +340,8 @@ def teacher_notes(config: TeacherConfig, sections: Sequence[Section], facts: Seq
                 if len(text.split()) < MIN_WORDS or not names_supported(text, note.shown):
                     counts["dropped_unsupported"] += 1
                     continue
-                if not defaults_agree(text, trained[(note.section.doc, note.section.path)]):
+                if not defaults_agree(text, trained[(note.section.doc, note.section.path)],
+                                      note.shown):
                     counts["dropped_wrong_default"] += 1
                     continue
                 if text in seen or total >= budget:

@@ -111,9 +111,10 @@ def largest_within(measure: Any, *, limit: float, base: float, full: float,
 
     while high - low > tolerance and measures < max_measures:
         guess = goal ** (1 / power) if power > 0 else -1.0
-        if not low + tolerance / 2 < guess < high - tolerance / 2:
-            probe((low + high) / 2)  # the shape missed: bisect
+        if not low < guess < high or high - low <= 2 * tolerance:
+            probe((low + high) / 2)  # the shape missed (or one halving ends it): bisect
             continue
+        guess = min(max(guess, low + tolerance), high - tolerance)  # a step that can close it
         probe(guess)
         if high - low > tolerance and measures < max_measures:
             probe(guess + tolerance if low == guess else guess - tolerance)
