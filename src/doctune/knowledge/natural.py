@@ -309,10 +309,10 @@ def prose_ask(heading: str, answer: str) -> tuple[str, dict[str, str]] | None:
     it", "Check the above"), a first sentence that does not take up any word of its heading
     (an introduction, not an answer), or one under :data:`MIN_ANSWER_WORDS` words."""
     text = _STEP.sub("", _plain(heading).replace("`", "")).strip().rstrip(".:!")
-    words = text.split()
-    if not words or len(words) > 10 or len(_plain(answer).split()) < MIN_ANSWER_WORDS:
+    words, plain = text.split(), _plain(answer)
+    if not words or len(words) > 10 or len(plain.split()) < MIN_ANSWER_WORDS:
         return None
-    first, plain = words[0].lower(), _plain(answer)
+    first = words[0].lower()
     task = first in _TASK_VERBS and len(words) >= 2 and (
         words[1].lower() in _OBJECT or first not in _NOUNISH)
     if _POINTING.search(text) or not _content(" ".join(words[task:])) & _content(answer):

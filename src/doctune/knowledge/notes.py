@@ -18,7 +18,8 @@ that still holds one of their sentences, or a held-out fact's subject with its a
 at least :data:`MIN_WORDS` words and at least :data:`NAMES_FOUND` of the code names it
 writes in backticks are in the section it read: a teacher that invents option names is not
 trained on, and when every default it states for an option of the section is the one the
-section gives (:func:`defaults_agree`): a teacher that swaps two values is not either. Each kept note becomes an ``amplified.jsonl`` line (generator ``teacher``,
+section gives (:func:`defaults_agree`): a teacher that swaps two values is not either. Each
+kept note becomes an ``amplified.jsonl`` line (generator ``teacher``,
 template ``teacher.<strategy>``, ``fact_ids``: the trained facts of its section whose answer
 the note holds).
 
@@ -200,13 +201,13 @@ def _claims(text: str, defaults: dict[str, str],
     out = []
     for clause in _CLAUSE.split(text):
         parts = re.split(r"(`[^`\n]+`)", clause)  # odd positions: code spans
-        options = {short.get(k, k) for k in (_value_key(p[1:-1]) for p in parts[1::2])
+        spans = [(i, parts[i][1:-1], _value_key(parts[i][1:-1])) for i in range(1, len(parts), 2)]
+        options = {short.get(k, k) for _, _, k in spans
                    if k in defaults or (k in short and short[k] in defaults)}
         said = next((i for i in range(0, len(parts), 2) if _DEFAULT_WORD.search(parts[i])), None)
         if len(options) != 1 or said is None:
             continue
-        values = [(i, p[1:-1]) for i, p in enumerate(parts) if i % 2
-                  and _value_key(p[1:-1]) not in names and _value_key(p[1:-1]) not in short]
+        values = [(i, v) for i, v, k in spans if k not in names and k not in short]
         after = [v for i, v in values if i > said]
         before = [v for i, v in values if i < said] if _BY_DEFAULT.match(parts[said]) else []
         stated = after[0] if after else (before[-1] if before else None)
