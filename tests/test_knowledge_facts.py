@@ -8,7 +8,7 @@ import pytest
 
 from doctune.data.clean import clean_markdown
 from doctune.errors import ConfigError
-from doctune.knowledge.facts import BLANK, Fact, extract_facts, fact_id
+from doctune.knowledge.facts import BLANK, Fact, extract_facts, fact_id, span_answer
 from doctune.knowledge.split import control_documents, split_facts, unit_hash
 
 GOLDEN = {
@@ -76,7 +76,7 @@ def test_golden_facts_of_real_excerpts(fixtures_dir: Path, name: str, dialect: s
     facts = extract_facts(text, name)
     assert [(f.kind, f.subject, f.relation, f.answer) for f in facts] == GOLDEN[name, dialect]
     for f in facts:
-        assert text[f.start:f.end] == f.answer
+        assert span_answer(text[f.start:f.end]) == f.answer
         assert f.doc == name
         assert f.id == fact_id(name, f.section, f.kind, f.subject, f.relation, f.answer)
         assert BLANK in f.cloze and f.answer in f.sentence
@@ -111,7 +111,7 @@ def test_definition_list_and_defaults_sentence() -> None:
     assert ("definition", "A process that runs jobs in the background.", "Worker") in got
     assert ("config", "retries", "3") in got
     for f in facts:
-        assert text[f.start:f.end] == f.answer
+        assert span_answer(text[f.start:f.end]) == f.answer
 
 
 def test_sentences_do_not_end_inside_code_or_after_eg() -> None:
@@ -171,3 +171,37 @@ def test_no_fact_without_context_or_with_ragged_white_space() -> None:
     facts = extract_facts(text, "a.md")
     assert [(f.kind, f.answer) for f in facts] == [("code", "run_all")]
     assert facts[0].cloze == "Call `____` to start it."
+
+
+def test_a_sentence_wrapped_over_lines_is_one_answer() -> None:
+    text = ("# Caching\n\nThe dev server caches every dependency it pre-bundles\n"
+            "in `node_modules/.vite` until the lockfile changes.\n\n"
+            "## Quotes\n\n> A quoted sentence that wraps\n> is left alone.\n\n"
+            "## Lists\n\n- `strict`: Refuses to serve files that lie\n"
+            "  outside the workspace root.\n\n"
+            "## Quiz\n\nA page\nUI component\nall of the above, since components are so "
+            "useful to everyone.\n\n"
+            "## Learn more\n\n[Deploy from the UI](https://example.com/docs/deployments/ui)\n"
+            "[Deploy from the command line](https://example.com/docs/cli/hosting/deploy)\n\n"
+            "## `headers`\n\n  **Type:** `boolean`\n  **Default:** `false`\n\n"
+            "Sends the headers of prerendered pages with each response.\n")
+    facts = extract_facts(text, "c.md")
+    heading = [f for f in facts if f.kind == "heading"]
+    assert [(f.subject, f.answer) for f in heading] == [
+        ("Caching", "The dev server caches every dependency it pre-bundles in "
+                    "`node_modules/.vite` until the lockfile changes."),
+        ("headers", "Sends the headers of prerendered pages with each response.")]
+    assert "\n" in text[heading[0].start:heading[0].end]
+    definition = next(f for f in facts if f.kind == "definition")
+    assert definition.subject == "Refuses to serve files that lie outside the workspace root."
+    for f in facts:
+        assert span_answer(text[f.start:f.end]) == f.answer
+
+
+def test_span_answer_reads_a_wrap_as_a_space_and_nothing_else() -> None:
+    assert span_answer("runs on\n  port 5173") == "runs on port 5173"
+    assert span_answer("a hard  \nbreak") == "a hard break"
+    assert span_answer("two\n\nparagraphs") == ""
+    assert span_answer("a quote\n> goes on") == ""
+    assert span_answer("runs  of spaces") == ""
+    assert span_answer(" padded") == "" and span_answer("\n") == ""

@@ -2,7 +2,8 @@
 
 The document is read with markdown-it (CommonMark + tables + definition lists), so code
 blocks are never mined and every fact knows its section. Each fact's ``answer`` is a short
-verbatim span of the cleaned text: ``text[fact.start:fact.end] == fact.answer``.
+span of the cleaned text: ``text[fact.start:fact.end]``, a line break where the source
+wraps a sentence read as a space (:func:`span_answer`).
 
 Kinds of fact (``kind``, what ``subject`` and ``relation`` hold):
 
@@ -67,11 +68,17 @@ _MAX_ANSWER = 100
 _CLOZE_KINDS = frozenset({"code", "flag", "number"})  # asked as a sentence with a blank
 _MIN_CLOZE_WORDS = 4
 _MAX_SENTENCE_ANSWER = 200
+_MIN_WRAPPED_LINE = 50
+"""A first sentence over several source lines is one sentence wrapped at a column when each
+line but its last shows at least this many characters (:func:`_visible_length`); shorter
+lines are items written one per line (a quiz's options, a list of links, a bold title over
+its description) that Markdown happens to join."""
 
 
 @dataclass(frozen=True)
 class Fact:
-    """One checkable fact: ``text[start:end] == answer`` in the cleaned document."""
+    """One checkable fact: ``span_answer(text[start:end]) == answer`` in the cleaned
+    document."""
 
     id: str
     kind: str
@@ -106,6 +113,18 @@ def fact_id(doc: str, section: tuple[str, ...], kind: str, subject: str, relatio
     """16 hex digits that change only when what the fact says (or where) changes."""
     key = "\0".join((doc, "\x1f".join(section), kind, subject, relation, answer))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def span_answer(span: str) -> str:
+    """``span`` as an answer: a line break inside it (with the spaces around it, where the
+    source wraps a sentence or indents a list item's next line) read as one space; "" when
+    it is no clean span: white space at its ends, a blank line, a quote's ``>`` or another
+    run of spaces inside it."""
+    joined = re.sub(r"[ \t]*\n[ \t]*", " ", span)
+    if (re.search(r"\n[ \t]*(?:\n|>)", span) or not joined.strip()
+            or joined != " ".join(joined.split())):
+        return ""
+    return joined
 
 
 def _md() -> MarkdownIt:
@@ -155,10 +174,9 @@ class _Doc:
 
     def add(self, kind: str, subject: str, relation: str, start: int, end: int,
             block: _Block) -> None:
-        answer = self.text[start:end]
+        answer = span_answer(self.text[start:end])
         subject = " ".join(subject.split())
-        # an answer is one clean span: no white space at its ends or runs inside it
-        if not subject or not answer.strip() or answer != " ".join(answer.split()):
+        if not subject or not answer:
             return
         fid = fact_id(self.doc, block.section, kind, subject, relation, answer)
         if fid in self.seen:
@@ -221,7 +239,8 @@ def _blocks(text: str) -> Iterator[_Block]:
             fresh = True
         block.section = tuple(p for _, p in path)
         raw = text[block.start:block.end]
-        if context == "paragraph" and not _LIST_MARKER.match(raw) and not _LABEL.match(raw):
+        if (context == "paragraph" and not _LIST_MARKER.match(raw)
+                and not _LABEL.match(raw.lstrip())):
             block.first_in_section, fresh = fresh, False
         block.sentences = _sentence_spans(text, block.start, block.end)
         yield block
@@ -309,7 +328,8 @@ def _definition(d: _Doc, block: _Block, term: _Block | None) -> None:
     lead = next((c for c in rest if c.type != "text" or c.content.strip()), None)
     if term_tok.content.endswith(":") and lead is not None and lead.type == "code_inline":
         return  # "**Type:** `string`": a label and its value, not a term and its definition
-    text_after = "".join(c.content for c in rest if c.type in ("text", "code_inline"))
+    text_after = "".join(c.content if c.type in ("text", "code_inline") else
+                         " " if "break" in c.type else "" for c in rest)
     prose = "".join(c.content for c in rest if c.type == "text")
     sep = _DEF_SEPARATOR.match(text_after)
     term_text = term_tok.content.rstrip(":").strip()
@@ -323,13 +343,21 @@ def _definition(d: _Doc, block: _Block, term: _Block | None) -> None:
         d.add("definition", definition, "term", at, at + len(term_text), block)
 
 
+def _visible_length(line: str) -> int:
+    """How many characters of ``line`` a reader sees: without link targets, emphasis and
+    backticks, and the white space at its ends."""
+    return len(re.sub(r"[*_`\[\]]", "", re.sub(r"\]\([^)]*\)", "]", line)).strip())
+
+
 def _heading_sentence(d: _Doc, block: _Block) -> None:
     """A section's first sentence, when the section opens with a paragraph."""
     if not block.first_in_section or not block.section or not block.sentences:
         return  # only a section's first paragraph outside lists and quotes
     a, b = block.sentences[0]
     a += len(d.text[a:b]) - len(d.text[a:b].lstrip())
-    if len(d.text[a:b].split()) >= 4 and b - a <= _MAX_SENTENCE_ANSWER and "\n" not in d.text[a:b]:
+    lines = d.text[a:b].split("\n")
+    if (len(d.text[a:b].split()) >= 4 and b - a <= _MAX_SENTENCE_ANSWER
+            and all(_visible_length(line) >= _MIN_WRAPPED_LINE for line in lines[:-1])):
         d.add("heading", block.section[-1], "first sentence", a, b, block)
 
 
