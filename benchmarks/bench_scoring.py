@@ -14,8 +14,16 @@ The two ways alternate ``--repeats`` times; printed: median seconds per question
 their ratio, and whether they agree (largest log-likelihood difference and the choices for
 multiple choice; identical answers for generation).
 
+With ``--replay`` it times instead what a study run does before its first step: the base's
+sampled answers to the shipped general prompts (``doctune.knowledge.replay``), made as
+before (transformers' own sampling, ``torch.multinomial``, in batches of 16) and as now
+(:func:`doctune.knowledge.score.sampled_choice`, batches of ``GENERATE_BATCH``), alternating;
+printed: median seconds of each, their ratio, and the mean answer length and stop rate of
+each (the same distribution: close, not equal).
+
     python benchmarks/bench_scoring.py                 # 24 questions, 3 repeats: ~10 min on 2 cores
     python benchmarks/bench_scoring.py --items 8 --repeats 1   # a quick look
+    python benchmarks/bench_scoring.py --replay --items 55 --repeats 3   # ~5 min
 """
 
 from __future__ import annotations
@@ -73,6 +81,61 @@ def measure(model: Any, tok: Any, prompts: list[str], items: list[Any], *, repea
             "mean_prompt_chars": round(sum(map(len, prompts)) / len(prompts))}
 
 
+def _transformers_sampling(model: Any, tok: Any, prompts: list[str], bs: int) -> list[Any]:
+    """The replayed answers as made before: transformers' multinomial sampling."""
+    import torch
+
+    from doctune.knowledge.chat import render_prompt
+    from doctune.knowledge.replay import MAX_NEW_TOKENS
+    from doctune.knowledge.score import _pad_id, stop_ids
+
+    stops, pad, out = stop_ids(tok), _pad_id(tok), []
+    rendered = sorted((render_prompt(tok, p) for p in prompts), key=len)
+    for b in range(0, len(rendered), bs):
+        batch = rendered[b:b + bs]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                 temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+                                 repetition_penalty=1.0, max_new_tokens=MAX_NEW_TOKENS,
+                                 eos_token_id=stops, pad_token_id=pad)
+        for row in gen[:, width:].tolist():
+            cut = next((n + 1 for n, t in enumerate(row) if t in stops), len(row))
+            out.append(row[:cut])
+    return out
+
+
+def measure_replay(model: Any, tok: Any, count: int, repeats: int) -> dict[str, Any]:
+    """Replayed answers to ``count`` general prompts, before and now, alternating."""
+    import torch
+
+    from doctune.knowledge.replay import GENERATE_BATCH, MAX_NEW_TOKENS, asked
+    from doctune.knowledge.score import generate_answers, stop_ids
+
+    prompts, stops = asked(count), set(stop_ids(tok))
+    t: dict[str, list[float]] = {"before": [], "now": []}
+    rows: dict[str, list[list[int]]] = {"before": [], "now": []}
+    for r in range(repeats):
+        torch.manual_seed(r)
+        s, ids = timed(lambda: _transformers_sampling(model, tok, prompts, 16))
+        t["before"].append(s)
+        rows["before"] += ids
+        torch.manual_seed(r)
+        s, gens = timed(lambda: generate_answers(model, tok, prompts, temperature=1.0,
+                                                 max_new_tokens=MAX_NEW_TOKENS,
+                                                 batch_size=GENERATE_BATCH))
+        t["now"].append(s)
+        rows["now"] += [g.ids for g in gens]
+    return {"prompts": count, "batch_size": {"before": 16, "now": GENERATE_BATCH},
+            "median_s": {k: round(median(v), 1) for k, v in t.items()},
+            "speedup": round(median(t["before"]) / median(t["now"]), 2),
+            "mean_tokens": {k: round(sum(map(len, v)) / len(v), 1) for k, v in rows.items()},
+            "stopped": {k: round(sum(bool(x) and x[-1] in stops for x in v) / len(v), 3)
+                        for k, v in rows.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/doctune-bench-scoring"))
@@ -81,6 +144,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice).")
+    ap.add_argument("--replay", action="store_true",
+                    help="Time the replayed answers' sampling instead (--items prompts).")
     args = ap.parse_args()
 
     import torch
@@ -97,6 +162,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        loaded = load_for_inference(str(smollm2_folder(args.work)), device="cpu")
+        r = measure_replay(loaded.model, loaded.tokenizer, args.items, args.repeats)
+        print(f"replayed answers to {r['prompts']} general prompts: {r['median_s']['before']} s "
+              f"(transformers' sampling, batches of 16) -> {r['median_s']['now']} s "
+              f"(batches of {r['batch_size']['now']}): {r['speedup']}x; mean tokens "
+              f"{r['mean_tokens']}, stopped {r['stopped']}")
+        print(json.dumps({"machine": machine_info("cpu"), "repeats": args.repeats, **r},
+                         indent=1))
+        return
     synth = synthesize(args.corpus, args.work / "synth", seed=0, include=["config/*.md"])
     sections = section_texts(args.work / "synth")
     items = [i for i in file_items(load_question_file(QUESTIONS), docs=synth.docs,
