@@ -218,6 +218,18 @@ def test_sampled_answers_come_from_the_whole_distribution(
         model.generation_config.top_k, model.generation_config.top_p = None, None
 
 
+def test_short_prompts_are_answered_more_than_a_batch_at_a_time() -> None:
+    """At least ``batch_size`` prompts a batch (the old way), more while rows x the longest
+    prompt and its new tokens fit in GENERATE_TOKENS."""
+    from doctune.knowledge.score import GENERATE_TOKENS, _batches
+
+    lengths = [10] * 5 + [GENERATE_TOKENS // 3 + 1] * 3
+    assert _batches(range(8), lengths, 2) == [[0, 1, 2, 3, 4], [5, 6], [7]]
+    assert _batches(range(8), lengths, 3) == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    assert _batches([2, 0, 1], [GENERATE_TOKENS] * 3, 1) == [[2], [0], [1]]
+    assert _batches([], [], 8) == []
+
+
 def test_sampled_choice_draws_each_word_with_its_probability() -> None:
     """The argmax of :func:`sampled_choice`'s rows is a sample from the softmax at the
     temperature: over 40,000 seeded draws each word's frequency is within 0.01 of its
