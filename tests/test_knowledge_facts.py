@@ -201,6 +201,7 @@ def test_a_sentence_wrapped_over_lines_is_one_answer() -> None:
 def test_span_answer_reads_a_wrap_as_a_space_and_nothing_else() -> None:
     assert span_answer("runs on\n  port 5173") == "runs on port 5173"
     assert span_answer("a hard  \nbreak") == "a hard break"
+    assert span_answer("a backslash\\\nbreak") == "a backslash break"
     assert span_answer("two\n\nparagraphs") == ""
     assert span_answer("a quote\n> goes on") == ""
     assert span_answer("runs  of spaces") == ""

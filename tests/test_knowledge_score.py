@@ -186,8 +186,8 @@ def _manual_sample(model: Any, prompt: list[int], stops: list[int], n: int,
     with torch.no_grad():
         for _ in range(n):
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-            cumulative = torch.softmax(logits / temperature, -1).cumsum(-1)
-            u = float(torch.rand(1, 1)) * float(cumulative[-1])
+            cumulative = torch.softmax(logits / temperature, -1).double().cumsum(-1)
+            u = float(torch.rand(1, 1, dtype=torch.float64)) * float(cumulative[-1])
             nxt = int((cumulative <= u).sum())  # the first word whose cumulative passes u
             ids.append(nxt)
             if nxt in stops:
@@ -197,11 +197,13 @@ def _manual_sample(model: Any, prompt: list[int], stops: list[int], n: int,
 
 def test_sampled_answers_come_from_the_whole_distribution(
         model_and_tokenizer: tuple[Any, Any]) -> None:
-    """Sampling ignores a top-k/top-p the model's generation config sets (replay must be the
-    model's own distribution), and the caller's seed makes it repeatable."""
+    """Sampling ignores the sampling settings the model's generation config holds (replay
+    must be the model's own distribution), and the caller's seed makes it repeatable."""
     model, tok = model_and_tokenizer
     stops = stop_ids(tok)
-    model.generation_config.top_k, model.generation_config.top_p = 2, 0.5
+    config = model.generation_config
+    config.top_k, config.top_p, config.do_sample = 2, 0.5, True
+    config.temperature, config.repetition_penalty = 0.3, 1.3
     try:
         for q in QUESTIONS:
             torch.manual_seed(7)
@@ -215,7 +217,8 @@ def test_sampled_answers_come_from_the_whole_distribution(
         assert [g.ids for g in one] == [g.ids for g in two]
         assert len({tuple(g.ids) for g in one}) > len(QUESTIONS)  # not the greedy answers
     finally:
-        model.generation_config.top_k, model.generation_config.top_p = None, None
+        config.top_k, config.top_p, config.do_sample = None, None, False
+        config.temperature, config.repetition_penalty = None, None
 
 
 def test_short_prompts_are_answered_more_than_a_batch_at_a_time() -> None:
@@ -244,6 +247,27 @@ def test_sampled_choice_draws_each_word_with_its_probability() -> None:
         got = torch.bincount(rows.argmax(-1), minlength=5).float() / 40_000
         assert got[4] == 0
         assert (got - want).abs().max() < 0.01, (got, want)
+
+
+def test_sampled_choice_tells_apart_words_too_rare_for_float32(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three words of probability 1e-9 after one that holds the rest: a float32 running
+    total is 1.0 at every one of them (the step near 1 is 6e-8), so none could be drawn;
+    summed in float64, a uniform number that falls in the second one's 1e-9 draws it (in
+    float32 the last word would come, the search clamped to the vocabulary)."""
+    logits = torch.log(torch.tensor([[1.0, 1e-9, 1e-9, 1e-9]]))
+    cumulative = torch.softmax(logits, -1).double().cumsum(-1)
+    middle = float((cumulative[0, 1] + cumulative[0, 2]) / 2 / cumulative[0, 3])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.full((1, 1), middle,
+                                                                    dtype=torch.float64))
+    assert int(sampled_choice(logits, 1.0).argmax()) == 2
+    assert torch.softmax(logits, -1).cumsum(-1)[0].unique().tolist() == [1.0]  # float32
+
+
+def test_sampled_choice_refuses_a_row_it_cannot_sample() -> None:
+    for bad in (float("nan"), float("-inf")):
+        with pytest.raises(ValueError, match="cannot sample"):
+            sampled_choice(torch.tensor([[0.0, 1.0], [bad, bad]]), 1.0)
 
 
 def test_plain_text_is_written_on_from_the_opening(model_and_tokenizer: tuple[Any, Any]) -> None:

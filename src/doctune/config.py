@@ -309,7 +309,7 @@ class KnowledgeConfig(_Section):
 
 class EvalConfig(_Section):
     batch_size: int = Field(8, ge=1, le=65536)
-    """Windows (or questions) per forward pass when a finished model is scored: `doctune eval` and the knowledge evaluation."""
+    """Windows (or questions) per forward pass when a finished model is scored: `doctune eval` and the knowledge evaluation. Answers to short questions are generated more at a time, as many as keep rows x (prompt + answer) within 4,096 tokens."""
 
 
 class Config(_Section):

@@ -117,10 +117,10 @@ def fact_id(doc: str, section: tuple[str, ...], kind: str, subject: str, relatio
 
 def span_answer(span: str) -> str:
     """``span`` as an answer: a line break inside it (with the spaces around it, where the
-    source wraps a sentence or indents a list item's next line) read as one space; "" when
-    it is no clean span: white space at its ends, a blank line, a quote's ``>`` or another
-    run of spaces inside it."""
-    joined = re.sub(r"[ \t]*\n[ \t]*", " ", span)
+    source wraps a sentence or indents a list item's next line, or a backslash's hard
+    break) read as one space; "" when it is no clean span: white space at its ends, a blank
+    line, a quote's ``>`` or another run of spaces inside it."""
+    joined = re.sub(r"(?:\\|[ \t]*)\n[ \t]*", " ", span)
     if (re.search(r"\n[ \t]*(?:\n|>)", span) or not joined.strip()
             or joined != " ".join(joined.split())):
         return ""
@@ -330,7 +330,8 @@ def _definition(d: _Doc, block: _Block, term: _Block | None) -> None:
         return  # "**Type:** `string`": a label and its value, not a term and its definition
     text_after = "".join(c.content if c.type in ("text", "code_inline") else
                          " " if "break" in c.type else "" for c in rest)
-    prose = "".join(c.content for c in rest if c.type == "text")
+    prose = "".join(c.content if c.type == "text" else " " if "break" in c.type else ""
+                    for c in rest)
     sep = _DEF_SEPARATOR.match(text_after)
     term_text = term_tok.content.rstrip(":").strip()
     if term_tok.content.endswith(":") and not sep:

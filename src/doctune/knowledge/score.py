@@ -112,13 +112,21 @@ def sampled_choice(scores: Any, temperature: float) -> Any:
     """``scores`` (logits, one row per sequence) turned into rows whose argmax is a sample
     from ``softmax(scores / temperature)``: 0 at the sampled token, -inf elsewhere. The
     sample is drawn by inverting the cumulative distribution with one uniform number per
-    row from torch's generator. On a CPU, ``torch.multinomial`` (what transformers samples
-    with) draws an exponential number for every word of the vocabulary: 67 ms a step for 64
-    rows of a 49k-word vocabulary, this 3 ms (``benchmarks/bench_scoring.py --replay``)."""
+    row from torch's generator; the running total is summed in float64 (float32 on MPS,
+    which has none): in float32, once it nears 1, words of probability under 6e-8 add
+    nothing and could never be drawn, and a 152k-word vocabulary has thousands of them. On a
+    CPU, ``torch.multinomial`` (what transformers samples with) draws an exponential number
+    for every word of the vocabulary: 67 ms a step for 64 rows of a 49k-word vocabulary,
+    this a few ms (``benchmarks/bench_scoring.py --replay``). A row with no finite score
+    (or a NaN) is an error, as it is for ``torch.multinomial``."""
     import torch
 
-    cumulative = torch.softmax(scores.float() / temperature, dim=-1).cumsum(dim=-1)
-    u = torch.rand(scores.shape[0], 1, device=scores.device) * cumulative[:, -1:]
+    wide = torch.float32 if scores.device.type == "mps" else torch.float64
+    cumulative = torch.softmax(scores.float() / temperature, dim=-1).to(wide).cumsum(dim=-1)
+    total = cumulative[:, -1:]
+    if not bool(torch.isfinite(total).all()) or not bool((total > 0).all()):
+        raise ValueError("cannot sample: a row of scores has no finite value or holds a NaN")
+    u = torch.rand(scores.shape[0], 1, device=scores.device, dtype=wide) * total
     picked = torch.searchsorted(cumulative, u, right=True).clamp(max=scores.shape[-1] - 1)
     return torch.full_like(scores, float("-inf")).scatter_(1, picked, 0.0)
 
@@ -139,7 +147,9 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *,
                      plain: bool = False) -> list[Generation]:
     """The model's answer to each question, stopping at end-of-turn/end-of-text: greedy at
     ``temperature`` 0, else sampled from the model's own distribution at that temperature
-    (no top-k, top-p or other filter, whatever the model's generation config says; the
+    (none of the top-k, top-p, min-p, temperature or repetition penalty the model's
+    generation config may set; processors that ban words, such as ``no_repeat_ngram_size``
+    or ``suppress_tokens``, still apply, as they did to transformers' own sampling; the
     caller seeds torch's generator). ``plain``: each "question" is the opening of a plain
     text (no chat template) and its answer the text the model writes on, not stripped, so
     that opening + answer is the text as written."""
