@@ -184,13 +184,20 @@ def test_a_sentence_wrapped_over_lines_is_one_answer() -> None:
             "## Learn more\n\n[Deploy from the UI](https://example.com/docs/deployments/ui)\n"
             "[Deploy from the command line](https://example.com/docs/cli/hosting/deploy)\n\n"
             "## `headers`\n\n  **Type:** `boolean`\n  **Default:** `false`\n\n"
-            "Sends the headers of prerendered pages with each response.\n")
+            "Sends the headers of prerendered pages with each response.\n\n"
+            "## WebSockets\n\nYou can use\n"
+            "[WebSockets](https://developer.mozilla.org/en-US/docs/Web/API/WebSockets_API)\n"
+            "with **FastAPI** and its test client.\n\n"
+            "## Bindings\n\n**[reduxjs/react-redux](https://github.com/reduxjs/react-redux)**\n"
+            "Official React bindings for Redux, kept by the Redux team.\n")
     facts = extract_facts(text, "c.md")
     heading = [f for f in facts if f.kind == "heading"]
     assert [(f.subject, f.answer) for f in heading] == [
         ("Caching", "The dev server caches every dependency it pre-bundles in "
                     "`node_modules/.vite` until the lockfile changes."),
-        ("headers", "Sends the headers of prerendered pages with each response.")]
+        ("headers", "Sends the headers of prerendered pages with each response."),
+        ("WebSockets", "You can use [WebSockets](https://developer.mozilla.org/en-US/docs/Web/"
+                       "API/WebSockets_API) with **FastAPI** and its test client.")]
     assert "\n" in text[heading[0].start:heading[0].end]
     definition = next(f for f in facts if f.kind == "definition")
     assert definition.subject == "Refuses to serve files that lie outside the workspace root."

@@ -37,6 +37,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from markdown_it import MarkdownIt
@@ -69,10 +70,11 @@ _CLOZE_KINDS = frozenset({"code", "flag", "number"})  # asked as a sentence with
 _MIN_CLOZE_WORDS = 4
 _MAX_SENTENCE_ANSWER = 200
 _MIN_WRAPPED_LINE = 50
-"""A first sentence over several source lines is one sentence wrapped at a column when each
-line but its last shows at least this many characters (:func:`_visible_length`); shorter
-lines are items written one per line (a quiz's options, a list of links, a bold title over
-its description) that Markdown happens to join."""
+"""A first sentence over several source lines is one sentence wrapped at a column when no
+line but its last could have taken the next word within this many characters
+(:func:`_wraps`); shorter lines are items written one per line (a quiz's options) that
+Markdown happens to join."""
+_LONE_ITEM = re.compile(r"([*_]*)\[[^\]]*\]\([^)]*\)\1|([*_]+)[^*_]+\2")
 
 
 @dataclass(frozen=True)
@@ -344,10 +346,18 @@ def _definition(d: _Doc, block: _Block, term: _Block | None) -> None:
         d.add("definition", definition, "term", at, at + len(term_text), block)
 
 
-def _visible_length(line: str) -> int:
-    """How many characters of ``line`` a reader sees: without link targets, emphasis and
-    backticks, and the white space at its ends."""
-    return len(re.sub(r"[*_`\[\]]", "", re.sub(r"\]\([^)]*\)", "]", line)).strip())
+def _wraps(line: str, following: str) -> bool:
+    """Whether the break after ``line`` wraps one sentence at a column: the next word (the
+    start of ``following``) would have made the line longer than :data:`_MIN_WRAPPED_LINE`
+    (a short line with room to spare is an item written one per line, a quiz's options),
+    and the line is not one link or emphasised item alone followed by another or by a
+    capital (a list of links, a bold name over its description)."""
+    word = following.split()[0] if following.split() else ""
+    if len(line.strip()) + 1 + len(word) <= _MIN_WRAPPED_LINE:
+        return False
+    nxt = following.strip()
+    return not (_LONE_ITEM.fullmatch(line.strip())
+                and (nxt[:1].isupper() or nxt[:1] in "[*_" or _LONE_ITEM.fullmatch(nxt)))
 
 
 def _heading_sentence(d: _Doc, block: _Block) -> None:
@@ -358,7 +368,7 @@ def _heading_sentence(d: _Doc, block: _Block) -> None:
     a += len(d.text[a:b]) - len(d.text[a:b].lstrip())
     lines = d.text[a:b].split("\n")
     if (len(d.text[a:b].split()) >= 4 and b - a <= _MAX_SENTENCE_ANSWER
-            and all(_visible_length(line) >= _MIN_WRAPPED_LINE for line in lines[:-1])):
+            and all(_wraps(line, after) for line, after in pairwise(lines))):
         d.add("heading", block.section[-1], "first sentence", a, b, block)
 
 

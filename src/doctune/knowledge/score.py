@@ -29,7 +29,7 @@ GENERATE_TOKENS = 4096
 """Prompts of a few dozen tokens are answered more than ``batch_size`` at a time, as many
 as keep rows x (longest prompt + new tokens) within this many tokens of cache: a step of a
 small model costs about the same for 8 rows as for 32 (26 closed-book questions, 32 new
-tokens, SmolLM2-135M on 2 CPU cores: 9.2 s in batches of 8, 5.5 s in one), and 4,096
+tokens, SmolLM2-135M on 2 CPU cores: 9.2 s in batches of 8, 5.1-5.9 s in one), and 4,096
 tokens of an 8B model's cache are half a GB."""
 
 
