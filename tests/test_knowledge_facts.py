@@ -205,6 +205,16 @@ def test_a_sentence_wrapped_over_lines_is_one_answer() -> None:
         assert span_answer(text[f.start:f.end]) == f.answer
 
 
+def test_a_number_and_its_unit_on_two_lines_is_one_fact() -> None:
+    text = ("# Timeouts\n\nThe server waits for 30\nseconds before it closes an idle "
+            "connection, and\n5 MB is the largest body it reads.\n")
+    facts = [f for f in extract_facts(text, "t.md") if f.kind == "number"]
+    assert [f.answer for f in facts] == ["30 seconds", "5 MB"]
+    assert text[facts[0].start:facts[0].end] == "30\nseconds"
+    assert facts[0].cloze == ("The server waits for ____ before it closes an idle connection, "
+                              "and 5 MB is the largest body it reads.")
+
+
 def test_span_answer_reads_a_wrap_as_a_space_and_nothing_else() -> None:
     assert span_answer("runs on\n  port 5173") == "runs on port 5173"
     assert span_answer("a hard  \nbreak") == "a hard break"

@@ -272,8 +272,10 @@ def _heading(block: _Block) -> str:
 
 
 def _code_and_flags(d: _Doc, block: _Block) -> None:
-    """``code`` facts from inline identifiers; ``flag`` facts from prose and inline code."""
-    for _, child, at in _children(block, d.text):
+    """``code`` facts from inline identifiers; ``flag`` facts from prose and inline code;
+    ``number`` facts from prose, a number and its unit on either side of a wrapped line too."""
+    kids = list(_children(block, d.text))
+    for n, (_, child, at) in enumerate(kids):
         if at < 0:
             continue
         content = child.content
@@ -287,6 +289,23 @@ def _code_and_flags(d: _Doc, block: _Block) -> None:
         if child.type == "text":
             for m in _NUMBER.finditer(content):
                 d.add("number", _heading(block), "quantity", at + m.start(), at + m.end(), block)
+            if n + 1 < len(kids):
+                _wrapped_number(d, block, kids[n], kids[n + 1])
+
+
+def _wrapped_number(d: _Doc, block: _Block, this: tuple[int, Token, int],
+                    after: tuple[int, Token, int]) -> None:
+    """A ``number`` fact whose number ends one line of a paragraph and whose unit starts the
+    next ("waits 30\nseconds"): two text children with a soft break between them."""
+    (k, a, at), (k2, b, bt) = this, after
+    children = block.inline.children or []
+    if (k2 != k + 2 or b.type != "text" or bt < 0 or children[k + 1].type != "softbreak"):
+        return
+    joined = a.content + " " + b.content
+    for m in _NUMBER.finditer(joined):
+        if m.start() < len(a.content) < m.end():
+            end = bt + m.end() - len(a.content) - 1
+            d.add("number", _heading(block), "quantity", at + m.start(), end, block)
 
 
 def _config(d: _Doc, block: _Block) -> None:
