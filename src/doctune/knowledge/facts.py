@@ -141,11 +141,15 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
+def _joined(children: list[Token], kinds: tuple[str, ...] = ("text", "code_inline")) -> str:
+    """The content of the ``kinds`` among inline ``children``, a line break as a space."""
+    return "".join(c.content if c.type in kinds else " " if "break" in c.type else ""
+                   for c in children)
+
+
 def _plain(inline: Token) -> str:
     """The visible text of an inline token: text and code, without markup."""
-    return " ".join("".join(
-        c.content if c.type in ("text", "code_inline") else " " if "break" in c.type else ""
-        for c in inline.children or []).split())
+    return " ".join(_joined(inline.children or []).split())
 
 
 def _mask_code(region: str) -> str:
@@ -349,10 +353,7 @@ def _definition(d: _Doc, block: _Block, term: _Block | None) -> None:
     lead = next((c for c in rest if c.type != "text" or c.content.strip()), None)
     if term_tok.content.endswith(":") and lead is not None and lead.type == "code_inline":
         return  # "**Type:** `string`": a label and its value, not a term and its definition
-    text_after = "".join(c.content if c.type in ("text", "code_inline") else
-                         " " if "break" in c.type else "" for c in rest)
-    prose = "".join(c.content if c.type == "text" else " " if "break" in c.type else ""
-                    for c in rest)
+    text_after, prose = _joined(rest), _joined(rest, ("text",))
     sep = _DEF_SEPARATOR.match(text_after)
     term_text = term_tok.content.rstrip(":").strip()
     if term_tok.content.endswith(":") and not sep:
@@ -371,10 +372,9 @@ def _wraps(line: str, following: str) -> bool:
     (a short line with room to spare is an item written one per line, a quiz's options),
     and the line is not one link or emphasised item alone followed by another or by a
     capital (a list of links, a bold name over its description)."""
-    word = following.split()[0] if following.split() else ""
-    if len(line.strip()) + 1 + len(word) <= _MIN_WRAPPED_LINE:
-        return False
     nxt = following.strip()
+    if len(line.strip()) + 1 + len(nxt.split(maxsplit=1)[0] if nxt else "") <= _MIN_WRAPPED_LINE:
+        return False
     return not (_LONE_ITEM.fullmatch(line.strip())
                 and (nxt[:1].isupper() or nxt[:1] in "[*_" or _LONE_ITEM.fullmatch(nxt)))
 
@@ -385,9 +385,9 @@ def _heading_sentence(d: _Doc, block: _Block) -> None:
         return  # only a section's first paragraph outside lists and quotes
     a, b = block.sentences[0]
     a += len(d.text[a:b]) - len(d.text[a:b].lstrip())
-    lines = d.text[a:b].split("\n")
-    if (len(d.text[a:b].split()) >= 4 and b - a <= _MAX_SENTENCE_ANSWER
-            and all(_wraps(line, after) for line, after in pairwise(lines))):
+    sentence = d.text[a:b]
+    if (len(sentence.split()) >= 4 and b - a <= _MAX_SENTENCE_ANSWER
+            and all(_wraps(line, after) for line, after in pairwise(sentence.split("\n")))):
         d.add("heading", block.section[-1], "first sentence", a, b, block)
 
 
