@@ -125,7 +125,11 @@ def sampled_choice(scores: Any, temperature: float) -> Any:
     cumulative = torch.softmax(scores.float() / temperature, dim=-1).to(wide).cumsum(dim=-1)
     total = cumulative[:, -1:]
     if not bool(torch.isfinite(total).all()) or not bool((total > 0).all()):
-        raise ValueError("cannot sample: a row of scores has no finite value or holds a NaN")
+        raise ValueError(
+            "cannot sample: a row of the model's scores has no finite value or holds a NaN, "
+            "so its weights or its arithmetic broke (an overflow in fp16 is the usual cause); "
+            "check it with `doctune generate MODEL --chat \"Hello\"`, or train without its "
+            "sampled answers (`--set knowledge.replay_source=text`)")
     u = torch.rand(scores.shape[0], 1, device=scores.device, dtype=wide) * total
     picked = torch.searchsorted(cumulative, u, right=True).clamp(max=scores.shape[-1] - 1)
     return torch.full_like(scores, float("-inf")).scatter_(1, picked, 0.0)
