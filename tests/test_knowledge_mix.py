@@ -3,6 +3,7 @@ trained questions end to end."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from importlib import resources
@@ -97,23 +98,57 @@ def test_mixed_windows_hold_the_counts_and_every_example() -> None:
     assert not np.array_equal(other.entries, mixed.entries)
 
 
-def test_packed_text_windows_hold_every_text_within_the_block(gpt2_tokenizer_dir: Path) -> None:
+def test_packed_text_windows_hold_every_text_once_in_nearly_full_windows(
+        gpt2_tokenizer_dir: Path) -> None:
     from doctune.data.tokenize import load_tokenizer
     from doctune.knowledge.mix import text_windows
 
     tok = load_tokenizer(gpt2_tokenizer_dir)
-    texts = [f"Fact number {i}: option {i} defaults to {i * 7}." for i in range(40)]
+    # long texts first, then short ones (restatements, then amplified lists): packed in
+    # that order, each long text has a window to itself
+    texts = ([f"Fact number {i}: option {i} defaults to {i * 7}." + " More words." * 8
+              for i in range(30)]
+             + [f"Fact number {i}: option {i} is on." for i in range(30, 60)])
     alone = text_windows(tok, texts, block_size=64)
-    packed = text_windows(tok, texts, block_size=64, pack=True)
-    assert len(alone) == 40
+    packed = text_windows(tok, texts, block_size=64, pack=True, seed=3)
+    assert len(alone) == 60
+    assert {len(w.ids) for w in alone[:30]} == {35} and {len(w.ids) for w in alone[30:]} == {10}
     assert all(len(w.ids) <= 64 and w.loss_start == 0 for w in packed)
-    # greedy packing: no window could have taken the next text too
-    sizes = [len(w.ids) for w in alone]
-    assert len(packed) == len(_greedy(sizes, 64)) < 40 // 3
-    joined = "".join(tok.decode(w.ids.tolist()) for w in packed)
-    assert all(t in joined for t in texts)
-    assert np.concatenate([w.ids for w in packed]).tolist() == \
-        np.concatenate([w.ids for w in alone]).tolist()  # same tokens, same order
+    # every text's tokens, whole, in exactly one window: the windows are a partition of them
+    runs = sorted(tuple(w.ids.tolist()) for w in alone)
+    cut = []
+    for w in packed:
+        ids = w.ids.tolist()
+        starts = [k for k, t in enumerate(ids) if t == ids[0]] + [len(ids)]  # each 'Fact'
+        cut += [tuple(ids[a:b]) for a, b in itertools.pairwise(starts)]
+    assert sorted(cut) == runs
+    # two long texts never share a window, so 30 windows is the least; packed in the given
+    # order (as before) the long ones leave 29 tokens empty each: 30 + 5 windows
+    assert len(_greedy([len(w.ids) for w in alone], 64)) == 35
+    assert len(packed) <= 32
+    again = text_windows(tok, texts, block_size=64, pack=True, seed=3)
+    other = text_windows(tok, texts, block_size=64, pack=True, seed=4)
+    assert [w.ids.tolist() for w in again] == [w.ids.tolist() for w in packed]
+    assert [w.ids.tolist() for w in other] != [w.ids.tolist() for w in packed]
+
+
+def test_best_fit_bins_hold_every_item_once_and_leave_one_half_empty_bin_at_most() -> None:
+    from doctune.knowledge.mix import pack_best_fit
+
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        sizes = rng.integers(1, 101, size=60).tolist()
+        bins = pack_best_fit(sizes, 100, seed=seed)
+        assert sorted(i for b in bins for i in b) == list(range(60))
+        fills = [sum(sizes[i] for i in b) for b in bins]
+        assert max(fills) <= 100
+        # a bin is opened only for an item no open bin has room for, so two bins both at
+        # most half full cannot happen (the later one's first item fitted the earlier one)
+        assert sum(f <= 50 for f in fills) <= 1
+    assert pack_best_fit([50] * 6, 100, seed=1) == pack_best_fit([50] * 6, 100, seed=1)
+    assert len(pack_best_fit([50] * 6, 100, seed=1)) == 3
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_best_fit([11], 10, seed=0)
 
 
 def _greedy(sizes: list[int], block: int) -> list[int]:

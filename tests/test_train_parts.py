@@ -89,14 +89,15 @@ def test_collate_pads_right_and_masks_context_and_padding() -> None:
 
 
 def test_collate_rounds_a_training_batch_to_a_few_lengths() -> None:
-    """With block_size the length is a multiple of 64 (capped at block_size): a mixed run's
-    batches come in 4 shapes for block_size 256, not 256 (each shape costs memory for good)."""
+    """With block_size the length is a multiple of 32 (capped at block_size): a mixed run's
+    batches come in 8 shapes for block_size 256, not 256 (each shape costs memory for good)."""
     lengths = {int(collate([W(np.arange(n))], pad_id=0, block_size=256)[0].shape[1])
                for n in range(2, 257)}
-    assert lengths == {64, 128, 192, 256}
+    assert lengths == {32, 64, 96, 128, 160, 192, 224, 256}
+    assert collate([W(np.arange(70))], pad_id=0, block_size=256)[0].shape == (1, 96)
     ids, labels = collate([W(np.arange(1, 4))], pad_id=0, block_size=100)
-    assert ids.shape == (1, 64) and ids[0, 3:].eq(0).all() and count_loss_tokens(labels) == 2
-    assert collate([W(np.arange(70))], pad_id=0, block_size=100)[0].shape == (1, 100)
+    assert ids.shape == (1, 32) and ids[0, 3:].eq(0).all() and count_loss_tokens(labels) == 2
+    assert collate([W(np.arange(70))], pad_id=0, block_size=80)[0].shape == (1, 80)
 
 
 def test_lr_schedules() -> None:

@@ -113,7 +113,7 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
     cross-entropy (said in the header)."""
     from doctune.knowledge.chat import prepare_chat_tokenizer
 
-    k, size, synth = cfg.knowledge, cfg.data.block_size, knowledge.synth
+    k, size, synth, seed = cfg.knowledge, cfg.data.block_size, knowledge.synth, cfg.train.seed
     extra: dict[str, Any] = {}
     too_long = 0
     if k.qa_share and synth is not None:
@@ -135,7 +135,7 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         # trained facts only: held-out facts are learnt from the documents alone
         texts = [r["text"] for r in synth.rephrasings if r["split"] == "trained"]
         texts += [a["text"] for a in synth.amplified if a["split"] == "trained"]
-        extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size, pack=True)
+        extra["rephrasings"] = text_windows(tokenizer, texts, block_size=size, pack=True, seed=seed)
     shares = {"qa": k.qa_share, "rephrasings": k.rephrase_share, "replay": k.replay_share}
     count = once_counts if k.mix == "once" else mix_counts
     if k.replay_share and replay is not None:
@@ -159,7 +159,7 @@ def mix_training_set(cfg: Config, knowledge: KnowledgeSetup, tokenizer: Any,
         extra["replay"] = replay_windows(tokenizer, general_text("replay"), block_size=size)
     available = {"docs": len(docs), **{s: len(v) for s, v in extra.items()}}
     counts = count(available, shares)
-    mixed = MixedWindows(docs, extra, counts, seed=cfg.train.seed)
+    mixed = MixedWindows(docs, extra, counts, seed=seed)
     if counts.get("replay") and k.replay_loss == "kl":
         mixed.distill = cfg.lora.enabled and not sharded
         if mixed.distill:
