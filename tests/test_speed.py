@@ -105,3 +105,23 @@ def test_tracker_auto_stays_eager_on_a_cpu_in_fp32_and_off_means_off() -> None:
         assert not tracker.compiled and tracker.summary() is None
         assert tracker.facts() == {"compile": setting, "compiled": False,
                                    "compile_reason": (tracker.reason or None)}
+
+
+def test_tracker_weighs_each_timed_step_by_its_tokens() -> None:
+    # cpu/bf16: ~1.3x for ~45 s. 200 steps left: at 2 s a step compiling saves ~92 s (> 2 x
+    # 45 s); two short steps of a quarter of the mean tokens, 0.5 s each, must not say "no".
+    model = _tiny_gpt2(2)
+    short = CompileTracker("auto", "cpu", "bf16")
+    short.after_step(model, 0.5, remaining=201, tokens=256, mean_tokens=1024)
+    said = short.after_step(model, 0.5, remaining=200, tokens=256, mean_tokens=1024)
+    assert said is not None and said.startswith("compiling: ~92s saved") and short.compiled
+    unweighed = CompileTracker("auto", "cpu", "bf16")
+    unweighed.after_step(model, 0.5, remaining=201)
+    assert unweighed.after_step(model, 0.5, remaining=200).startswith("no compile")
+    # the step that compiled (a short one: 0.5 s of work) and the compiled steps, all
+    # reported for a step of the mean size
+    short.after_step(model, 40.5, remaining=199, tokens=256, mean_tokens=1024)
+    for tokens in (256, 1024, 2048):
+        short.after_step(model, 1.5 * tokens / 1024, remaining=0, tokens=tokens, mean_tokens=1024)
+    assert short.compile_s == 40.0
+    assert short.facts()["compiled_step_s"] == 1.5 and short.facts()["eager_step_s"] == 2.0

@@ -168,16 +168,16 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     model, module, device, prec = run.model.model, run.model.module, run.hw.device, run.hw.precision
     opt, sched, scaler = run.optim.optimizer, run.optim.scheduler, run.optim.scaler
     windows, total_steps = run.inputs.train, run.optim.schedule.total_steps
+    lengths, step_windows = window_lengths(windows), t.micro_batch_size * t.grad_accum * env.world
     order = BatchOrder(len(windows), t.micro_batch_size, t.seed,
-                       lengths=window_lengths(windows) if t.group_by_length else None,
-                       step_windows=t.micro_batch_size * t.grad_accum * env.world)
+                       lengths=lengths if t.group_by_length else None, step_windows=step_windows)
+    mean_step_tokens = sum(lengths) / len(lengths) * step_windows  # unpadded, as `real` below
     distilled = getattr(windows, "distilled", None) if getattr(windows, "distill", False) else None
     state, val_before = _start(run, resume)
     chooser, no_choice = _chooser(run)  # the dev questions that choose final/
 
     # ---- the loop ------------------------------------------------------------------
-    flag = _StopFlag()
-    stop_signal = 0  # the signal one of the processes received (all stop at the same step)
+    flag, stop_signal = _StopFlag(), 0  # stop_signal: one process's (all stop at the same step)
     module.train()
     compiler = CompileTracker(t.compile, device.type, prec.name)
     if (said := compiler.start(model)) is not None:
@@ -190,8 +190,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             # only): the loss is weighted by the real tokens of the whole step, so 4
             # micro-batches of 1 == 1 micro-batch of 4 == 2 processes x 2 micro-batches of 1.
             # This process trains on micro-batches rank, rank + world, rank + 2 world, ...
-            step_micro = [_micro_batch(run, order.indices(state.micro_step + k), distilled)
-                          for k in range(t.grad_accum * env.world)]
+            step_indices = [order.indices(state.micro_step + k) for k in range(t.grad_accum * env.world)]
+            step_micro = [_micro_batch(run, ix, distilled) for ix in step_indices]
             step_tokens = sum(count_loss_tokens(labels) for _, labels, _ in step_micro)
             micro = step_micro[env.rank::env.world]
             loss_total = torch.zeros((), device=device)
@@ -238,7 +238,9 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             stop_signal = int(stop)
             if state.step == 1:
                 run.facts.time_to_first_step_s = round(time.perf_counter() - run.t0, 3)
-            if (said := compiler.after_step(model, step_s, total_steps - state.step)) is not None:
+            real = sum(lengths[i] for ix in step_indices for i in ix)  # this step's input tokens
+            if (said := compiler.after_step(model, step_s, total_steps - state.step, tokens=real,
+                                            mean_tokens=mean_step_tokens)) is not None:
                 mon.message(said)
             if state.step % t.log_every == 0 or state.step == total_steps:
                 mon.log_step(state.step, {

@@ -156,6 +156,13 @@ class CompileTracker:
     :func:`should_compile` with the measured step time. The first compiled step's time
     over an eager step's is the compile cost; :meth:`summary` sets it against the time the
     compiled steps saved.
+
+    A step's time goes with its tokens: a knowledge mix has steps of 4 short questions
+    beside steps of 4 whole windows, 4x the tokens and time. Given each step's input tokens
+    and the run's mean (``after_step``), every time is compared per token and reported for a
+    step of the mean size; the decision no longer depends on whether the two timed steps
+    happened to be short ones (the README quickstart once stayed eager that way, 2 minutes
+    slower). Without tokens, each step counts as the mean step.
     """
 
     setting: str
@@ -164,8 +171,13 @@ class CompileTracker:
     compiled: bool = False
     blocks: int = 0
     eager_s: list[float] = field(default_factory=list)
+    """Eager step times, each scaled to a step of the mean size."""
     compiled_s: list[float] = field(default_factory=list)
+    """Compiled step times after the one that compiled, each scaled to a step of the mean size."""
     first_compiled_s: float | None = None
+    """The time of the step that compiled."""
+    first_size: float = 1.0
+    """The mean step's tokens over those of the step that compiled."""
     reason: str = ""
 
     def start(self, model: torch.nn.Module) -> str | None:
@@ -175,15 +187,18 @@ class CompileTracker:
         self.reason = "compile on, as configured"
         return self._compile(model)
 
-    def after_step(self, model: torch.nn.Module, step_s: float, remaining: int) -> str | None:
-        """Record a finished step; under ``auto`` decide after the second eager step and
-        return the decision's reason (compiling or not) to print."""
+    def after_step(self, model: torch.nn.Module, step_s: float, remaining: int, *,
+                   tokens: int | None = None, mean_tokens: float | None = None) -> str | None:
+        """Record a finished step (``tokens``: its input tokens; ``mean_tokens``: those of
+        the run's mean step); under ``auto`` decide after the second eager step and return
+        the decision's reason (compiling or not) to print."""
+        size = mean_tokens / tokens if tokens and mean_tokens else 1.0  # the mean step's size
         if not self.compiled:
-            self.eager_s.append(step_s)
+            self.eager_s.append(step_s * size)
         elif self.first_compiled_s is None:
-            self.first_compiled_s = step_s
+            self.first_compiled_s, self.first_size = step_s, size
         else:
-            self.compiled_s.append(step_s)
+            self.compiled_s.append(step_s * size)
         if self.setting != "auto" or self.compiled or len(self.eager_s) != 2 or remaining <= 0:
             return None
         go, self.reason = should_compile("auto", device_type=self.device_type,
@@ -204,11 +219,12 @@ class CompileTracker:
 
     @property
     def compile_s(self) -> float | None:
-        """The first compiled step's time over a plain step's (eager, else later compiled)."""
+        """The first compiled step's time over the same step's eager time (or, compiled
+        from the start, over the fastest later step)."""
         if self.first_compiled_s is None:
             return None
         ref = self.eager_s[-1] if self.eager_s else (min(self.compiled_s) if self.compiled_s else None)
-        return None if ref is None else max(0.0, self.first_compiled_s - ref)
+        return None if ref is None else max(0.0, self.first_compiled_s - ref / self.first_size)
 
     def facts(self) -> dict[str, Any]:
         """What to keep in the run's facts (``compile_s`` and friends)."""
