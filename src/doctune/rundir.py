@@ -84,7 +84,9 @@ class RunFacts(BaseModel):
     compile_reason: str | None = None
     compile_s: float | None = None
     compiled_step_s: float | None = None
+    """Median compiled step, scaled to the run's mean step (by input tokens)."""
     eager_step_s: float | None = None
+    """The last eager step before compiling, scaled the same way."""
     source_gguf: str | None = None
     """The GGUF file the weights were loaded from (dequantised), when the run started from one."""
     gguf_architecture: str | None = None

@@ -147,7 +147,7 @@ def collate(windows: Sequence[WindowLike], pad_id: int, *,
 
     t = max(len(w.ids) for w in windows)
     if block_size is not None:
-        t = max(t, min(-(-t // LENGTH_STEP) * LENGTH_STEP, block_size))
+        t = padded_length(t, block_size)
     input_ids = torch.full((len(windows), t), pad_id, dtype=torch.long)
     labels = torch.full((len(windows), t), IGNORE_INDEX, dtype=torch.long)
     for row, w in enumerate(windows):
@@ -156,6 +156,17 @@ def collate(windows: Sequence[WindowLike], pad_id: int, *,
         input_ids[row, :n] = ids
         labels[row, w.loss_start:n] = ids[w.loss_start:]
     return input_ids, labels
+
+
+def padded_length(n: int, block_size: int) -> int:
+    """The length :func:`collate` pads a batch whose longest window has ``n`` tokens to."""
+    return max(n, min(-(-n // LENGTH_STEP) * LENGTH_STEP, block_size))
+
+
+def mean_padded_length(lengths: Sequence[int], block_size: int) -> float:
+    """The mean of :func:`padded_length` over windows of ``lengths``: the tokens a window
+    costs at least in a batch (a batch of longer windows pads it further)."""
+    return sum(padded_length(n, block_size) for n in lengths) / max(len(lengths), 1)
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:

@@ -27,7 +27,13 @@ from doctune.device import release_if_near_budget
 from doctune.errors import TrainingError
 from doctune.rundir import RunDir
 from doctune.train import dist, finish, setup
-from doctune.train.batches import BatchOrder, collate, count_loss_tokens, window_lengths
+from doctune.train.batches import (
+    BatchOrder,
+    collate,
+    count_loss_tokens,
+    mean_padded_length,
+    window_lengths,
+)
 from doctune.train.checkpoint import (
     TrainState,
     check_resumable,
@@ -171,7 +177,7 @@ def train_loop(run: Run, resume: bool) -> RunResult:
     lengths, step_windows = window_lengths(windows), t.micro_batch_size * t.grad_accum * env.world
     order = BatchOrder(len(windows), t.micro_batch_size, t.seed,
                        lengths=lengths if t.group_by_length else None, step_windows=step_windows)
-    mean_step_tokens = sum(lengths) / len(lengths) * step_windows  # unpadded, as `real` below
+    mean_step_tokens = mean_padded_length(lengths, run.cfg.data.block_size) * step_windows
     distilled = getattr(windows, "distilled", None) if getattr(windows, "distill", False) else None
     state, val_before = _start(run, resume)
     chooser, no_choice = _chooser(run)  # the dev questions that choose final/
@@ -190,8 +196,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             # only): the loss is weighted by the real tokens of the whole step, so 4
             # micro-batches of 1 == 1 micro-batch of 4 == 2 processes x 2 micro-batches of 1.
             # This process trains on micro-batches rank, rank + world, rank + 2 world, ...
-            step_indices = [order.indices(state.micro_step + k) for k in range(t.grad_accum * env.world)]
-            step_micro = [_micro_batch(run, ix, distilled) for ix in step_indices]
+            step_micro = [_micro_batch(run, order.indices(state.micro_step + k), distilled)
+                          for k in range(t.grad_accum * env.world)]
             step_tokens = sum(count_loss_tokens(labels) for _, labels, _ in step_micro)
             micro = step_micro[env.rank::env.world]
             loss_total = torch.zeros((), device=device)
@@ -238,8 +244,8 @@ def train_loop(run: Run, resume: bool) -> RunResult:
             stop_signal = int(stop)
             if state.step == 1:
                 run.facts.time_to_first_step_s = round(time.perf_counter() - run.t0, 3)
-            real = sum(lengths[i] for ix in step_indices for i in ix)  # this step's input tokens
-            if (said := compiler.after_step(model, step_s, total_steps - state.step, tokens=real,
+            padded = sum(int(ids.numel()) for ids, _, _ in step_micro)  # all ranks' batches
+            if (said := compiler.after_step(model, step_s, total_steps - state.step, tokens=padded,
                                             mean_tokens=mean_step_tokens)) is not None:
                 mon.message(said)
             if state.step % t.log_every == 0 or state.step == total_steps:

@@ -159,8 +159,8 @@ class CompileTracker:
 
     A step's time goes with its tokens: a knowledge mix has steps of 4 short questions
     beside steps of 4 whole windows, 4x the tokens and time. Given each step's input tokens
-    and the run's mean (``after_step``), every time is compared per token and reported for a
-    step of the mean size; the decision no longer depends on whether the two timed steps
+    (padding included) and the run's mean (``after_step``), every time is compared per token
+    and reported for a step of the mean size; the decision no longer depends on whether the two timed steps
     happened to be short ones (the README quickstart once stayed eager that way, 2 minutes
     slower). Without tokens, each step counts as the mean step.
     """
@@ -219,8 +219,8 @@ class CompileTracker:
 
     @property
     def compile_s(self) -> float | None:
-        """The first compiled step's time over the same step's eager time (or, compiled
-        from the start, over the fastest later step)."""
+        """The first compiled step's time over an eager step of its size (estimated from the
+        last eager step; compiled from the start, from the fastest later step)."""
         if self.first_compiled_s is None:
             return None
         ref = self.eager_s[-1] if self.eager_s else (min(self.compiled_s) if self.compiled_s else None)
