@@ -96,6 +96,15 @@ def test_mixed_windows_hold_the_counts_and_every_example() -> None:
     assert np.array_equal(again.entries, mixed.entries)
     other = MixedWindows(FakeDocs(40), extra, counts, seed=8)
     assert not np.array_equal(other.entries, mixed.entries)
+    # a resume checks the mix's fingerprint: the same mix gives the same one; another draw,
+    # another token or another loss start in an extra window gives another
+    assert again.fingerprint() == mixed.fingerprint() != other.fingerprint()
+    changed = {**extra, "qa": [*extra["qa"][:-1], Window(ids=extra["qa"][-1].ids + 1,
+                                                         loss_start=1, doc=-1)]}
+    moved = {**extra, "qa": [*extra["qa"][:-1], Window(ids=extra["qa"][-1].ids,
+                                                       loss_start=0, doc=-1)]}
+    assert MixedWindows(FakeDocs(40), changed, counts, seed=7).fingerprint() != mixed.fingerprint()
+    assert MixedWindows(FakeDocs(40), moved, counts, seed=7).fingerprint() != mixed.fingerprint()
 
 
 def test_packed_text_windows_hold_every_text_once_in_nearly_full_windows(

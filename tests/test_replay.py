@@ -186,6 +186,13 @@ def test_a_run_replays_the_base_models_answers_and_reads_them_back(
     monkeypatch.setattr("doctune.knowledge.selfstudy.study_answers", never)
     res = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=3"])
     assert res.exit_code == 0, res.output
+    # study data that changed under the checkpoint (here a replayed answer) is refused
+    lines = (run / "replay.jsonl").read_text().splitlines()
+    first = {**json.loads(lines[0]), "answer": "Another answer."}
+    (run / "replay.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    res = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=4"])
+    assert res.exit_code != 0 and "cannot resume exactly" in res.output
+    assert "data_fingerprint" in res.output
 
 
 def test_text_replay_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -327,3 +327,18 @@ class MixedWindows:
     def available(self) -> dict[str, int]:
         """How many distinct examples each source has."""
         return {"docs": len(self.docs), **{s: len(v) for s, v in self.extra.items()}}
+
+    def fingerprint(self) -> str:
+        """A hash of what one pass holds beyond the docs' windows (which entries, and every
+        extra window's tokens and loss start): a resumed run checks it with the token store's,
+        so that study data mixed another way (another version of doctune, another seed) is
+        refused, not trained on from the middle of the schedule."""
+        import hashlib
+
+        h = hashlib.sha256(np.ascontiguousarray(self.entries).tobytes())
+        for source in SOURCES[1:]:
+            for w in self.extra[source]:
+                h.update(np.asarray(w.ids, dtype=np.int64).tobytes())
+                h.update(int(w.loss_start).to_bytes(8, "little"))
+            h.update(source.encode())
+        return h.hexdigest()[:16]

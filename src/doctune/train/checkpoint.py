@@ -72,7 +72,8 @@ def check_resumable(saved: TrainState, now: TrainState) -> list[str]:
         what = "; ".join(bad)
         raise CheckpointError(
             f"This run cannot resume exactly with the current settings ({what}). Resume with the "
-            "run's own config.yaml and docs, or start a new run (another `train.output_dir`).")
+            "run's own config.yaml and docs (and the doctune version that started it, if its "
+            "study data mixes differently), or start a new run (another `train.output_dir`).")
     notes = []
     if saved.total_steps != now.total_steps:
         notes.append(f"the run now has {now.total_steps} steps instead of {saved.total_steps}: "

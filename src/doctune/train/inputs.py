@@ -52,9 +52,11 @@ def load_inputs(cfg: Config, env: DistEnv, folder: RunDir, *, resume: bool,
     docs, val, fingerprint = _open_store(cfg, folder)
     replay, study = (_from_base(cfg, env, folder, tokenizer, knowledge, say) if knowledge
                      else (None, None))
-    train = (mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay, study=study,
-                              sharded=env.parallel == "fsdp")
-             if knowledge else docs)
+    train: WindowSet | MixedWindows = docs
+    if knowledge:
+        train = mix_training_set(cfg, knowledge, tokenizer, docs, replay=replay, study=study,
+                                 sharded=env.parallel == "fsdp")
+        fingerprint = f"{fingerprint}+mix:{train.fingerprint()}"  # a resume checks the mix too
     t = cfg.train
     prompts = (t.sample_prompts if t.sample_prompts is not None
                else _default_prompts(val or train, tokenizer))

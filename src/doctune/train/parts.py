@@ -58,7 +58,8 @@ class Inputs:
     val: WindowSet | None
     pad_id: int
     fingerprint: str
-    """The token store's fingerprint: a resume checks that the data did not change."""
+    """The token store's fingerprint (and the knowledge mix's, when one is trained): a resume
+    checks that the data did not change."""
     knowledge: KnowledgeSetup | None
     """The knowledge mix (``knowledge:`` in the config), or None when nothing is mixed in."""
     prompts: list[str]
