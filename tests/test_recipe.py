@@ -144,3 +144,39 @@ def test_docs_only_trains_the_documents_alone(models: dict[str, Path], docs: Pat
     assert "recipe: docs: --docs-only" in out
     assert "knowledge mix" not in out and "held-out questions" not in out
     assert not (tmp_path / "run" / "knowledge").exists()
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_the_end_of_run_scores_the_model_in_memory_as_eval_does_from_disk(
+        models: dict[str, Path], docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        lora: bool) -> None:
+    """The run's own evaluation scores the model it trained, not a second copy loaded from
+    ``final/`` (a GGUF base dequantised again, and twice the memory); its numbers are those
+    ``doctune eval --knowledge`` computes from ``final/`` afterwards."""
+    import doctune.inference as inference
+    import doctune.train.finish as finish
+    from doctune.knowledge.exam import evaluate_run
+
+    monkeypatch.setattr(finish, "END_OF_RUN_TRAINED", 5)
+    loads: list[object] = []
+    real = inference.load_for_inference
+    monkeypatch.setattr(inference, "load_for_inference",
+                        lambda *a, **k: loads.append(a) or real(*a, **k))
+    run = tmp_path / "run"
+    _train(docs, models["chat"], run, *(["--lora"] if lora else []), "--set", "train.max_steps=3")
+    assert json.loads((run / "run.json").read_text())["lora"] is lora
+    # nothing loaded from the run folder at its end (the base's replayed answers load the base)
+    assert [a for a in loads if str(run) in str(a[0])] == []
+    saved = json.loads((run / "knowledge_eval.json").read_text())
+    again = evaluate_run(run, device="cpu", max_questions=finish.END_OF_RUN_QUESTIONS,
+                         templates=False, max_trained=5)
+    assert [str(a[0]) for a in loads][-1] == str(run)
+    for name in ("base", "open_book", "tuned"):
+        assert saved[name].keys() == again[name].keys() and saved[name], name
+        for key, value in saved[name].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(again[name][key], rel=1e-4), (name, key)
+            else:
+                assert value == again[name][key], (name, key)
+    answers = [json.loads(x) for x in (run / "knowledge_answers.jsonl").read_text().splitlines()]
+    assert answers == json.loads(json.dumps(again["answers"]))

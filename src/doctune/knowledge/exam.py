@@ -268,7 +268,7 @@ def merge_answers(base: list[dict[str, Any]], open_book: list[dict[str, Any]],
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path | None = None,
                  max_questions: int = MAX_QUESTIONS,
                  questions: Path | None = None, templates: bool = True,
-                 max_trained: int | None = None) -> dict[str, Any]:
+                 max_trained: int | None = None, loaded: Any = None) -> dict[str, Any]:
     """Base vs tuned knowledge numbers of a run folder: ``{"base", "open_book", "tuned",
     "change", "gap_closed", "answers", ...}``; ``answers`` holds one line per question
     (:func:`merge_answers`).
@@ -280,7 +280,9 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
     the tuned model's tokenizer (a base without the chat tokens training added gets them,
     untrained). ``templates=False``: without the sentence-with-a-blank comparison (the end
     of a run leaves it to ``doctune eval --knowledge``); ``max_trained``: as
-    :func:`score_model`'s."""
+    :func:`score_model`'s. ``loaded``: the run's final model already in memory (a
+    :class:`~doctune.inference.Loaded`; the end of a run passes the model it trained), used
+    instead of loading ``final/`` again."""
     from doctune.errors import DataError
     from doctune.inference import load_for_inference
     from doctune.knowledge.questions import file_items, load_question_file, section_texts
@@ -297,7 +299,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", synth_dir: Path |
     hand = [] if questions is None else file_items(
         load_question_file(questions), docs=synth.manifest.get("docs", []),
         control_docs=synth.control_docs, seed=cfg.data.seed)
-    tuned = load_for_inference(run.path, device=device)
+    tuned = loaded if loaded is not None else load_for_inference(run.path, device=device)
     texts = control_texts(synth, cfg.data.path, dialect=cfg.data.dialect,
                           exclude=cfg.data.exclude)
     records: dict[str, list[dict[str, Any]]] = {"base": [], "open_book": [], "tuned": []}

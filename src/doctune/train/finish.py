@@ -7,8 +7,10 @@ a warning.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +80,11 @@ the evaluation's time: 64 of the quickstart's 96 s at 60)."""
 def evaluate_knowledge(run: Run) -> list[str]:
     """When the run trained questions and writes a report: base vs tuned knowledge scores
     into ``knowledge_eval.json`` and ``knowledge_answers.jsonl`` (rank 0; what ``doctune
-    eval --knowledge`` computes). Returns the summary's lines about it (none otherwise)."""
+    eval --knowledge`` computes, of the model in memory: see :func:`trained_model`). In
+    fp32 the numbers are those of ``final/`` loaded again; in bf16 a greedy answer can take
+    another word where two were nearly tied (the quickstart: 18 of 26 answers the same
+    letter for letter, one more trained question right from memory than from disk).
+    Returns the summary's lines about it (none otherwise)."""
     k = run.inputs.knowledge
     if k is None or not k.trains_qa or not run.cfg.log.report or not run.env.is_main:
         return []
@@ -87,15 +93,45 @@ def evaluate_knowledge(run: Run) -> list[str]:
 
     try:
         run.monitor.message("scoring what the model learnt (base vs tuned, held-out questions) ...")
-        result = evaluate_run(run.folder.path, device=run.hw.device.type,
-                              max_questions=END_OF_RUN_QUESTIONS, templates=False,
-                              max_trained=END_OF_RUN_TRAINED)
+        with trained_model(run) as loaded:
+            result = evaluate_run(run.folder.path, device=run.hw.device.type,
+                                  max_questions=END_OF_RUN_QUESTIONS, templates=False,
+                                  max_trained=END_OF_RUN_TRAINED, loaded=loaded)
         save_result(run.folder, result)
         return headline(result)
     except Exception as e:  # an evaluation failure must never lose a finished run
         run.monitor.warn(f"could not evaluate what the model knows: {e}; run "
                          f"`doctune eval {run.folder.path} --knowledge` to try again")
         return []
+
+
+@contextlib.contextmanager
+def trained_model(run: Run) -> Iterator[Any]:
+    """The trained model as ``final/`` holds it, for the end-of-run evaluation: the model in
+    memory (its weights are those just saved: the chosen step's, the adapter scaled), in eval
+    mode, under the run's autocast, without gradients, compiled blocks run eagerly; back in
+    training mode afterwards. Loading ``final/`` again took the quickstart 13 s (a GGUF base
+    dequantised anew) and, while the trained model is still held, twice its memory. None
+    for a sharded model (FSDP), which rank 0 does not hold whole: ``final/`` is loaded."""
+    if run.env.parallel == "fsdp":
+        yield None
+        return
+    import torch
+
+    from doctune.inference import Loaded, resolve_source
+    from doctune.train.speed import eager
+
+    model = run.model.model
+    dtype = run.hw.precision.autocast_dtype or torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with eager(bool(run.facts.compiled)), run.hw.precision.autocast(run.hw.device), \
+                torch.no_grad():
+            yield Loaded(model, run.inputs.tokenizer, resolve_source(run.folder.path),
+                         run.hw.device, dtype)
+    finally:
+        model.train(was_training)
 
 
 def write_report(run: Run) -> Path | None:
