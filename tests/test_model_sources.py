@@ -71,6 +71,42 @@ def test_gguf_tokenizer_and_chat_template(gguf_files: dict[str, Path], original:
     assert loaded.eos_token == "<|endoftext|>" and loaded.convert_tokens_to_ids("<|im_end|>") == 301
 
 
+def test_a_gguf_tokenizer_is_built_once_and_each_caller_gets_its_own(
+        gguf_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run asks for the tokenizer of its GGUF three times (seconds each for a real
+    vocabulary): it is built once per version of the file, and a token added to one copy
+    (chat tokens are added in place) is not in the next."""
+    import os
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from doctune.data.tokenize import load_tokenizer
+
+    built: list[str] = []
+    real = AutoTokenizer.from_pretrained
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(str(kwargs.get("gguf_file")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", counting)
+    file = tmp_path / "model.gguf"
+    shutil.copy(gguf_files["f32"], file)
+    first = load_tokenizer(file)
+    first.add_tokens(["<|only-in-this-copy|>"], special_tokens=True)
+    second = load_tokenizer(file)
+    assert built == ["model.gguf"]
+    assert "<|only-in-this-copy|>" in first.get_vocab()
+    assert "<|only-in-this-copy|>" not in second.get_vocab()
+    assert second.chat_template == DEFAULT_CHAT_TEMPLATE
+    assert second("How do I install it?")["input_ids"] == first("How do I install it?")["input_ids"]
+    st = file.stat()
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: built again
+    load_tokenizer(file)
+    assert built == ["model.gguf", "model.gguf"]
+
+
 def test_gguf_facts_for_the_run(gguf_files: dict[str, Path]) -> None:
     plain = gguf_facts(gguf_files["f32"])
     assert plain == {"source_gguf": str(gguf_files["f32"].resolve()), "gguf_architecture": "llama",
