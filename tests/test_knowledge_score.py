@@ -154,7 +154,54 @@ def test_score_mc_matches_the_choices(model_and_tokenizer: tuple[Any, Any]) -> N
     assert result.accuracy_per_token.correct == sum(
         r == a for r, a in zip(per_tok, [0, 1, 2], strict=True))
     assert result.accuracy.total == 3 and abs(result.chance - (1 / 3 + 1 / 2 + 1 / 3) / 3) < 1e-12
-    assert result.logprobs[0] == option_logprobs(model, tok, QUESTIONS[0], opts[0])
+    alone = option_logprobs(model, tok, QUESTIONS[0], opts[0])
+    assert [n for _, n in result.logprobs[0]] == [n for _, n in alone]
+    assert [lp for lp, _ in result.logprobs[0]] == pytest.approx([lp for lp, _ in alone], abs=1e-5)
+
+
+def test_questions_are_scored_together_with_the_numbers_of_each_alone(
+        model_and_tokenizer: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Questions of different lengths (one with a section before it) are read together: their
+    prompts side by side, left-padded, then all their options; each option's numbers are
+    those of reading it whole, alone, also through a LoRA adapter. The groups stay within
+    ``MC_TOKENS``."""
+    from peft import LoraConfig, get_peft_model
+
+    import doctune.knowledge.score as score
+
+    model, tok = model_and_tokenizer
+    questions = [QUESTIONS[0], "Read this section first. " * 15 + QUESTIONS[1], QUESTIONS[2],
+                 "Which one?", QUESTIONS[1]]
+    options = [["5173", "a much longer wrong answer", "8080"], ["--host", "--port"],
+               ["retries", "timeout", "a b c d", "`x`"], ["one", "two words"], ["--host"]]
+    calls: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: calls.append(args[0].shape[0]))
+    lora, default = None, score.MC_TOKENS
+    try:
+        for which in ("base", "lora"):
+            if which == "lora":
+                lora = get_peft_model(model, LoraConfig(
+                    r=2, target_modules="all-linear", init_lora_weights=False,
+                    fan_in_fan_out=model.config.model_type == "gpt2")).eval()
+            m = lora if lora is not None else model
+            alone = [option_logprobs(m, tok, q, o, share_prompt=False)
+                     for q, o in zip(questions, options, strict=True)]
+            for budget in (default, 1):
+                monkeypatch.setattr(score, "MC_TOKENS", budget)
+                calls.clear()
+                together = score.mc_logprobs(m, tok, questions, options)
+                for got, want in zip(together, alone, strict=True):
+                    assert [n for _, n in got] == [n for _, n in want] and all(n for _, n in got)
+                    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4)
+                if budget == default:  # prompts of 4 questions at once, then 11 options
+                    assert calls == [1, 4, 11], calls  # (one option alone: read whole)
+                else:  # no budget: a question a group, its prompt, then its options
+                    assert sorted(calls) == sorted([1, 1, 3, 1, 2, 1, 4, 1, 2]), calls
+    finally:
+        hook.remove()
+        if lora is not None:
+            lora.unload()
 
 
 def _manual_greedy(model: Any, prompt: list[int], stops: list[int], n: int) -> list[int]:

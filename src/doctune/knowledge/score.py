@@ -31,6 +31,11 @@ as keep rows x (longest prompt + new tokens) within this many tokens of cache: a
 small model costs about the same for 8 rows as for 32 (26 closed-book questions, 32 new
 tokens, SmolLM2-135M on 2 CPU cores: 9.2 s in batches of 8, 5.1-5.9 s in one), and 4,096
 tokens of an 8B model's cache are half a GB."""
+MC_TOKENS = 4096
+"""Multiple-choice questions are read together while their option rows x (longest prompt +
+longest option) stay within this many tokens of cache: 15 closed-book questions of 4
+options in two groups; an open-book question, whose prompt holds its section, alone or
+with one or two others."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +88,7 @@ def _device(model: Any) -> Any:
 def _cache_name(model: Any) -> str:
     """What the model's forward and output call the key/value cache: ``cache`` in recent
     transformers, ``past_key_values`` before (the old name warns, then goes)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if _takes(model, "cache") else "past_key_values"
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -222,60 +220,172 @@ def score_qa(model: Any, tokenizer: Any, questions: Sequence[str],
                    generations=gens)
 
 
-def option_logprobs(model: Any, tokenizer: Any, question: str, options: Sequence[str], *,
-                    system: str | None = None, share_prompt: bool = True,
-                    ) -> list[tuple[float, int]]:
-    """(sum of log p(option tokens | question prompt), option token count) per option.
+@dataclass(frozen=True)
+class _Options:
+    """One question's options rendered as the assistant's answers."""
 
-    Each option is rendered as the assistant's answer (:func:`render_qa`); the end-of-turn
-    token after it is not scored, so an option is not rewarded for ending. ``share_prompt``:
-    the prompt the options share is read once and its key/value cache given to every
-    option (an open-book prompt holds a whole section: reading it once per option was most
-    of the scoring's time); the same numbers within float rounding. A model that gives no
-    cache that can be repeated is read whole, option by option."""
-    import torch
+    rows: list[list[int]]
+    """Each option's example: prompt, answer, end of turn."""
+    scored: list[list[int]]
+    """Per row, the positions whose tokens are scored: its answer, not the end of turn."""
+    shared: int
+    """Leading tokens every row holds (the prompt, read once); 0: each row is read whole."""
 
+
+def _options(tokenizer: Any, question: str, options: Sequence[str], system: str | None,
+             share_prompt: bool) -> _Options:
     examples = [render_qa(tokenizer, question, o, system=system) for o in options]
     rows = [e.input_ids for e in examples]
     # the scored tokens: each option's answer, without the end-of-turn token after it
     scored = [[t for t in range(len(e.labels) - 1) if e.labels[t] != IGNORE_INDEX]
               for e in examples]
-    device = _device(model)
-    shared, past = 0, None
+    shared = 0
     if share_prompt and len(rows) > 1:
         common = next((k for k, col in enumerate(zip(*rows, strict=False)) if len(set(col)) > 1),
                       min(len(r) for r in rows))
         # the token before each option's first scored one must be read with the options
-        shared = min([common, *(p[0] - 1 for p in scored if p)])
-    name = _cache_name(model)
-    if shared > 0:
-        with torch.no_grad():
-            past = model(input_ids=torch.tensor([rows[0][:shared]], device=device),
-                         use_cache=True).get(name)
-        if past is None or not hasattr(past, "batch_repeat_interleave"):
-            shared, past = 0, None
-        else:
-            past.batch_repeat_interleave(len(rows))
-    rest = [r[shared:] for r in rows]
-    width = max(len(r) for r in rest)
-    pad = _pad_id(tokenizer)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest], device=device)
-    mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest],
-                        device=device)
+        shared = max(0, min([common, *(p[0] - 1 for p in scored if p)]))
+    return _Options(rows, scored, shared)
+
+
+def _picked(logits: Any, row: list[int], positions: list[int], offset: int) -> tuple[float, int]:
+    """(sum of log p(row[t]) over ``positions``, their count) from ``logits``, one row of
+    them, whose first is that of position ``offset``."""
+    import torch
+
+    if not positions:
+        return 0.0, 0
+    # the logits at position t - 1 predict token t; only those rows are normalised
+    at = torch.tensor([t - 1 - offset for t in positions], device=logits.device)
+    logp = torch.log_softmax(logits[at].float(), dim=-1)
+    target = torch.tensor([row[t] for t in positions], device=logits.device)
+    return float(logp.gather(-1, target.unsqueeze(-1)).sum()), len(positions)
+
+
+def _read_whole(model: Any, pad: int, q: _Options) -> list[tuple[float, int]]:
+    """Each option of one question read whole, the options side by side."""
+    import torch
+
+    width = max(len(r) for r in q.rows)
+    device = _device(model)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in q.rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in q.rows], device=device)
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=past is not None,
-                       **({name: past} if past is not None else {})).logits
-    out = []
-    for k, positions in enumerate(scored):
-        if not positions:
-            out.append((0.0, 0))
-            continue
-        # the logits at position t - 1 predict token t; only those rows are normalised
-        at = torch.tensor([t - 1 - shared for t in positions], device=logits.device)
-        logp = torch.log_softmax(logits[k, at].float(), dim=-1)
-        target = torch.tensor([rows[k][t] for t in positions], device=logits.device)
-        out.append((float(logp.gather(-1, target.unsqueeze(-1)).sum()), len(positions)))
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return [_picked(logits[k], r, p, 0) for k, (r, p) in enumerate(zip(q.rows, q.scored,
+                                                                      strict=True))]
+
+
+def _read_shared(model: Any, pad: int, group: Sequence[_Options]
+                 ) -> list[list[tuple[float, int]]] | None:
+    """The options of several questions: their prompts read once, side by side (left-padded,
+    positions counted from each one's first token), then every option of every question
+    after its question's key/value cache. None when the model gives no cache that can be
+    reordered."""
+    import torch
+
+    device, name = _device(model), _cache_name(model)
+    prompts = [q.rows[0][:q.shared] for q in group]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}  # only the cache
+    with torch.no_grad():
+        past = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                     use_cache=True, **keep).get(name)
+    if past is None or not hasattr(past, "reorder_cache"):
+        return None
+    owner = [g for g, q in enumerate(group) for _ in q.rows]  # each option row's question
+    past.reorder_cache(torch.tensor(owner, device=device))
+    rest = [r[q.shared:] for q in group for r in q.rows]
+    wide = max(len(r) for r in rest)
+    ids = torch.tensor([r + [pad] * (wide - len(r)) for r in rest], device=device)
+    mask = torch.cat([mask[owner], torch.tensor([[1] * len(r) + [0] * (wide - len(r))
+                                                 for r in rest], device=device)], dim=1)
+    start = torch.tensor([len(prompts[g]) for g in owner], device=device).unsqueeze(1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=True, **{name: past},
+                       position_ids=start + torch.arange(wide, device=device)).logits
+    out: list[list[tuple[float, int]]] = []
+    k = 0
+    for q in group:
+        out.append([_picked(logits[k + j], r, p, q.shared)
+                    for j, (r, p) in enumerate(zip(q.rows, q.scored, strict=True))])
+        k += len(q.rows)
     return out
+
+
+def _positions(mask: Any) -> Any:
+    """Position ids of left-padded rows: 0 at each row's first real token (padding: 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _takes(model: Any, argument: str) -> bool:
+    """Whether the model's forward takes ``argument``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return argument in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _groups(order: Sequence[int], questions: Sequence[_Options]) -> list[list[int]]:
+    """``order`` (by shared prompt length) cut into groups read together: as many questions
+    as keep option rows x (longest prompt + longest option) within :data:`MC_TOKENS`."""
+    groups: list[list[int]] = []
+    rows = prompt = rest = 0
+    for k in order:
+        q = questions[k]
+        n, p, r = rows + len(q.rows), max(prompt, q.shared), max(rest, *(len(x) - q.shared
+                                                                         for x in q.rows))
+        if groups and n * (p + r) <= MC_TOKENS:
+            groups[-1].append(k)
+            rows, prompt, rest = n, p, r
+        else:
+            groups.append([k])
+            rows, prompt, rest = len(q.rows), q.shared, max(len(x) - q.shared for x in q.rows)
+    return groups
+
+
+def mc_logprobs(model: Any, tokenizer: Any, questions: Sequence[str],
+                options: Sequence[Sequence[str]], *, system: str | None = None,
+                share_prompt: bool = True) -> list[list[tuple[float, int]]]:
+    """Per question, per option: (sum of log p(option tokens | question prompt), option
+    token count).
+
+    Each option is rendered as the assistant's answer (:func:`render_qa`); the end-of-turn
+    token after it is not scored, so an option is not rewarded for ending. ``share_prompt``:
+    the prompt a question's options share is read once and its key/value cache given to
+    each option (an open-book prompt holds a whole section: reading it once per option was
+    most of the scoring's time), and questions are read together, a few thousand tokens at
+    a time (``benchmarks/bench_scoring.py --mc-only``: 15 closed-book questions of
+    SmolLM2-135M in bf16 on 2 CPU cores, 0.20 s a question one at a time, 0.14 s together;
+    open book, its prompts long, 0.63 and 0.61 s); the same numbers within float rounding.
+    A model that gives no cache that can be reordered is read whole, option by option."""
+    items = [_options(tokenizer, q, o, system, share_prompt)
+             for q, o in zip(questions, options, strict=True)]
+    pad = _pad_id(tokenizer)
+    out: list[list[tuple[float, int]] | None] = [None] * len(items)
+    for k, q in enumerate(items):
+        if q.shared == 0:
+            out[k] = _read_whole(model, pad, q)
+    order = sorted((k for k, q in enumerate(items) if q.shared > 0), key=lambda k: items[k].shared)
+    for group in _groups(order, items):
+        got = _read_shared(model, pad, [items[k] for k in group])
+        for n, k in enumerate(group):
+            out[k] = got[n] if got is not None else _read_whole(model, pad, items[k])
+    return [o for o in out if o is not None]
+
+
+def option_logprobs(model: Any, tokenizer: Any, question: str, options: Sequence[str], *,
+                    system: str | None = None, share_prompt: bool = True,
+                    ) -> list[tuple[float, int]]:
+    """(sum of log p(option tokens | question prompt), option token count) per option of
+    one question (:func:`mc_logprobs`)."""
+    return mc_logprobs(model, tokenizer, [question], [options], system=system,
+                       share_prompt=share_prompt)[0]
 
 
 def score_mc(model: Any, tokenizer: Any, questions: Sequence[str],
@@ -286,8 +396,8 @@ def score_mc(model: Any, tokenizer: Any, questions: Sequence[str],
     if not len(questions) == len(options) == len(answer_index):
         raise ValueError(f"{len(questions)} questions, {len(options)} option lists and "
                          f"{len(answer_index)} answers: one each per item")
-    scored = [option_logprobs(model, tokenizer, q, o, system=system, share_prompt=share_prompt)
-              for q, o in zip(questions, options, strict=True)]
+    scored = mc_logprobs(model, tokenizer, questions, options, system=system,
+                         share_prompt=share_prompt)
     raw = [mc_choice([lp for lp, _ in s]) == a for s, a in zip(scored, answer_index, strict=True)]
     per_token = [mc_choice([lp for lp, _ in s], [n for _, n in s]) == a
                  for s, a in zip(scored, answer_index, strict=True)]
