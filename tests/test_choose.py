@@ -121,7 +121,7 @@ def test_a_study_run_keeps_the_best_step_and_leaves_its_dev_facts_out_of_the_exa
         models: dict[str, Path], docs: Path, tmp_path: Path) -> None:  # noqa: F811
     run = tmp_path / "run"
     out = _train(docs, models["chat"], run, "--set", "train.max_steps=4",
-                 "--set", "knowledge.heldout_fraction=0.5", "--set", "knowledge.dev_fraction=0.9")
+                 "--set", "knowledge.heldout_fraction=0.8", "--set", "knowledge.dev_fraction=0.9")
     assert "recipe: study" in out
     choice = json.loads((run / "run.json").read_text())["final_choice"]
     assert [c["step"] for c in choice["checks"]] == [1, 2, 3, 4]

@@ -38,8 +38,10 @@ def test_synth_writes_the_files_and_a_json_summary(docs: Path, tmp_path: Path) -
     # one template question per fact, and natural ones
     assert summary["counts"]["facts"] == summary["counts"]["qa_by_source"]["template"] == 19
     # one per fact, less the 2 that repeat another fact's text (two facts in one sentence)
-    # multiple choice: 7 fill-in-the-blank items, 9 natural ones (a fact and a direction each)
-    assert summary["counts"]["rephrasings"] == 17 and summary["counts"]["mc"] == 7 + 9
+    # multiple choice: 7 fill-in-the-blank items, 6 natural ones (a fact and a direction
+    # each, of those with an answer of the same kind in their split to stand beside theirs:
+    # 3 held-out ones have none)
+    assert summary["counts"]["rephrasings"] == 17 and summary["counts"]["mc"] == 7 + 6
     for name in ("facts.jsonl", "qa.jsonl", "mc.jsonl", "rephrasings.jsonl", "sections.jsonl",
                  "manifest.json"):
         assert (out / name).is_file(), name
@@ -122,9 +124,12 @@ def test_eval_knowledge_prints_base_and_tuned(docs: Path, tmp_path: Path) -> Non
             assert key in result[side], (side, key)
         assert result[side]["trained_em_n"] == 3
         assert result[side]["general_ppl"] > 1 and result[side]["heldout_doc_ppl"] > 1
-        assert result[side]["control_mc_acc_n"] == 3  # build.md is the control document
-        low, high = result[side]["control_mc_acc_ci"]
-        assert 0 <= low <= result[side]["control_mc_acc"] <= high <= 1
+        # build.md is the control document: its 3 fill-in-the-blank items (its natural
+        # questions have no other control answer of their kind to stand beside)
+        assert result[side]["control_template_mc_acc_n"] == 3
+        assert "control_mc_acc_n" not in result[side]
+        low, high = result[side]["control_template_mc_acc_ci"]
+        assert 0 <= low <= result[side]["control_template_mc_acc"] <= high <= 1
     table = runner.invoke(app, ["eval", str(run), "--knowledge", "--device", "cpu",
                                 "--max-questions", "2"])
     assert table.exit_code == 0 and "perplexity" in table.output and "gap" in table.output

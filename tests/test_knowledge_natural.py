@@ -149,10 +149,25 @@ def test_natural_questions_both_ways_in_their_split_phrasings() -> None:
         ("build.outDir", "What is the default output directory for the final bundle?", "dist")}
     assert len(qs) == 28
     rows = mc_rows(qs, facts, splits, seed=0)
-    assert len(rows) == len({(q.fact.id, q.direction) for q in qs}) == 18
+    # a line per fact and direction, but the held-out fact's 3 (no other held-out answer)
+    # and build.outDir's purpose (the only other default asked by purpose was server.port's)
+    assert len({(q.fact.id, q.direction) for q in qs}) == 18
+    assert len(rows) == 18 - 3 - 1 and {r["split"] for r in rows} == {"trained"}
     for r in rows:
         assert r["options"][r["answer_index"]] in {q.answer for q in qs if q.fact.id == r["fact_id"]}
         assert len({o.lower() for o in r["options"]}) == len(r["options"])
+    # the held-out question's options are held-out answers only, never trained ones (a tuned
+    # model prefers what it was trained to say, whatever the question)
+    host = next(f for f in facts if f.kind == "config" and f.subject == "server.host")
+    splits |= {host.id: "heldout"}
+    qs = natural_questions(facts, splits, seed=0, phrasings=phrasings, per_fact=2)
+    rows = mc_rows(qs, facts, splits, seed=0)
+    held = [r for r in rows if r["split"] == "heldout"]
+    held_answers = {q.answer for q in qs if splits[q.fact.id] == "heldout"}
+    trained_answers = {q.answer for q in qs if splits[q.fact.id] == "trained"}
+    assert held and all(set(r["options"]) <= held_answers for r in held)
+    assert {r["fact_id"] for r in held} == {port.id, host.id}
+    assert all(set(r["options"]) <= trained_answers for r in rows if r["split"] == "trained")
 
 
 def test_quotes_sentence() -> None:

@@ -113,7 +113,9 @@ def test_train_studies_and_ends_with_what_the_model_learnt(
     import doctune.train.finish as finish
 
     monkeypatch.setattr(finish, "END_OF_RUN_TRAINED", 5)
-    out = _train(docs, models["chat"], tmp_path / "run")
+    # half the facts held out: these few pages then hold several held-out answers of a kind,
+    # which the held-out multiple-choice questions take their options from
+    out = _train(docs, models["chat"], tmp_path / "run", "--set", "knowledge.heldout_fraction=0.5")
     assert "recipe: study: documents + their facts restated 5x + questions + its own sampled answers" in out
     assert "knowledge mix per pass" in out
     # the last lines: held-out questions before -> after, and one of them answered twice

@@ -562,14 +562,22 @@ def mc_rows(questions: Sequence[NaturalQuestion], facts: Sequence[Fact],
             splits: dict[str, str], *, seed: int, max_distractors: int = 3
             ) -> list[dict[str, object]]:
     """One multiple-choice line per fact and direction (its first question): the answer
-    among up to ``max_distractors`` answers of other facts of the same kind asked the same
-    way (the same relation first), walked from a seeded start, none normalising alike; the
-    answer's place is seeded. Fields: those of ``mc.jsonl`` plus ``source``, ``direction``,
-    ``template``."""
-    pools: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    among up to ``max_distractors`` answers of other facts of the same split and kind asked
+    the same way (the same relation first), walked from a seeded start, none normalising
+    alike; the answer's place is seeded. Fields: those of ``mc.jsonl`` plus ``source``,
+    ``direction``, ``template``.
+
+    The distractors of a held-out question are other held-out answers, never trained ones:
+    a tuned model prefers whatever it was trained to say, whatever the question, and
+    trained answers among the options of a held-out question made its score fall below
+    the base's (the quickstart: 2 of 6 right before training, none after, each time a
+    trained answer chosen). A fact whose split has no other answer of its kind has no
+    multiple-choice line."""
+    pools: dict[tuple[str, str, str, str], list[tuple[str, str]]] = {}
     for q in sorted(questions, key=lambda q: unit_hash("pool:" + q.fact.id, seed)):
+        split = splits.get(q.fact.id, "trained")
         for relation in (q.fact.relation, ""):  # "": the whole kind
-            pools.setdefault((q.fact.kind, q.direction, relation), []).append(
+            pools.setdefault((split, q.fact.kind, q.direction, relation), []).append(
                 (q.fact.id, q.answer))
     rows, seen = [], set()
     for q in questions:
@@ -578,8 +586,9 @@ def mc_rows(questions: Sequence[NaturalQuestion], facts: Sequence[Fact],
         seen.add((q.fact.id, q.direction))
         taken = {normalize_answer(q.answer) or q.answer}
         options: list[str] = []
-        for pool in (pools[q.fact.kind, q.direction, q.fact.relation],
-                     pools[q.fact.kind, q.direction, ""]):
+        split = splits.get(q.fact.id, "trained")
+        for pool in (pools[split, q.fact.kind, q.direction, q.fact.relation],
+                     pools[split, q.fact.kind, q.direction, ""]):
             start = int(unit_hash("mc:" + q.direction + q.fact.id, seed) * len(pool))
             for k in range(len(pool)):
                 fid, cand = pool[(start + k) % len(pool)]
@@ -594,7 +603,7 @@ def mc_rows(questions: Sequence[NaturalQuestion], facts: Sequence[Fact],
         rows.append({"id": _row_id(q.question, *options), "question": q.question,
                      "options": options, "answer_index": at, "num_options": len(options),
                      "chance": 1 / len(options), "fact_id": q.fact.id, "kind": q.fact.kind,
-                     "split": splits.get(q.fact.id, "trained"), "doc": q.fact.doc,
+                     "split": split, "doc": q.fact.doc,
                      "section": list(q.fact.section), "source": "natural",
                      "direction": q.direction, "template": q.template})
     return rows

@@ -227,24 +227,29 @@ def mc_items(facts: Sequence[Fact], splits: dict[str, str], *, seed: int,
              max_distractors: int = 3) -> list[MCItem]:
     """One multiple-choice item per fact that has at least one distractor.
 
-    Distractors are answers of other facts of the same kind whose normalised text differs
-    from the true answer and from each other: first from facts with the same relation (a
-    table column, "default"), then from the whole kind, each walked from a seeded start.
-    The true answer's position is seeded too, so the chance level is ``1 / num_options``.
+    Distractors are answers of other facts of the same split and kind whose normalised
+    text differs from the true answer and from each other: first from facts with the same
+    relation (a table column, "default"), then from the whole kind, each walked from a
+    seeded start. The true answer's position is seeded too, so the chance level is
+    ``1 / num_options``. (Of the same split: a held-out question among trained answers is
+    scored against what the tuned model was trained to say; see
+    :func:`doctune.knowledge.natural.mc_rows`.)
     """
-    by_kind: dict[str, list[Fact]] = {}
-    by_relation: dict[tuple[str, str], list[Fact]] = {}
+    by_kind: dict[tuple[str, str], list[Fact]] = {}
+    by_relation: dict[tuple[str, str, str], list[Fact]] = {}
     for f in sorted(facts, key=lambda f: unit_hash("pool:" + f.id, seed)):
-        by_kind.setdefault(f.kind, []).append(f)
-        by_relation.setdefault((f.kind, f.relation), []).append(f)
+        split = splits.get(f.id, "trained")
+        by_kind.setdefault((split, f.kind), []).append(f)
+        by_relation.setdefault((split, f.kind, f.relation), []).append(f)
     items = []
     for fact in facts:
-        pools = (by_relation[fact.kind, fact.relation], by_kind[fact.kind])
+        split = splits.get(fact.id, "trained")
+        pools = (by_relation[split, fact.kind, fact.relation], by_kind[split, fact.kind])
         options = _distractors(fact, pools, seed, max_distractors)
         if not options:
             continue
         at = int(unit_hash("mc-pos:" + fact.id, seed) * (len(options) + 1))
         options.insert(at, fact.answer)
         question = QUESTIONS[fact.kind][0].format(**_fields(fact))
-        items.append(MCItem(question, tuple(options), at, fact, splits.get(fact.id, "trained")))
+        items.append(MCItem(question, tuple(options), at, fact, split))
     return items
