@@ -182,3 +182,13 @@ def test_the_end_of_run_scores_the_model_in_memory_as_eval_does_from_disk(
                 assert value == again[name][key], (name, key)
     answers = [json.loads(x) for x in (run / "knowledge_answers.jsonl").read_text().splitlines()]
     assert answers == json.loads(json.dumps(again["answers"]))
+
+
+def test_a_sharded_model_is_scored_from_final() -> None:
+    """Rank 0 does not hold a sharded (FSDP) model whole: its evaluation loads ``final/``."""
+    from types import SimpleNamespace
+
+    from doctune.train.finish import trained_model
+
+    with trained_model(SimpleNamespace(env=SimpleNamespace(parallel="fsdp"))) as loaded:  # type: ignore[arg-type]
+        assert loaded is None
