@@ -142,6 +142,15 @@ def test_a_shared_prompt_longer_than_a_sliding_window(gpt2_tokenizer_dir: Path,
     assert read_shared < read_whole / 2  # the prompt was read once
     for (a, n), (b, m) in zip(whole, shared, strict=True):
         assert n == m and abs(a - b) < 1e-4
+    # with shorter questions beside it, left-padded: the window counts real tokens only
+    from doctune.knowledge.score import mc_logprobs
+
+    questions = [prompt, QUESTIONS[0], "Read this section first. " * 5 + QUESTIONS[2]]
+    lists = [options, ["5173", "8080"], ["retries", "a longer answer than most"]]
+    together = mc_logprobs(model, tok, questions, lists)
+    for q, o, got in zip(questions, lists, together, strict=True):
+        want = option_logprobs(model, tok, q, o, share_prompt=False)
+        assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4)
 
 
 def test_score_mc_matches_the_choices(model_and_tokenizer: tuple[Any, Any]) -> None:
