@@ -136,6 +136,11 @@ def test_mdx_code_blocks_come_out_unchanged(doc: str) -> None:
 # and once a code group's label, a blank line above its fence, was left alone in a list item
 # whose marker an HTML tag shared (the fence fell out of the item, an indented code block)
 @example(doc="word\n\n::: code-group\n1. <Tag>\n\n    ```tsx [[1, 1, '']]\n    x = 1\n    ```\n:::\n")
+# and once a fence left open to the end was taken as closed by its last line, an indented
+# "```" (4 spaces: not a closer), which the dedent of the <Tabs> content above then moved
+@example(doc='word\n\n<Tabs>\n    <TabItem label="a">\n    word\n    </TabItem>\n</Tabs>\n\n'
+             '<Tabs>\n<TabItem label="a">\n```\n\n```\n</TabItem>\n</Tabs>\n\n1. word\n\n'
+             '    ```\n    ```\n')
 def test_vitepress_code_blocks_come_out_unchanged(doc: str) -> None:
     out = clean_markdown(doc, dialect="vitepress").text
     # Every fence VitePress sees comes out with the same code, read the CommonMark way.

@@ -82,7 +82,7 @@ def _is_closer(line: str, marker: str) -> bool:
 
 def code_blocks(lines: list[str], *, indented_code: bool, html_blocks: bool) -> list[CodeBlock]:
     """Find the fenced (and, for Markdown, indented) code blocks in ``lines``."""
-    text = "\n".join(lines)
+    text = "\n".join(lines) + "\n"  # every line ends: a fence's content counts its lines
     if "```" not in text and "~~~" not in text and not (indented_code and _INDENTED.search(text)):
         return []  # nothing could be code: spare the parse
     tokens = block_parser(indented_code=indented_code, html_blocks=html_blocks).parse(text)
@@ -95,6 +95,10 @@ def code_blocks(lines: list[str], *, indented_code: bool, html_blocks: bool) -> 
         if tok.type == "code_block":
             blocks.append(CodeBlock(start, end, False, True))
             continue
-        closed = end - start >= 2 and _is_closer(lines[end - 1], tok.markup)
+        # closed when markdown-it found a closing line: the content is the lines between
+        # the two fences. A fence left open runs to the end of its container, and its last
+        # line can look like a closer that is not one ("    ```", indented 4 more).
+        closed = (end - start >= 2 and tok.content.count("\n") == end - start - 2
+                  and _is_closer(lines[end - 1], tok.markup))
         blocks.append(CodeBlock(start, end, True, closed))
     return blocks
