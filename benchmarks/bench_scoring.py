@@ -66,8 +66,10 @@ def measure(model: Any, tok: Any, prompts: list[str], items: list[Any], *, repea
                                           share_prompt=False))
         t["mc_whole"].append(s)
         score.MC_TOKENS = 0  # a question a group: each alone, its prompt shared by its options
-        s, alone = timed(lambda: score_mc(model, tok, prompts, options, answers))
-        score.MC_TOKENS = together
+        try:
+            s, alone = timed(lambda: score_mc(model, tok, prompts, options, answers))
+        finally:
+            score.MC_TOKENS = together
         t["mc_alone"].append(s)
         s, shared = timed(lambda: score_mc(model, tok, prompts, options, answers))
         t["mc_shared"].append(s)

@@ -186,7 +186,7 @@ def test_questions_are_scored_together_with_the_numbers_of_each_alone(
     calls: list[int] = []
     hook = model.get_input_embeddings().register_forward_hook(
         lambda _m, args, _out: calls.append(args[0].shape[0]))
-    lora, default = None, score.MC_TOKENS
+    lora, default, logit_bytes = None, score.MC_TOKENS, score.MC_LOGIT_BYTES
     try:
         for which in ("base", "lora"):
             if which == "lora":
@@ -196,16 +196,17 @@ def test_questions_are_scored_together_with_the_numbers_of_each_alone(
             m = lora if lora is not None else model
             alone = [option_logprobs(m, tok, q, o, share_prompt=False)
                      for q, o in zip(questions, options, strict=True)]
-            for budget in (default, 1):
+            for budget, room in ((default, logit_bytes), (1, logit_bytes), (default, 1)):
                 monkeypatch.setattr(score, "MC_TOKENS", budget)
+                monkeypatch.setattr(score, "MC_LOGIT_BYTES", room)  # for the options' logits
                 calls.clear()
                 together = score.mc_logprobs(m, tok, questions, options)
                 for got, want in zip(together, alone, strict=True):
                     assert [n for _, n in got] == [n for _, n in want] and all(n for _, n in got)
                     assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4)
-                if budget == default:  # prompts of 4 questions at once, then 11 options
+                if (budget, room) == (default, logit_bytes):  # 4 prompts at once, 11 options
                     assert calls == [1, 4, 11], calls  # (one option alone: read whole)
-                else:  # no budget: a question a group, its prompt, then its options
+                else:  # no room: a question a group, its prompt, then its options
                     assert sorted(calls) == sorted([1, 1, 3, 1, 2, 1, 4, 1, 2]), calls
     finally:
         hook.remove()
@@ -355,3 +356,26 @@ def test_score_qa_against_its_own_answers(model_and_tokenizer: tuple[Any, Any]) 
     assert result.stop_rate == sum(g.stopped for g in gens) / 3
     wrong = score_qa(model, tok, QUESTIONS, [["zzz qqq"]] * 3, max_new_tokens=6)
     assert wrong.exact_match.correct == 0 and 0.0 <= wrong.f1 < 1.0
+
+
+def test_a_model_that_takes_no_positions_reads_each_question_whole(
+        model_and_tokenizer: tuple[Any, Any]) -> None:
+    """Left-padded prompts need their positions given: a model whose forward takes none (some
+    remote code) is read a question at a time, each option whole, with the same numbers."""
+    from doctune.knowledge.score import mc_logprobs
+
+    model, tok = model_and_tokenizer
+
+    class NoPositions(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids: Any, attention_mask: Any = None) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    options = [["5173", "a much longer wrong answer"], ["--host", "--port", "x"]]
+    got = mc_logprobs(NoPositions(), tok, QUESTIONS[:2], options)
+    for q, o, scores in zip(QUESTIONS[:2], options, got, strict=True):
+        want = option_logprobs(model, tok, q, o, share_prompt=False)
+        assert [lp for lp, _ in scores] == pytest.approx([lp for lp, _ in want], abs=1e-5)

@@ -262,13 +262,14 @@ def load_gguf_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
     file = Path(path)
     st = file.stat()
-    return copy.deepcopy(_gguf_tokenizer(str(file.resolve()), st.st_size, st.st_mtime_ns))
+    version = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return copy.deepcopy(_gguf_tokenizer(str(file.resolve()), version))
 
 
 @functools.lru_cache(maxsize=2)
-def _gguf_tokenizer(path: str, size: int, mtime_ns: int) -> PreTrainedTokenizerBase:
-    """:func:`load_gguf_tokenizer` of one version of a file (``size`` and ``mtime_ns`` tell
-    it from an edited one)."""
+def _gguf_tokenizer(path: str, version: tuple[int, ...]) -> PreTrainedTokenizerBase:
+    """:func:`load_gguf_tokenizer` of one version of a file (its size, times and inode tell
+    it from one edited or replaced)."""
     import gguf
     from transformers import AutoTokenizer
 

@@ -563,8 +563,8 @@ def mc_rows(questions: Sequence[NaturalQuestion], facts: Sequence[Fact],
             ) -> list[dict[str, object]]:
     """One multiple-choice line per fact and direction (its first question): the answer
     among up to ``max_distractors`` answers of other facts of the same split and kind asked
-    the same way (the same relation first), walked from a seeded start, none normalising
-    alike; the answer's place is seeded. Fields: those of ``mc.jsonl`` plus ``source``,
+    in the same direction (the same relation first), walked from a seeded start, each
+    normalising differently from the answer and the others; the answer's place is seeded. Fields: those of ``mc.jsonl`` plus ``source``,
     ``direction``, ``template``.
 
     The distractors of a held-out question are other held-out answers, never trained ones:

@@ -36,6 +36,10 @@ MC_TOKENS = 4096
 longest option) stay within this many tokens of cache: 15 closed-book questions of 4
 options in two groups; an open-book question, whose prompt holds its section, alone or
 with one or two others."""
+MC_LOGIT_BYTES = 256 * 2**20
+"""... and while their options' logits (rows x longest option x vocabulary, in fp32) stay
+within this many bytes: 60 options of 20 tokens of a 49k-word vocabulary are 236 MB, of a
+152k-word one (Qwen) 730 MB, so those go in smaller groups."""
 
 
 @dataclass(frozen=True)
@@ -280,10 +284,12 @@ def _read_shared(model: Any, pad: int, group: Sequence[_Options]
                  ) -> list[list[tuple[float, int]]] | None:
     """The options of several questions: their prompts read once, side by side (left-padded,
     positions counted from each one's first token), then every option of every question
-    after its question's key/value cache. None when the model gives no cache that can be
-    reordered."""
+    after its question's key/value cache. None when the model takes no position ids or
+    gives no cache that can be reordered."""
     import torch
 
+    if not _takes(model, "position_ids"):  # left padding needs the positions given
+        return None
     device, name = _device(model), _cache_name(model)
     prompts = [q.rows[0][:q.shared] for q in group]
     width = max(len(p) for p in prompts)
@@ -315,6 +321,15 @@ def _read_shared(model: Any, pad: int, group: Sequence[_Options]
     return out
 
 
+def _vocab(model: Any) -> int:
+    """The size of the model's output vocabulary (262,144, Gemma 3's, when it cannot say)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        return int(weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 262_144)
+
+
 def _positions(mask: Any) -> Any:
     """Position ids of left-padded rows: 0 at each row's first real token (padding: 0)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -331,16 +346,17 @@ def _takes(model: Any, argument: str) -> bool:
         return False
 
 
-def _groups(order: Sequence[int], questions: Sequence[_Options]) -> list[list[int]]:
+def _groups(order: Sequence[int], questions: Sequence[_Options], vocab: int) -> list[list[int]]:
     """``order`` (by shared prompt length) cut into groups read together: as many questions
-    as keep option rows x (longest prompt + longest option) within :data:`MC_TOKENS`."""
+    as keep option rows x (longest prompt + longest option) within :data:`MC_TOKENS`, and
+    their logits (rows x longest option x ``vocab`` floats) within :data:`MC_LOGIT_BYTES`."""
     groups: list[list[int]] = []
     rows = prompt = rest = 0
     for k in order:
         q = questions[k]
         n, p, r = rows + len(q.rows), max(prompt, q.shared), max(rest, *(len(x) - q.shared
                                                                          for x in q.rows))
-        if groups and n * (p + r) <= MC_TOKENS:
+        if groups and n * (p + r) <= MC_TOKENS and 4 * n * r * vocab <= MC_LOGIT_BYTES:
             groups[-1].append(k)
             rows, prompt, rest = n, p, r
         else:
@@ -363,7 +379,8 @@ def mc_logprobs(model: Any, tokenizer: Any, questions: Sequence[str],
     a time (``benchmarks/bench_scoring.py --mc-only``: 15 closed-book questions of
     SmolLM2-135M in bf16 on 2 CPU cores, 0.20 s a question one at a time, 0.14 s together;
     open book, its prompts long, 0.63 and 0.61 s); the same numbers within float rounding.
-    A model that gives no cache that can be reordered is read whole, option by option."""
+    A model that takes no position ids or gives no cache that can be reordered is read
+    whole, a question at a time."""
     items = [_options(tokenizer, q, o, system, share_prompt)
              for q, o in zip(questions, options, strict=True)]
     pad = _pad_id(tokenizer)
@@ -372,7 +389,7 @@ def mc_logprobs(model: Any, tokenizer: Any, questions: Sequence[str],
         if q.shared == 0:
             out[k] = _read_whole(model, pad, q)
     order = sorted((k for k, q in enumerate(items) if q.shared > 0), key=lambda k: items[k].shared)
-    for group in _groups(order, items):
+    for group in _groups(order, items, _vocab(model)):
         got = _read_shared(model, pad, [items[k] for k in group])
         for n, k in enumerate(group):
             out[k] = got[n] if got is not None else _read_whole(model, pad, items[k])
