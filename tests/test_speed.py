@@ -108,20 +108,25 @@ def test_tracker_auto_stays_eager_on_a_cpu_in_fp32_and_off_means_off() -> None:
 
 
 def test_tracker_weighs_each_timed_step_by_its_tokens() -> None:
-    # cpu/bf16: ~1.3x for ~45 s. 200 steps left: at 2 s a step compiling saves ~92 s (> 2 x
-    # 45 s); two short steps of a quarter of the mean tokens, 0.5 s each, must not say "no".
+    # cpu/bf16: ~1.25x for ~65 s. 200 steps left: at 4 s a step compiling saves 160 s (> 2 x
+    # 65 s); two short steps of a quarter of the mean tokens, 1 s each, must not say "no".
     model = _tiny_gpt2(2)
     short = CompileTracker("auto", "cpu", "bf16")
-    short.after_step(model, 0.5, remaining=201, tokens=256, mean_tokens=1024)
-    said = short.after_step(model, 0.5, remaining=200, tokens=256, mean_tokens=1024)
-    assert said is not None and said.startswith("compiling: ~92s saved") and short.compiled
+    short.after_step(model, 1.0, remaining=201, tokens=256, mean_tokens=1024)
+    said = short.after_step(model, 1.0, remaining=200, tokens=256, mean_tokens=1024)
+    assert said is not None and said.startswith("compiling: ~160s saved") and short.compiled
     unweighed = CompileTracker("auto", "cpu", "bf16")
-    unweighed.after_step(model, 0.5, remaining=201)
-    assert unweighed.after_step(model, 0.5, remaining=200).startswith("no compile")
-    # the step that compiled (a short one: 0.5 s of work) and the compiled steps, all
+    unweighed.after_step(model, 1.0, remaining=201)
+    assert unweighed.after_step(model, 1.0, remaining=200).startswith("no compile")
+    # the README quickstart: 204 steps of ~2 s left save ~82 s, less than twice 65 s
+    quickstart = CompileTracker("auto", "cpu", "bf16")
+    quickstart.after_step(model, 2.0, remaining=205)
+    assert quickstart.after_step(model, 2.0, remaining=204) == (
+        "no compile: it would save ~82s over 204 steps and cost ~65s")
+    # the step that compiled (a short one: 1 s of work) and the compiled steps, all
     # reported for a step of the mean size
-    short.after_step(model, 40.5, remaining=199, tokens=256, mean_tokens=1024)
+    short.after_step(model, 41.0, remaining=199, tokens=256, mean_tokens=1024)
     for tokens in (256, 1024, 2048):
-        short.after_step(model, 1.5 * tokens / 1024, remaining=0, tokens=tokens, mean_tokens=1024)
+        short.after_step(model, 3.0 * tokens / 1024, remaining=0, tokens=tokens, mean_tokens=1024)
     assert short.compile_s == 40.0
-    assert short.facts()["compiled_step_s"] == 1.5 and short.facts()["eager_step_s"] == 2.0
+    assert short.facts()["compiled_step_s"] == 3.0 and short.facts()["eager_step_s"] == 4.0
