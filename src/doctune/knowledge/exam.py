@@ -9,8 +9,8 @@ For a model and a synth folder (:mod:`doctune.knowledge.synth`) :func:`score_mod
   phrasings never trained (:mod:`~doctune.knowledge.natural`; a synth folder without
   natural questions: all its questions), knowledge learnt from reading;
 - ``heldout_mc_acc`` (and ``control_mc_acc``): multiple choice by the log-likelihood of
-  each option (the true answer against answers of other facts of the same kind and split), with
-  ``mc_chance`` what guessing scores;
+  each option (the true answer against answers of other facts of the same kind and
+  split), with ``mc_chance`` what guessing scores;
 - ``heldout_template_em`` / ``heldout_template_mc_acc``: the same for the sentence-with-a-
   blank questions of :mod:`~doctune.knowledge.templates`, for comparison;
 - ``hand_*`` / ``hand_control_*``: the questions of a question file (written by hand,

@@ -564,8 +564,8 @@ def mc_rows(questions: Sequence[NaturalQuestion], facts: Sequence[Fact],
     """One multiple-choice line per fact and direction (its first question): the answer
     among up to ``max_distractors`` answers of other facts of the same split and kind asked
     in the same direction (the same relation first), walked from a seeded start, each
-    normalising differently from the answer and the others; the answer's place is seeded. Fields: those of ``mc.jsonl`` plus ``source``,
-    ``direction``, ``template``.
+    normalising differently from the answer and the others; the answer's place is seeded.
+    Fields: those of ``mc.jsonl`` plus ``source``, ``direction``, ``template``.
 
     The distractors of a held-out question are other held-out answers, never trained ones:
     a tuned model prefers whatever it was trained to say, whatever the question, and

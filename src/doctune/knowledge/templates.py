@@ -16,9 +16,9 @@ train on like document text), ``fact_id`` (``""`` for a teacher rephrasing of a 
 section), ``split``, ``doc``, ``section``, ``source``, ``template``.
 
 ``mc.jsonl`` (:meth:`MCItem.to_dict`): ``id``, ``question``, ``options`` (the true answer
-and up to 3 distractors: answers of other facts of the same kind and split), ``answer_index``,
-``num_options``, ``chance`` (``1 / num_options``), ``fact_id``, ``kind``, ``split``,
-``doc``, ``section``.
+and up to 3 distractors: answers of other facts of the same kind and split),
+``answer_index``, ``num_options``, ``chance`` (``1 / num_options``), ``fact_id``, ``kind``,
+``split``, ``doc``, ``section``.
 """
 
 from __future__ import annotations
