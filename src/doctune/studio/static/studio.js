@@ -70,10 +70,13 @@ $("docs-form").addEventListener("submit", async (ev) => {
     if (r.kept.length) showDocFile(r.path, r.kept[0].rel, body.firstChild);
   } catch (err) { showError("docs-error", err); }
 });
+let docPicks = 0;  // the last pick wins: an earlier file's answer arriving late is dropped
 async function showDocFile(path, rel, row) {
+  const pick = ++docPicks;
   document.querySelectorAll("#docs-kept tr.picked").forEach((t) => t.classList.remove("picked"));
   row.classList.add("picked");
   const f = await api(`/api/docs/file?${new URLSearchParams({ path, rel })}`);
+  if (pick !== docPicks) return;
   $("docs-file-title").textContent = `${f.rel} (${f.dialect}), before and after cleaning`;
   $("docs-before").textContent = f.raw;
   $("docs-after").textContent = f.text;
